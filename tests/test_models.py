@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from clo_utils.models import attention_module_names, select_trainable
+from tiny_models import make_model
+
+ARCHS = ["llama", "qwen2", "mistral", "gemma3"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_attention_mode_selects_exactly_qkvo(arch):
+    model, report = select_trainable(make_model(arch), "attention")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, arch
+    for name in trainable:
+        assert any(f"self_attn.{m}." in name for m in ("q_proj", "k_proj", "v_proj", "o_proj")), name
+    n_layers = model.config.num_hidden_layers
+    assert len(attention_module_names(model)) == 4 * n_layers
+    assert report["trainable_params"] == sum(p.numel() for n, p in model.named_parameters() if n in trainable)
+    assert report["total_params"] == sum(p.numel() for p in model.parameters())
+    if arch == "qwen2":  # Qwen2's q/k/v carry biases: they train with their projection
+        assert any(n.endswith("q_proj.bias") for n in trainable)
+
+
+def test_full_and_lora_modes():
+    model, report = select_trainable(make_model("llama"), "full")
+    assert report["trainable_params"] == report["total_params"]
+    lora, report = select_trainable(make_model("llama"), "lora", lora_r=4)
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    assert {n.split(".")[-4] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def test_unknown_architecture_is_a_clear_error():
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"model_type": "oddformer"})()
+            self.mixer = torch.nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match="oddformer"):
+        select_trainable(Odd(), "attention")
+    model = make_model("llama")
+    with pytest.raises(ValueError, match="no Linear module matches"):
+        select_trainable(model, "attention", attention_modules=("attn.Wqkv",))
+    with pytest.raises(ValueError, match="trainable mode"):
+        select_trainable(model, "heads")

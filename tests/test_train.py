@@ -1,0 +1,267 @@
+"""CLO trainer on tiny random models built from real configs (and one run on the embedded model)."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from clo_utils.data import build_cross_lingual_pairs
+from clo_utils.losses import sequence_logps
+from clo_utils.models import select_trainable
+from clo_utils.train import (CLOCollator, CLOConfig, CLOTrainer, tokenize_clo_pairs, tokenize_prompt_response,
+                             train_clo)
+from tiny_models import BOS_TEMPLATE, make_model, make_tokenizer, seed_rows
+
+
+def _config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=3, learning_rate=1e-2,
+                logging_steps=1, save_strategy="no", use_cpu=True, seed=0, ref_cache_dir=str(tmp_path / "ref"),
+                report_to="none", disable_tqdm=True)
+    base.update(kw)
+    return CLOConfig(**base)
+
+
+@pytest.fixture
+def tok():
+    return make_tokenizer()
+
+
+def test_labels_cover_exactly_the_response_and_eos(tok):
+    prompt = [{"role": "user", "content": "How are you?"}]
+    response = [{"role": "assistant", "content": "I am fine."}]
+    ids, labels = tokenize_prompt_response(tok, prompt, response)
+    n_prompt = len(tok.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"])
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert all(x != -100 for x in labels[n_prompt:])
+    decoded = tok.decode(labels[n_prompt:])
+    assert decoded.startswith("I am fine.") and tok.eos_token in decoded
+    assert "How are you" not in decoded  # the prompt is not repeated inside the response
+    assert tok.eos_token_id in labels
+
+
+def test_one_bos_when_the_template_renders_it():
+    tok = make_tokenizer(BOS_TEMPLATE)
+    ids, _ = tokenize_prompt_response(tok, [{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Hello"}])
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+
+
+def test_eos_is_appended_when_the_template_has_none():
+    tok = make_tokenizer("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    ids, labels = tokenize_prompt_response(tok, [{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Hello"}])
+    assert labels[-1] == tok.eos_token_id
+
+
+def test_over_long_seeds_are_dropped_and_counted(tok):
+    rows = seed_rows(4)
+    rows[2]["response_tgt"] = "molt " * 200
+    examples, stats = tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, max_length=96)
+    assert stats["dropped_too_long"] == 1 and stats["seeds_kept"] == 3
+    assert "s2" not in {e["seed_id"] for e in examples}
+    for e in examples:
+        assert all(any(x != -100 for x in lab) for lab in e["labels"])  # never empty labels
+    with pytest.raises(ValueError, match="no seed left"):
+        tokenize_clo_pairs(build_cross_lingual_pairs(rows[2:3]), tok, max_length=96)
+
+
+def test_missing_chat_template_is_a_clear_error(tok):
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="chat template"):
+        tokenize_prompt_response(tok, [{"role": "user", "content": "a"}], [{"role": "assistant", "content": "b"}])
+
+
+def test_both_triples_of_a_seed_share_a_batch_under_shuffling(tmp_path, tok):
+    rows = seed_rows(8)
+    trainer = CLOTrainer(make_model("llama", len(tok)), _config(tmp_path), tokenize_clo_pairs(
+        build_cross_lingual_pairs(rows), tok, 256)[0], processing_class=tok)
+    for batch in trainer.get_train_dataloader():
+        texts = tok.batch_decode(batch["input_ids"], skip_special_tokens=True)
+        for k, idx in enumerate(batch["seed_index"].tolist()):
+            seed = rows[[r["id"] for r in rows].index(trainer.train_dataset[idx]["seed_id"])]
+            en_c, en_r, tgt_c, tgt_r = texts[4 * k: 4 * k + 4]
+            assert seed["prompt_en"] in en_c and seed["response_en"] in en_c
+            assert seed["prompt_en"] in en_r and seed["response_tgt"] in en_r
+            assert seed["prompt_tgt"] in tgt_c and seed["response_tgt"] in tgt_c
+            assert seed["prompt_tgt"] in tgt_r and seed["response_en"] in tgt_r
+
+
+def _loss_on_first_batch(trainer):
+    batch = next(iter(trainer.get_train_dataloader()))
+    return trainer.compute_loss(trainer.model, batch), batch
+
+
+def test_nll_target_only_sees_no_english_response(tmp_path, tok):
+    model = make_model("llama", len(tok))
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(seed_rows(2)), tok, 256)
+    for nll_on, cols in (("target", [2]), ("both", [0, 2])):
+        trainer = CLOTrainer(model, _config(tmp_path, lam=1.0, nll_on=nll_on), examples, processing_class=tok)
+        loss, batch = _loss_on_first_batch(trainer)
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logps, counts = sequence_logps(logits, batch["labels"])
+        rows = [4 * s + c for s in range(batch["seed_index"].numel()) for c in cols]
+        expected = -logps[rows].sum() / counts[rows].sum()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5), nll_on
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_attention_mode_moves_only_attention_projections(tmp_path, tok):
+    model, _ = select_trainable(make_model("qwen2", len(tok)), "attention")
+    before = _snapshot(model)
+    train_clo(model, tok, build_cross_lingual_pairs(seed_rows(4)), _config(tmp_path))
+    for name, p in model.named_parameters():
+        if any(f"self_attn.{m}." in name for m in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            assert not torch.equal(p, before[name]), f"{name} did not change"
+        else:
+            assert torch.equal(p, before[name]), f"{name} moved but is frozen"
+
+
+def test_lora_mode_moves_only_adapters_and_reference_is_the_base(tmp_path, tok):
+    model, _ = select_trainable(make_model("mistral", len(tok)), "lora", lora_r=4)
+    before = _snapshot(model)
+    trainer, summary = train_clo(model, tok, build_cross_lingual_pairs(seed_rows(4)), _config(tmp_path))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert any("lora_B" in n for n in changed)
+    # LoRA B starts at zero, so at step 0 policy == reference and the preference loss is log 2.
+    assert trainer.state.log_history[0]["cl_loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_second_run_reuses_cached_reference_logps(tmp_path, tok):
+    model = make_model("llama", len(tok))
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(seed_rows(4)), tok, 256)
+    first = CLOTrainer(copy.deepcopy(model), _config(tmp_path), examples, processing_class=tok)
+    assert first.reference_forward_batches > 0 and first.reference_cache_path.exists()
+    second = CLOTrainer(copy.deepcopy(model), _config(tmp_path), examples, processing_class=tok)
+    assert second.reference_forward_batches == 0
+    assert second.train_dataset["ref_logps"] == first.train_dataset["ref_logps"]
+    with torch.no_grad():  # a different model is a cache miss
+        next(model.parameters()).add_(1e-3)
+    third = CLOTrainer(model, _config(tmp_path), examples, processing_class=tok)
+    assert third.reference_forward_batches > 0
+
+
+def test_loss_falls_when_overfitting_and_runs_reproduce(tmp_path, tok):
+    pairs = build_cross_lingual_pairs(seed_rows(2))
+    losses = []
+    for run in range(2):
+        model, _ = select_trainable(make_model("llama", len(tok)), "full")
+        trainer, _ = train_clo(model, tok, pairs, _config(tmp_path / str(run), max_steps=20, learning_rate=1e-2))
+        losses.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
+    assert losses[0] == losses[1]
+    assert losses[0][-1] < 0.5 * losses[0][0]
+
+
+def test_logged_metrics_are_named_like_trl(tmp_path, tok):
+    trainer, summary = train_clo(make_model("llama", len(tok)), tok, build_cross_lingual_pairs(seed_rows(2)),
+                                 _config(tmp_path, max_steps=1))
+    logged = trainer.state.log_history[0]
+    for key in ("loss", "nll_loss", "cl_loss", "rewards/margins", "rewards_en/chosen", "rewards_en/rejected",
+                "rewards_en/margins", "rewards_en/accuracies", "rewards_tgt/margins", "rewards_tgt/accuracies"):
+        assert key in logged, key
+    assert summary["peak_memory_mb"] > 0 and summary["seeds_kept"] == 2
+
+
+def test_non_finite_loss_stops_before_the_weights_change(tmp_path, tok):
+    model, _ = select_trainable(make_model("llama", len(tok)), "attention")
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(seed_rows(2)), tok, 256)
+    examples[1]["ref_logps"] = [float("nan")] * 4
+    examples[0]["ref_logps"] = [float("nan")] * 4
+    trainer = CLOTrainer(model, _config(tmp_path), examples, processing_class=tok)
+    before = _snapshot(model)
+    with pytest.raises(FloatingPointError, match=r"global step 0, seeds \['s"):
+        trainer.train()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_bad_config_values_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="beta"):
+        _config(tmp_path, beta=0.0)
+    with pytest.raises(ValueError, match="lam"):
+        _config(tmp_path, lam=2.0)
+    with pytest.raises(ValueError, match="nll_on"):
+        _config(tmp_path, nll_on="english")
+
+
+def test_lam0_target_triples_equal_trl_dpo_sigmoid_loss(tmp_path, tok):
+    """Against another library: CLO with lam = 0 on target-direction triples is DPO's sigmoid loss."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    policy = make_model("llama", len(tok), seed=1)
+    reference = make_model("llama", len(tok), seed=2)  # policy != reference, so the loss is not log 2
+    pairs = [p for p in build_cross_lingual_pairs(seed_rows(3)) if p["direction"] == "tgt"]
+    beta = 0.3
+
+    dpo_args = DPOConfig(output_dir=str(tmp_path / "dpo"), beta=beta, per_device_train_batch_size=3,
+                         report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False, max_length=256)
+    dpo = DPOTrainer(model=policy, ref_model=reference, args=dpo_args, processing_class=tok,
+                     train_dataset=Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]))
+    batch = next(iter(dpo.get_train_dataloader()))
+    with torch.no_grad():
+        trl_loss = dpo.compute_loss(dpo.model, batch).item()
+
+    def logps(model, pair, side):
+        ids, labels = tokenize_prompt_response(tok, pair["prompt"], pair[side])
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]))
+        return sequence_logps(out.logits, torch.tensor([labels]))[0]
+
+    from clo_utils.losses import clo_loss
+    pc = torch.cat([logps(policy, p, "chosen") for p in pairs])
+    pr = torch.cat([logps(policy, p, "rejected") for p in pairs])
+    rc = torch.cat([logps(reference, p, "chosen") for p in pairs])
+    rr = torch.cat([logps(reference, p, "rejected") for p in pairs])
+    ours, _ = clo_loss(pc, pr, rc, rr, torch.tensor(123.0), beta=beta, lam=0.0)
+    assert abs(ours.item() - math.log(2)) > 1e-3
+    assert ours.item() == pytest.approx(trl_loss, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_end_to_end_clo_on_the_embedded_smollm2(tmp_path):
+    from clo_utils.models import load_model_and_tokenizer
+
+    torch.set_num_threads(2)
+    model, tok = load_model_and_tokenizer("embedded:smollm2-135m-instruct", dtype="float32")
+    model, report = select_trainable(model, "attention")
+    trainer, summary = train_clo(model, tok, build_cross_lingual_pairs(seed_rows(4)),
+                                 _config(tmp_path, max_steps=2, learning_rate=1e-5, per_device_train_batch_size=2))
+    first = trainer.state.log_history[0]
+    # SmolLM2 has no dropout: at step 0 policy == reference, so the preference term is exactly log 2.
+    assert first["cl_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert math.isfinite(first["loss"]) and summary["steps"] == 2
+    assert report["trainable_share"] < 0.25
+
+
+def test_sft_baseline_uses_trl_completion_only_and_the_same_trainable_subset(tmp_path, tok):
+    from clo_utils.data import build_sft_rows
+    from clo_utils.train import sft_config, train_sft
+
+    model, _ = select_trainable(make_model("llama", len(tok)), "attention")
+    before = _snapshot(model)
+    cfg = sft_config(str(tmp_path / "sft"), max_length=256, device="cpu", max_steps=2, learning_rate=1e-2,
+                     per_device_train_batch_size=2, save_strategy="no", logging_steps=1, disable_tqdm=True)
+    assert cfg.completion_only_loss and not cfg.bf16 and not cfg.gradient_checkpointing
+    trainer, summary = train_sft(model, tok, build_sft_rows(seed_rows(2), "tgt"), cfg)
+    assert summary["rows"] == 2
+    batch = next(iter(trainer.get_train_dataloader()))
+    # completion-only: the prompt's tokens carry no label
+    text = tok.decode([t for t, lab in zip(batch["input_ids"][0], batch["labels"][0]) if lab != -100])
+    assert "Quina" not in text and "Com" not in text
+    for name, p in model.named_parameters():
+        moved = not torch.equal(p, before[name])
+        assert moved == ("self_attn" in name), name
+
+
+def test_dpo_baseline_runs_on_the_cross_lingual_pairs(tmp_path, tok):
+    from clo_utils.train import dpo_config, train_dpo
+
+    model, _ = select_trainable(make_model("llama", len(tok)), "attention")
+    cfg = dpo_config(str(tmp_path / "dpo"), max_length=256, device="cpu", max_steps=2, learning_rate=1e-2,
+                     per_device_train_batch_size=2, save_strategy="no", logging_steps=1, disable_tqdm=True)
+    trainer, summary = train_dpo(model, tok, build_cross_lingual_pairs(seed_rows(2)), cfg)
+    assert summary["pairs"] == 4 and summary["steps"] == 2
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)

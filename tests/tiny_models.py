@@ -1,0 +1,81 @@
+"""Tiny random models built from the real architectures' configs, with a locally trained tokenizer.
+
+No weights are fetched: these exercise the full-scale code paths (Llama, Qwen2, Mistral, Gemma3)
+on CPU in milliseconds. Quality is meaningless; shapes, masks, names and gradients are real.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# A Llama-3-style template that renders BOS itself (the case where BOS could be doubled).
+BOS_TEMPLATE = "{{ bos_token }}" + CHATML
+
+CORPUS = [
+    "Hello, how are you? I am fine, thank you.",
+    "What is the capital of France? The capital of France is Paris.",
+    "Hola, com estàs? Estic bé, gràcies. La capital de França és París.",
+    "Hola, ¿cómo estás? Estoy bien, gracias. La capital de Francia es París.",
+    "Write a short poem about the sea. The sea is blue and wide.",
+    "Escriu un poema curt sobre el mar. El mar és blau i ample.",
+    "List three fruits: apple, banana, cherry. 1. 2. 3. - * ``` code print('hi')",
+    "system user assistant You are a helpful assistant.",
+]
+SPECIALS = ["<pad>", "<s>", "<|im_start|>", "<|im_end|>", "<unk>"]
+
+
+def make_tokenizer(template: str = CHATML) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>",
+                                   pad_token="<pad>", unk_token="<unk>")
+    fast.chat_template = template
+    return fast
+
+
+def make_model(arch: str = "llama", vocab_size: int = 512, seed: int = 0):
+    """A 2-layer random model of the named architecture (real config class, real modules)."""
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=3)
+    configs = {
+        "llama": lambda: LlamaConfig(**common),
+        "qwen2": lambda: Qwen2Config(**common),
+        "mistral": lambda: MistralConfig(**common, sliding_window=None),
+        "gemma3": lambda: Gemma3TextConfig(**common, head_dim=8, sliding_window=64),
+    }
+    torch.manual_seed(seed)
+    config = configs[arch]()
+    config._attn_implementation = "eager"
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def seed_rows(n: int = 4, lang: str = "ca") -> list[dict]:
+    base = [
+        ("What is the capital of France?", "The capital of France is Paris.",
+         "Quina és la capital de França?", "La capital de França és París."),
+        ("Write a short poem about the sea.", "The sea is blue and wide.",
+         "Escriu un poema curt sobre el mar.", "El mar és blau i ample."),
+        ("How are you?", "I am fine, thank you.", "Com estàs?", "Estic bé, gràcies."),
+        ("List three fruits.", "1. apple 2. banana 3. cherry", "Llista tres fruites.", "1. poma 2. plàtan 3. cirera"),
+    ]
+    rows = []
+    for i in range(n):
+        pe, re_, pt, rt = base[i % len(base)]
+        rows.append({"id": f"s{i}", "lang": lang, "prompt_en": pe, "response_en": re_,
+                     "prompt_tgt": pt, "response_tgt": rt})
+    return rows

@@ -417,12 +417,3 @@ def train_dpo(model, tokenizer, pairs: list[dict], config, callbacks: list | Non
                          callbacks=[memory, *(callbacks or [])])
     trainer.train(resume_from_checkpoint=_resume_arg(config))
     return trainer, {"pairs": len(dataset), **memory.summary}
-
-
-def write_train_json(run_dir: str | Path, run_info: dict, trainer, summary: dict, trainable: dict) -> Path:
-    """train.json of a run folder (docs/run-layout.md): what ran, the log history, the summary."""
-    path = Path(run_dir) / "train.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"run": run_info, "history": trainer.state.log_history, "summary": {**summary, **trainable}}
-    path.write_text(json.dumps(payload, indent=1, default=float))
-    return path

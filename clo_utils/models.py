@@ -37,6 +37,14 @@ ATTENTION_MODULES = {
 }
 TRAINABLE_MODES = ("attention", "full", "lora")
 
+# For base checkpoints that ship no chat template (the paper applies CLO to base models too).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
 
 def model_label(model_id: str) -> str:
     """Human label for reports; embedded models say that their weights are 4-bit dequantized."""
@@ -99,21 +107,30 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return names[dtype]
 
 
-def load_tokenizer(model_id: str, trust_remote_code: bool = False):
+def load_tokenizer(model_id: str, trust_remote_code: bool = False, chat_template: str | None = None,
+                   require_chat_template: bool = True):
+    """The tokenizer; `chat_template="chatml"` (or a Jinja string) replaces a missing or unwanted template.
+
+    Base models have no template: ChatML text marks turns, and the template's turn end
+    (`<|im_end|>` as text) is followed by the tokenizer's EOS, so the model still learns to stop.
+    """
     from transformers import AutoTokenizer
 
     path = embedded_model_dir(model_id) if model_id in EMBEDDED_MODELS else model_id
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tokenizer.chat_template is None:
-        raise ValueError(f"{model_id}: the tokenizer has no chat template; CLO needs one to build "
-                         "prompts (set tokenizer.chat_template or pick an instruct/chat tokenizer)")
+    if chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE if chat_template == "chatml" else chat_template
+    if tokenizer.chat_template is None and require_chat_template:
+        raise ValueError(f"{model_id}: the tokenizer has no chat template; CLO needs one to build prompts. "
+                         "Pass chat_template='chatml' (the notebooks' chat_template parameter) for a base model")
     if tokenizer.pad_token is None:  # padding is masked out of every loss, so EOS is safe
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def load_model_and_tokenizer(model_id: str, dtype: str | torch.dtype = "auto", device: str | None = None,
-                             trust_remote_code: bool = False, attn_implementation: str | None = None):
+                             trust_remote_code: bool = False, attn_implementation: str | None = None,
+                             chat_template: str | None = None):
     """A causal LM and its tokenizer from a hub id, a local folder, or an `embedded:` id.
 
     `trust_remote_code` stays off by default: only architectures transformers ships are run.
@@ -121,7 +138,7 @@ def load_model_and_tokenizer(model_id: str, dtype: str | torch.dtype = "auto", d
     from transformers import AutoModelForCausalLM
 
     path = embedded_model_dir(model_id) if model_id in EMBEDDED_MODELS else model_id
-    tokenizer = load_tokenizer(model_id, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model_id, trust_remote_code=trust_remote_code, chat_template=chat_template)
     kwargs = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

@@ -240,7 +240,11 @@ def run_stages(stages: list[Stage], label: str = "", force: bool = False) -> lis
     return records
 
 
-def _run_language(stages: list[Stage], lang: str) -> list[dict]:
+def _run_language(stages: list[Stage], lang: str, threads: int) -> list[dict]:
+    # A worker process of its own: its kernels inherit these, so side-by-side languages do not
+    # oversubscribe the cores (notebooks without a num_threads parameter included).
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
     return run_stages([s for s in stages if s.lang == lang], label=f"{lang} ")
 
 
@@ -266,7 +270,7 @@ def run_recipe(path: str | os.PathLike, runs_root: str | None = None, jobs: int 
             records += run_stages(stages)
         else:
             with ProcessPoolExecutor(max_workers=jobs) as pool:
-                futures = [pool.submit(_run_language, stages, lang) for lang in recipe["languages"]]
+                futures = [pool.submit(_run_language, stages, lang, threads) for lang in recipe["languages"]]
                 for future in futures:
                     records += future.result()
         records += run_stages([final], label="analysis ", force=True)  # cheap: always rebuilt from metrics

@@ -2,6 +2,18 @@
 
 The paper's six target languages (zh, de, ko, id, sw, yo: two per resource level) plus the
 languages the offline demo can translate into with Debian's Apertium (ca, es, eo, hr).
+
+Which English -> X Apertium pairs Debian ships (checked with `apt-cache search apertium`, Debian 12 bookworm):
+  apertium-eng-cat  eng-cat (+ valencia / iec2017 variants)   -> ca  (lingua: CATALAN)
+  apertium-eng-spa  eng-spa                                    -> es  (lingua: SPANISH)
+  apertium-eo-en    en-eo                                      -> eo  (lingua: ESPERANTO)
+  apertium-hbs-eng  eng-hbs_HR (also _BS, _SR)                 -> hr  (lingua: CROATIAN)
+  apertium-en-gl    en-gl                                      -> left out: lingua has no Galician
+                                                                  model, so the quality filter and the
+                                                                  fidelity metric could not judge it.
+The _BS / _SR variants of eng-hbs are left out too: their output is near-identical to _HR, and
+lingua's Serbian model does not recognise Latin-script Serbian (it answers English).
+apertium-eu-en, apertium-isl-eng and apertium-mkd-eng translate only INTO English.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ class Language:
     resource: str | None       # "high" | "medium" | "low" as the paper groups its six; None elsewhere
     script: str                # ISO 15924 script
     char_ratio: tuple[float, float] = (0.5, 2.2)  # plausible len(translation)/len(English) in characters
+    apertium_package: str | None = None  # Debian package that provides `apertium` mode (install hint)
 
 
 LANGUAGES: dict[str, Language] = {
@@ -34,10 +47,10 @@ LANGUAGES: dict[str, Language] = {
         Language("sw", "Swahili", "sw", "swh_Latn", None, "SWAHILI", "low", "Latn"),
         Language("yo", "Yoruba", "yo", "yor_Latn", None, "YORUBA", "low", "Latn"),
         # Offline demo languages (Apertium pairs packaged in Debian); not in the paper.
-        Language("ca", "Catalan", "ca", "cat_Latn", "eng-cat", "CATALAN", None, "Latn"),
-        Language("es", "Spanish", "es", "spa_Latn", "eng-spa", "SPANISH", None, "Latn"),
-        Language("eo", "Esperanto", None, "epo_Latn", "en-eo", "ESPERANTO", None, "Latn"),
-        Language("hr", "Croatian", "hr", "hrv_Latn", "eng-hbs_HR", "CROATIAN", None, "Latn"),
+        Language("ca", "Catalan", "ca", "cat_Latn", "eng-cat", "CATALAN", None, "Latn", apertium_package="apertium-eng-cat"),
+        Language("es", "Spanish", "es", "spa_Latn", "eng-spa", "SPANISH", None, "Latn", apertium_package="apertium-eng-spa"),
+        Language("eo", "Esperanto", None, "epo_Latn", "en-eo", "ESPERANTO", None, "Latn", apertium_package="apertium-eo-en"),
+        Language("hr", "Croatian", "hr", "hrv_Latn", "eng-hbs_HR", "CROATIAN", None, "Latn", apertium_package="apertium-hbs-eng"),
     ]
 }
 
@@ -51,3 +64,8 @@ def get_language(code: str) -> Language:
     except KeyError:
         known = ", ".join(f"{c} ({l.name})" for c, l in LANGUAGES.items())
         raise ValueError(f"unknown language code {code!r}; known codes: {known}") from None
+
+
+def apertium_languages() -> dict[str, Language]:
+    """The registry entries that have an English -> X Apertium mode."""
+    return {code: lang for code, lang in LANGUAGES.items() if lang.apertium}

@@ -219,6 +219,12 @@ class CLOTrainer(Trainer):
     (adapters disabled for LoRA), and cached on disk keyed by model and data fingerprints.
     """
 
+    # compute_loss returns a per-micro-batch mean and ignores num_items_in_batch, so the Trainer must
+    # divide it by the gradient-accumulation steps. Left at None, transformers decides from
+    # model.accepts_loss_kwargs (True for Llama and most causal LMs) that the loss is already scaled,
+    # and with gradient_accumulation_steps=k the gradient and the logged loss came out k times too large.
+    loss_is_scaled_for_ga = False
+
     def __init__(self, model, args: CLOConfig, train_dataset: list[dict], processing_class=None, **kwargs):
         from datasets import Dataset
 
@@ -242,6 +248,7 @@ class CLOTrainer(Trainer):
         """(n_seeds, 4) fp32 reference log-probs, from the disk cache when present."""
         from safetensors.torch import load_file, save_file
 
+        self._check_whole_weights()
         key = hashlib.sha256((model_fingerprint(self.model) + examples_fingerprint(examples)).encode()).hexdigest()[:32]
         cache_dir = Path(self.args.ref_cache_dir or default_cache_dir() / "ref_logps")
         path = cache_dir / f"ref-{key}.safetensors"
@@ -254,6 +261,7 @@ class CLOTrainer(Trainer):
                                              shuffle=False, collate_fn=self.data_collator)
         loader = self.accelerator.prepare(loader)
         ref = torch.full((len(examples), len(SEQUENCE_ORDER)), float("nan"))
+        self._place_for_reference_pass()
         was_training = self.model.training
         self.model.eval()
         adapters_off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else _nullcontext()
@@ -292,14 +300,65 @@ class CLOTrainer(Trainer):
         nll = self._token_mean_across_processes(nll, chosen_counts, is_target)
         loss, metrics = clo_loss(chosen, rejected, ref_chosen, ref_rejected, nll, beta=self.args.beta,
                                  lam=self.args.lam, directions=["en", "tgt"] * n_seeds)
-        if not torch.isfinite(loss):
-            # Stop before backward: the weights are still those of the last good step.
-            ids = [self.train_dataset[int(i)]["seed_id"] for i in inputs["seed_index"]]
+        if self._any_process(not torch.isfinite(loss).item()):
+            # Stop before backward: the weights are still those of the last good step. Every process
+            # learns of it (a process raising alone would leave the others waiting in the all-reduce).
+            ids = self._seed_ids(inputs)
             raise FloatingPointError(f"non-finite CLO loss ({loss.item()}) at global step {self.state.global_step}, "
-                                     f"seeds {ids}; metrics { {k: float(v) for k, v in metrics.items()} }")
+                                     f"seeds {ids}{self._where()}; metrics { {k: float(v) for k, v in metrics.items()} }")
         for k, v in metrics.items():
             self._stored_metrics[k].append(float(v))
         return (loss, out) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # A finite loss can still give non-finite gradients (an overflow in backward, an inf weight
+        # reached only through the gradient). The optimizer step comes after this method returns:
+        # stop here, so the weights stay those of the last good step. (Under DDP the gradients are
+        # already all-reduced, so every process sees the same; DeepSpeed/FSDP keep their own grads.)
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
+            bad = [n for n, p in model.named_parameters()
+                   if p.requires_grad and p.grad is not None and not torch.isfinite(p.grad).all()]
+            raise FloatingPointError(f"non-finite gradient at global step {self.state.global_step}, seeds "
+                                     f"{self._seed_ids(inputs)}{self._where()} (loss {loss.item()}): in {len(bad)} "
+                                     f"parameter tensors, first {bad[:3]}; the optimizer step was not taken")
+        return loss
+
+    def _seed_ids(self, inputs) -> list[str]:
+        return [self.train_dataset[int(i)]["seed_id"] for i in inputs["seed_index"]]
+
+    def _where(self) -> str:
+        world = self.accelerator.num_processes
+        return f" on process {self.accelerator.process_index} of {world}" if world > 1 else ""
+
+    def _any_process(self, flag: bool) -> bool:
+        """True when `flag` is true on any process (one all-reduce of a scalar when distributed)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        t = torch.tensor(float(flag), device=self.accelerator.device)
+        return self.accelerator.reduce(t, reduction="sum").item() > 0
+
+    def _check_whole_weights(self) -> None:
+        """The reference pass and its cache key need the whole weights on this process."""
+        for name, p in self.model.named_parameters():
+            if hasattr(p, "ds_id") or p.device.type == "meta":
+                raise RuntimeError(
+                    f"parameter {name} is partitioned (DeepSpeed ZeRO-3 zero3_init_flag) or on the meta device "
+                    "(FSDP cpu_ram_efficient_loading): CLO computes reference log-probs and their cache key from "
+                    "the whole model before training. Set zero3_init_flag: false / fsdp_cpu_ram_efficient_loading: "
+                    "false (params/accelerate/*.yaml), or precompute them in a DDP/ZeRO-2 run (they are cached).")
+
+    def _place_for_reference_pass(self) -> None:
+        # Under DeepSpeed or FSDP the Trainer leaves the model where it was loaded (CPU) until
+        # train() wraps it, but the prepared loader puts batches on this process's device.
+        if getattr(self, "is_model_parallel", False):  # device_map spreads it over GPUs: leave it there
+            return
+        device = self.accelerator.device
+        first = next(self.model.parameters())
+        if first.device != device:
+            log.info("reference pass: moving the model from %s to %s", first.device, device)
+            self.model.to(device)
 
     def _token_mean_across_processes(self, nll, counts, is_target):
         """With several processes, rescale so that the average of the per-process losses (what DDP
@@ -314,8 +373,16 @@ class CLOTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._stored_metrics:  # training logs: add the CLO terms averaged since last log
-            for k, values in self._stored_metrics.items():
-                logs[k] = sum(values) / len(values)
+            names = sorted(self._stored_metrics)
+            means = torch.tensor([sum(self._stored_metrics[k]) / len(self._stored_metrics[k]) for k in names],
+                                 dtype=torch.float64, device=self.accelerator.device)
+            if self.accelerator.num_processes > 1:
+                # Every process holds the same number of triples per step, so the mean of the
+                # per-process means is the global mean (for nll_loss: the rescaled per-process terms
+                # average to the global token mean, see _token_mean_across_processes). Without this
+                # the log showed process 0's numbers only. log() runs on every process.
+                means = self.accelerator.reduce(means, reduction="mean")
+            logs.update({k: float(v) for k, v in zip(names, means.tolist())})
             self._stored_metrics.clear()
         super().log(logs, start_time)
 
@@ -387,12 +454,32 @@ def train_sft(model, tokenizer, sft_rows: list[dict], config, callbacks: list | 
     from datasets import Dataset
     from trl import SFTTrainer
 
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in sft_rows])
+    rows, dropped = drop_too_long(tokenizer, list(sft_rows), ("completion",), getattr(config, "max_length", None), "SFT rows")
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     memory = PeakMemoryCallback()
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[memory, *(callbacks or [])])
     trainer.train(resume_from_checkpoint=_resume_arg(config))
-    return trainer, {"rows": len(dataset), **memory.summary}
+    return trainer, {"rows": len(dataset), "dropped_too_long": dropped, **memory.summary}
+
+
+def drop_too_long(tokenizer, rows: list[dict], sides: tuple[str, ...], max_length: int | None, what: str):
+    """(rows whose prompt + each of `sides` fits max_length tokens, number dropped).
+
+    TRL truncates longer sequences silently, which cuts the response and its EOS; CLO drops such a
+    seed instead (tokenize_clo_pairs), so the baselines drop too and never train on a cut copy.
+    Lengths use CLO's tokenisation (the chat template, EOS appended when the template has none).
+    """
+    if max_length is None:
+        return rows, 0
+    kept = [r for r in rows if all(len(tokenize_prompt_response(tokenizer, r["prompt"], r[side])[0]) <= max_length
+                                   for side in sides)]
+    dropped = len(rows) - len(kept)
+    if not kept:
+        raise ValueError(f"no {what} left to train on: all {len(rows)} are longer than max_length={max_length} tokens")
+    if dropped:
+        log.warning("dropped %d of %d %s longer than max_length=%d tokens", dropped, len(rows), what, max_length)
+    return kept, dropped
 
 
 def dpo_config(output_dir: str, beta: float = 0.1, max_length: int = 1024, device: str = "auto", **overrides):
@@ -410,10 +497,12 @@ def train_dpo(model, tokenizer, pairs: list[dict], config, callbacks: list | Non
     from datasets import Dataset
     from trl import DPOTrainer
 
+    pairs, dropped = drop_too_long(tokenizer, list(pairs), ("chosen", "rejected"), getattr(config, "max_length", None),
+                                   "preference pairs")
     dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
                                  for p in pairs])
     memory = PeakMemoryCallback()
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[memory, *(callbacks or [])])
     trainer.train(resume_from_checkpoint=_resume_arg(config))
-    return trainer, {"pairs": len(dataset), **memory.summary}
+    return trainer, {"pairs": len(dataset), "dropped_too_long": dropped, **memory.summary}

@@ -1,0 +1,650 @@
+#!/usr/bin/env python
+"""Side-by-side benchmarks of the kit (issue 6): ratios measured in ONE run, same process, same data.
+
+    python benchmarks/bench.py [--out runs/bench.json] [--only train,memory,translate,generate,demo]
+
+Every figure is a ratio of two things measured here, one after the other, on the same inputs, so it
+holds on a noisy machine; the absolute times are printed beside it, with the device.
+
+  (a) CLO training step vs TRL DPOTrainer step, same cross-lingual pairs, same model, same seeds per
+      step (CLO: B seeds = 2B triples = 4B sequences; DPO: 2B pairs = 4B sequences, both directions).
+      CLO reads precomputed reference log-probs. DPO is run twice: with precompute_ref_log_probs=True
+      (like for like: no reference forward in the step; the kit's SFT+DPO baseline uses this) and
+      with a live reference model (TRL's default: one extra no-grad forward per step). The target
+      (<= 0.75) is stated against the live reference; the like-for-like ratio is printed beside it.
+  (b) CLO vs SFT (TRL SFTTrainer, both languages) seconds per seed at the same seed budget per step
+      (CLO 4 sequences per seed, SFT 2; 2.0 is the arithmetic floor).
+  (c) Peak training memory, attention-only vs full fine-tuning (and LoRA): each mode in a fresh
+      subprocess so peaks do not mix. CPU: peak RSS above the process's RSS before the model was
+      loaded (weights + gradients + optimizer state + activations: what torch.cuda.max_memory_allocated
+      measures on a GPU); the raw process peak RSS is printed too. GPU: max_memory_allocated.
+  (d) Translation throughput, batched vs one segment per backend call (Apertium; a tiny random
+      M2M100), and a rerun with a warm cache, which must call the backend 0 times.
+  (e) Generation throughput for evaluation (clo_utils.evaluate.generate_answers), batched vs one
+      prompt at a time.
+  (f) End-to-end wall time of the embedded demo by stage, from runs/<recipe>/timings.json written by
+      the pipeline runner (`make demo`), when present.
+
+Settings are small so the whole script runs in under 15 minutes on 2 CPU cores: the embedded
+SmolLM2-135M, the 8 shortest seeds of the packaged smoke set translated to Catalan with Apertium,
+4 seeds per step, 1 warm-up step then 2 timed steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # runs from a checkout without an install too
+
+MODEL_ID = "embedded:smollm2-135m-instruct"
+LANG = "ca"
+SECTIONS = ("train", "memory", "translate", "generate", "demo")
+TARGETS = {  # name -> (comparison, target, what)
+    "clo_vs_dpo_live_step": ("<=", 0.75, "CLO step / DPO step (live reference), same seeds"),
+    "clo_vs_dpo_precomputed_step": ("<=", 0.75, "CLO step / DPO step (precomputed reference), like for like"),
+    "clo_vs_sft_per_seed": ("<=", 2.2, "CLO s/seed / SFT s/seed (4 vs 2 sequences per seed)"),
+    "memory_attention_vs_full": ("<=", 0.7, "peak training memory, attention-only / full"),
+    "memory_lora_vs_full": (None, None, "peak training memory, LoRA / full"),
+    "translate_apertium_speedup": (">=", 5.0, "Apertium: one-per-call time / batched time"),
+    "translate_m2m100_speedup": (">=", 5.0, "tiny M2M100: one-per-call time / batched time"),
+    "translate_warm_cache_calls": ("==", 0, "backend calls on a rerun with a warm cache"),
+    "generate_batched_speedup": (">=", 4.0, "generation: one-at-a-time time / batched time"),
+}
+
+
+# =========================================================================== helpers
+
+
+def device_description() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()} "
+            f"(torch {torch.__version__})")
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process (Linux), MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def verdict(name: str, value) -> str:
+    op, target, _ = TARGETS[name]
+    if op is None or value is None:
+        return "info"
+    ok = {"<=": value <= target, ">=": value >= target, "==": value == target}[op]
+    return "PASS" if ok else "MISS"
+
+
+def step_timer():
+    """A callback recording the wall time between consecutive optimizer-step ends: each interval is
+    one whole step (data collation, forward, backward, optimizer, logging); the first step (warm-up:
+    allocations, optimizer state creation) has no predecessor and is left out."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.ends: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+        @property
+        def intervals(self) -> list[float]:
+            return [b - a for a, b in zip(self.ends, self.ends[1:])]
+
+    return StepTimer()
+
+
+def fresh_model(mode: str = "attention"):
+    from clo_utils.models import load_model_and_tokenizer, select_trainable
+
+    model, tok = load_model_and_tokenizer(MODEL_ID, dtype="float32")
+    model, report = select_trainable(model, mode)
+    return model, tok, report
+
+
+def bench_seeds(n: int, tok, work: Path) -> tuple[list[dict], str]:
+    """The n shortest seeds of the packaged smoke set (prompt + response tokens), translated into
+    Catalan with Apertium (the offline default). Without Apertium the target side is a copy of the
+    English (timings only; said in the output)."""
+    from clo_utils.data import load_english_sft, make_seed_row
+
+    rows = load_english_sft("smoke")
+    rows = sorted(rows, key=lambda r: (len(tok(r["prompt"] + r["response"])["input_ids"]), r["id"]))[:n]
+    try:
+        from clo_utils.translate import get_translator, translate
+
+        translator = get_translator("apertium", LANG)
+        texts = [r["prompt"] for r in rows] + [r["response"] for r in rows]
+        out = translate(texts, LANG, backend=translator, cache=work / "seed_translations.sqlite", progress=False)
+        label = translator.label
+    except Exception as err:  # noqa: BLE001 - the timing sections still run without MT
+        print(f"  ! Apertium unavailable ({err}); target side = English copy, timings only")
+        out = [r["prompt"] for r in rows] + [r["response"] for r in rows]
+        label = "none (English copy)"
+    return [make_seed_row(r, LANG, p, q) for r, p, q in zip(rows, out[:n], out[n:])], label
+
+
+# =========================================================================== (a) + (b) training steps
+
+
+def bench_training(args, work: Path, seeds: list[dict], results: dict) -> None:
+    import torch
+
+    from clo_utils.data import build_cross_lingual_pairs, build_sft_rows
+    from clo_utils.train import (CLOConfig, CLOTrainer, dpo_config, sft_config, tokenize_clo_pairs, train_dpo,
+                                 train_sft, training_profile)
+
+    B = args.batch_seeds
+    steps = args.warmup + args.steps
+    common = dict(max_steps=steps, learning_rate=1e-6, logging_steps=10_000, save_strategy="no",
+                  disable_tqdm=True, seed=0, report_to="none", lr_scheduler_type="constant")
+    pairs = build_cross_lingual_pairs(seeds)
+    timings: dict[str, dict] = {}
+
+    # --- CLO (reference log-probs precomputed once and cached on disk)
+    model, tok, report = fresh_model("attention")
+    examples, stats = tokenize_clo_pairs(pairs, tok, args.max_length)
+    lengths = [len(ids) for ex in examples for ids in ex["input_ids"]]
+    cfg = CLOConfig(output_dir=str(work / "clo"), per_device_train_batch_size=B, max_length=args.max_length,
+                    ref_cache_dir=str(work / "ref"), **common, **training_profile())
+    timer = step_timer()
+    t0 = time.perf_counter()
+    trainer = CLOTrainer(model, cfg, examples, processing_class=tok, callbacks=[timer])
+    ref_seconds = time.perf_counter() - t0
+    trainer.train()
+    timings["clo"] = {"step_seconds": timer.intervals, "seeds_per_step": B, "sequences_per_step": 4 * B,
+                      "reference_pass_seconds": ref_seconds, "reference_forward_batches": trainer.reference_forward_batches,
+                      "trainable": report}
+    print(f"  CLO: steps {fmt_list(timer.intervals)} s; reference pass {ref_seconds:.1f} s for {len(examples)} seeds "
+          f"(sequences {min(lengths)}-{max(lengths)} tokens)")
+    if args.profile:
+        timings["clo"]["profile"] = profile_clo_step(trainer)
+    del trainer, model
+    gc.collect()
+
+    # --- TRL DPO, precomputed reference and live reference (the kit's train_dpo entry point)
+    for variant, precompute in (("dpo_precomputed", True), ("dpo_live", False)):
+        model, tok, _ = fresh_model("attention")
+        cfg = dpo_config(str(work / variant), beta=0.1, max_length=args.max_length, device="auto",
+                         per_device_train_batch_size=2 * B, precompute_ref_log_probs=precompute, **common)
+        timer = step_timer()
+        trainer, _ = train_dpo(model, tok, pairs, cfg, callbacks=[timer])
+        timings[variant] = {"step_seconds": timer.intervals, "seeds_per_step": B, "sequences_per_step": 4 * B,
+                            "precompute_ref_log_probs": precompute}
+        print(f"  DPO ({'precomputed' if precompute else 'live'} reference): steps {fmt_list(timer.intervals)} s")
+        del trainer, model
+        gc.collect()
+
+    # --- TRL SFT on both languages (2 rows per seed)
+    model, tok, _ = fresh_model("attention")
+    cfg = sft_config(str(work / "sft"), max_length=args.max_length, device="auto",
+                     per_device_train_batch_size=2 * B, **common)
+    timer = step_timer()
+    trainer, _ = train_sft(model, tok, build_sft_rows(seeds, "both"), cfg, callbacks=[timer])
+    timings["sft"] = {"step_seconds": timer.intervals, "seeds_per_step": B, "sequences_per_step": 2 * B}
+    print(f"  SFT: steps {fmt_list(timer.intervals)} s")
+    del trainer, model
+    gc.collect()
+
+    def per_seed(name):
+        t = timings[name]
+        return sum(t["step_seconds"]) / len(t["step_seconds"]) / t["seeds_per_step"]
+
+    for name in timings:
+        timings[name]["seconds_per_seed"] = per_seed(name)
+    results["training"] = timings
+    clo = per_seed("clo")
+    add_ratio(results, "clo_vs_dpo_live_step", clo / per_seed("dpo_live"),
+              f"CLO {clo:.2f} s/seed vs DPO live-ref {per_seed('dpo_live'):.2f} s/seed")
+    add_ratio(results, "clo_vs_dpo_precomputed_step", clo / per_seed("dpo_precomputed"),
+              f"CLO {clo:.2f} s/seed vs DPO precomputed-ref {per_seed('dpo_precomputed'):.2f} s/seed")
+    add_ratio(results, "clo_vs_sft_per_seed", clo / per_seed("sft"),
+              f"CLO {clo:.2f} s/seed vs SFT {per_seed('sft'):.2f} s/seed")
+
+
+
+def fmt_list(xs) -> str:
+    return "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"
+
+
+def profile_clo_step(trainer) -> dict:
+    """One more CLO step under torch.profiler: where the time goes (top ops by self CPU time, and the
+    share inside clo_utils.losses.sequence_logps, the per-row log-softmax loop)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    import clo_utils.train as train_module
+
+    original = train_module.sequence_logps
+
+    def traced(*a, **k):
+        with record_function("clo.sequence_logps"):
+            return original(*a, **k)
+
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model
+    model.train()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    train_module.sequence_logps = traced
+    try:
+        with profile(activities=activities, record_shapes=False) as prof:
+            with record_function("clo.forward+loss"):
+                loss = trainer.compute_loss(model, trainer._prepare_inputs(batch))
+            with record_function("clo.backward"):
+                loss.backward()
+        model.zero_grad(set_to_none=True)
+    finally:
+        train_module.sequence_logps = original
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    spans = {e.key: e.cpu_time_total for e in events if e.key.startswith("clo.")}
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    out = {"total_self_cpu_ms": total / 1e3,
+           "spans_ms": {k: v / 1e3 for k, v in spans.items()},
+           "top_ops": [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                        "share": e.self_cpu_time_total / total} for e in top]}
+    fwd = spans.get("clo.forward+loss", 0.0)
+    bwd = spans.get("clo.backward", 0.0)
+    logps = spans.get("clo.sequence_logps", 0.0)
+    print(f"  profile of one CLO step: forward+loss {fwd / 1e3:.0f} ms (sequence_logps forward {logps / 1e3:.0f} ms = "
+          f"{logps / max(fwd + bwd, 1):.0%} of the step), backward {bwd / 1e3:.0f} ms; top ops: "
+          + ", ".join(f"{t['op']} {t['share']:.0%}" for t in out["top_ops"][:5]))
+    return out
+
+
+# =========================================================================== (c) memory
+
+
+def memory_worker(mode: str, args) -> None:
+    """Runs in a fresh subprocess: CLO training steps with one trainable set; prints one JSON line."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.init()
+        torch.cuda.reset_peak_memory_stats()
+    before = rss_mb()
+    from clo_utils.data import build_cross_lingual_pairs
+    from clo_utils.train import CLOConfig, CLOTrainer, tokenize_clo_pairs, training_profile
+
+    import_rss = rss_mb()
+    seeds = json.loads(Path(args.seeds_file).read_text())
+    model, tok, report = fresh_model(mode)
+    loaded = rss_mb()
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(seeds), tok, args.max_length)
+    cfg = CLOConfig(output_dir=str(Path(args.work) / f"mem-{mode}"), per_device_train_batch_size=args.batch_seeds,
+                    max_length=args.max_length, ref_cache_dir=str(Path(args.work) / "ref"), max_steps=args.mem_steps,
+                    learning_rate=1e-6, logging_steps=10_000, save_strategy="no", disable_tqdm=True, seed=0,
+                    report_to="none", **training_profile())
+    trainer = CLOTrainer(model, cfg, examples, processing_class=tok)
+    trainer.train()
+    out = {"mode": mode, "trainable_params": report["trainable_params"], "total_params": report["total_params"],
+           "rss_start_mb": before, "rss_after_imports_mb": import_rss, "rss_after_model_mb": loaded,
+           "peak_rss_mb": peak_rss_mb(), "reference_forward_batches": trainer.reference_forward_batches}
+    if cuda:
+        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["training_mb"] = out["cuda_max_allocated_mb"]
+    else:
+        out["training_mb"] = out["peak_rss_mb"] - import_rss  # above the interpreter + libraries
+    print("MEMORY_RESULT " + json.dumps(out))
+
+
+def bench_memory(args, work: Path, seeds: list[dict], results: dict) -> None:
+    seeds_file = work / "seeds.json"
+    seeds_file.write_text(json.dumps(seeds))
+    modes = {}
+    for mode in ("attention", "full", "lora"):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-worker", mode, "--seeds-file", str(seeds_file),
+               "--work", str(work), "--threads", str(args.threads), "--batch-seeds", str(args.batch_seeds),
+               "--max-length", str(args.max_length), "--mem-steps", str(args.mem_steps)]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        line = next((l for l in done.stdout.splitlines() if l.startswith("MEMORY_RESULT ")), None)
+        if done.returncode != 0 or line is None:
+            raise RuntimeError(f"memory worker ({mode}) failed:\n{(done.stdout + done.stderr)[-3000:]}")
+        modes[mode] = json.loads(line.split(" ", 1)[1])
+        m = modes[mode]
+        print(f"  {mode:9s}: training memory {m['training_mb']:.0f} MB (peak RSS {m['peak_rss_mb']:.0f} MB, after "
+              f"imports {m['rss_after_imports_mb']:.0f} MB, after model load {m['rss_after_model_mb']:.0f} MB); "
+              f"trainable {m['trainable_params'] / 1e6:.1f}M of {m['total_params'] / 1e6:.1f}M; "
+              f"{time.perf_counter() - t0:.0f} s")
+    results["memory"] = modes
+    full = modes["full"]["training_mb"]
+    add_ratio(results, "memory_attention_vs_full", modes["attention"]["training_mb"] / full,
+              f"{modes['attention']['training_mb']:.0f} vs {full:.0f} MB; raw peak RSS ratio "
+              f"{modes['attention']['peak_rss_mb'] / modes['full']['peak_rss_mb']:.2f}")
+    add_ratio(results, "memory_lora_vs_full", modes["lora"]["training_mb"] / full,
+              f"{modes['lora']['training_mb']:.0f} vs {full:.0f} MB")
+
+
+# =========================================================================== (d) translation
+
+
+def tiny_m2m100(out: Path) -> Path:
+    """A tiny random M2M100 (real architecture and tokenizer classes, sentencepiece trained here)."""
+    import io
+
+    import sentencepiece as spm
+    import torch
+    from transformers import M2M100Config, M2M100ForConditionalGeneration, M2M100Tokenizer
+
+    corpus = ["The cat sleeps on the warm chair.", "Use the function to compute the sum.",
+              "Hello world, how are you today?", "El gat dorm a la cadira.", "La funció calcula la suma."] * 20
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=buf, vocab_size=80, model_type="unigram",
+                                   character_coverage=1.0, bos_id=-1, eos_id=-1, unk_id=0, pad_id=-1, minloglevel=2,
+                                   hard_vocab_limit=False)
+    (out / "sentencepiece.bpe.model").write_bytes(buf.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for i in range(sp.get_piece_size()):
+        vocab.setdefault(sp.id_to_piece(i), len(vocab))
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    tok = M2M100Tokenizer(vocab_file=str(out / "vocab.json"), spm_file=str(out / "sentencepiece.bpe.model"))
+    size = max(tok.lang_code_to_id.values()) + 1 + tok.num_madeup_words
+    torch.manual_seed(0)
+    config = M2M100Config(vocab_size=size, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                          decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                          max_position_embeddings=256, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                          decoder_start_token_id=2)
+    M2M100ForConditionalGeneration(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def translation_texts(n: int) -> list[str]:
+    """n distinct one-sentence English texts from the packaged smoke set."""
+    from clo_utils.data import load_english_sft
+
+    texts = []
+    for row in load_english_sft("smoke"):
+        for text in (row["prompt"], row["response"].split(". ")[0].rstrip(".") + "."):
+            line = " ".join(text.split())
+            if 3 <= len(line.split()) <= 30 and line not in texts:
+                texts.append(line)
+    return texts[:n]
+
+
+def _counting(translator):
+    calls = {"n": 0}
+    original = translator.translate_batch
+
+    def counted(segments):
+        calls["n"] += 1
+        return original(segments)
+
+    translator.translate_batch = counted
+    return calls
+
+
+def bench_translation(args, work: Path, results: dict) -> None:
+    try:
+        from clo_utils.translate import get_translator, translate_with_stats
+    except ImportError as err:
+        raise RuntimeError("clo_utils.translate.translate is not available yet (the translation module is "
+                           f"still being written): {err}") from None
+
+    texts = translation_texts(args.translate_texts)
+    section = {"texts": len(texts)}
+    backends = []
+    try:
+        backends.append(("apertium", get_translator("apertium", LANG), args.apertium_batch))
+    except Exception as err:  # noqa: BLE001
+        print(f"  ! Apertium unavailable: {err}")
+        section["apertium_error"] = str(err)
+    m2m_dir = tiny_m2m100(work / "tiny-m2m100")
+    backends.append(("m2m100", get_translator("m2m100", LANG, model=str(m2m_dir), device="cpu"), args.m2m100_batch))
+    warm_calls = []
+    for name, translator, batch in backends:
+        calls = _counting(translator)
+        translate_with_stats(texts[:2], LANG, backend=translator, batch_size=2, progress=False)  # warm-up: load model
+        runs = {}
+        for label, batch_size, cache in (("one_per_call", 1, None), ("batched", batch, work / f"{name}-cache.sqlite")):
+            before = calls["n"]
+            t0 = time.perf_counter()
+            out, stats = translate_with_stats(texts, LANG, backend=translator, batch_size=batch_size, cache=cache,
+                                              progress=False)
+            runs[label] = {"seconds": time.perf_counter() - t0, "backend_calls": calls["n"] - before,
+                           "segments": stats.segments, "batch_size": batch_size}
+        before = calls["n"]
+        t0 = time.perf_counter()
+        again, stats = translate_with_stats(texts, LANG, backend=translator, batch_size=batch,
+                                            cache=work / f"{name}-cache.sqlite", progress=False)
+        runs["warm_cache"] = {"seconds": time.perf_counter() - t0, "backend_calls": calls["n"] - before,
+                              "translated": stats.translated, "cached": stats.cached, "same_output": again == out}
+        warm_calls.append(runs["warm_cache"]["backend_calls"])
+        section[name] = runs
+        one, bat = runs["one_per_call"], runs["batched"]
+        print(f"  {name}: {one['segments']} segments one per call {one['seconds']:.2f} s ({one['backend_calls']} calls), "
+              f"batched {bat['seconds']:.2f} s ({bat['backend_calls']} calls of <= {batch}); warm-cache rerun "
+              f"{runs['warm_cache']['seconds']:.3f} s, {runs['warm_cache']['backend_calls']} backend calls")
+        add_ratio(results, f"translate_{name}_speedup", one["seconds"] / bat["seconds"],
+                  f"{one['segments'] / one['seconds']:.1f} vs {bat['segments'] / bat['seconds']:.1f} segments/s")
+    results["translation"] = section
+    add_ratio(results, "translate_warm_cache_calls", max(warm_calls),
+              "per backend: " + ", ".join(f"{n} {c}" for (n, _, _), c in zip(backends, warm_calls)))
+
+
+# =========================================================================== (e) generation
+
+
+def bench_generation(args, seeds: list[dict], results: dict) -> None:
+    import torch
+
+    model, tok, _ = fresh_model("attention")
+    prompts = [s["prompt_tgt"] for s in seeds][: args.gen_prompts]
+    try:
+        from clo_utils.evaluate import generate_answers
+        source = "clo_utils.evaluate.generate_answers"
+
+        def run(batch_size):
+            return generate_answers(model, tok, prompts, max_new_tokens=args.gen_tokens, batch_size=batch_size,
+                                    progress=False)
+    except ImportError:
+        source = "model.generate (left padding)"
+
+        def run(batch_size):
+            tok.padding_side = "left"
+            out = []
+            for i in range(0, len(prompts), batch_size):
+                texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts[i:i + batch_size]]
+                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                with torch.inference_mode():
+                    gen = model.generate(**enc, max_new_tokens=args.gen_tokens, do_sample=False)
+                out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            return out
+
+    run(len(prompts[:2]))  # warm-up
+    timing = {}
+    for label, batch_size in (("one_at_a_time", 1), ("batched", args.gen_batch)):
+        t0 = time.perf_counter()
+        answers = run(batch_size)
+        seconds = time.perf_counter() - t0
+        new_tokens = sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers)
+        timing[label] = {"seconds": seconds, "batch_size": batch_size, "prompts": len(prompts),
+                         "answer_tokens": new_tokens}
+    one, bat = timing["one_at_a_time"], timing["batched"]
+    print(f"  {source}: {len(prompts)} prompts, max_new_tokens {args.gen_tokens}: one at a time {one['seconds']:.1f} s "
+          f"({one['answer_tokens']} answer tokens), batch {args.gen_batch}: {bat['seconds']:.1f} s "
+          f"({bat['answer_tokens']} answer tokens)")
+    results["generation"] = {"source": source, **timing}
+    add_ratio(results, "generate_batched_speedup", one["seconds"] / bat["seconds"],
+              f"{len(prompts) / one['seconds']:.2f} vs {len(prompts) / bat['seconds']:.2f} prompts/s")
+    del model
+    gc.collect()
+
+
+# =========================================================================== (f) demo timings
+
+
+def bench_demo(args, results: dict) -> None:
+    path = REPO / "runs" / args.recipe / "timings.json"
+    if not path.exists():
+        print(f"  {path.relative_to(REPO)} is absent: run `make demo` (the pipeline runner writes it)")
+        results["demo"] = {"path": str(path), "present": False}
+        return
+    data = json.loads(path.read_text())
+    stages = data.get("stages", [])
+    for s in stages:
+        print(f"  {s.get('lang', ''):4s} {s.get('stage', '?'):34s} {s.get('status', ''):12s} {s.get('seconds', 0):8.1f} s")
+    total = data.get("total_seconds", sum(s.get("seconds", 0) for s in stages))
+    print(f"  total {total:.0f} s ({total / 60:.1f} min)")
+    results["demo"] = {"path": str(path), "present": True, **data}
+
+
+# =========================================================================== main
+
+
+def add_ratio(results: dict, name: str, value, detail: str) -> None:
+    op, target, what = TARGETS[name]
+    results["ratios"][name] = {"value": value, "target": target, "op": op, "status": verdict(name, value),
+                               "what": what, "detail": detail}
+
+
+def print_table(results: dict) -> None:
+    print("\n" + "=" * 118)
+    print(f"device: {results['device']}; load average at start {results['load_average_start']}, "
+          f"end {results['load_average_end']}")
+    print(f"{'measurement':32s} {'value':>8s} {'target':>8s} {'status':>6s}  detail")
+    for name, r in results["ratios"].items():
+        value = r["value"]
+        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+        target = "" if r["op"] is None else f"{r['op']} {r['target']}"
+        print(f"{name:32s} {shown:>8s} {target:>8s} {r['status']:>6s}  {r['detail']}")
+    for name, err in results.get("errors", {}).items():
+        print(f"{name:32s} {'-':>8s} {'':>8s} {'ERROR':>6s}  {err}")
+    print(f"total {results['seconds']:.0f} s")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", nargs="?", default=str(REPO / "runs" / "bench.json"), help="JSON results (default runs/bench.json)")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections among {SECTIONS}")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=8, help="seeds in the training benchmarks")
+    p.add_argument("--batch-seeds", type=int, default=4, help="seeds per training step (CLO 4x sequences)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=2, help="timed training steps after the warm-up")
+    p.add_argument("--max-length", type=int, default=320)
+    p.add_argument("--mem-steps", type=int, default=2)
+    p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the torch.profiler CLO step")
+    p.add_argument("--translate-texts", type=int, default=32)
+    p.add_argument("--apertium-batch", type=int, default=200)
+    p.add_argument("--m2m100-batch", type=int, default=32)
+    p.add_argument("--gen-prompts", type=int, default=8)
+    p.add_argument("--gen-batch", type=int, default=8)
+    p.add_argument("--gen-tokens", type=int, default=32)
+    p.add_argument("--recipe", default="demo", help="runs/<recipe>/timings.json for the demo timings")
+    p.add_argument("--_memory-worker", dest="memory_worker", help=argparse.SUPPRESS)
+    p.add_argument("--seeds-file", help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.memory_worker:
+        memory_worker(args.memory_worker, args)
+        return 0
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"--only: unknown sections {sorted(unknown)}; known: {SECTIONS}")
+    start = time.perf_counter()
+    results = {"device": device_description(), "load_average_start": load_average(), "model": MODEL_ID,
+               "settings": {k: v for k, v in vars(args).items() if k not in ("memory_worker", "seeds_file", "work")},
+               "ratios": {}, "errors": {}}
+    print(f"device: {results['device']}; load average {results['load_average_start']}")
+    with tempfile.TemporaryDirectory(prefix="clo-bench-") as tmp:
+        work = Path(tmp)
+        seeds = None
+        if {"train", "memory", "generate"} & set(only):
+            from clo_utils.models import load_tokenizer
+
+            seeds, label = bench_seeds(args.seeds, load_tokenizer(MODEL_ID), work)
+            results["data"] = {"seeds": len(seeds), "translator": label, "source": "clo_utils/assets/smoke_sft.jsonl"}
+            print(f"data: {len(seeds)} seeds (shortest of the smoke set), en -> {LANG} with {label}")
+        for section, fn in (("train", lambda: bench_training(args, work, seeds, results)),
+                            ("memory", lambda: bench_memory(args, work, seeds, results)),
+                            ("translate", lambda: bench_translation(args, work, results)),
+                            ("generate", lambda: bench_generation(args, seeds, results)),
+                            ("demo", lambda: bench_demo(args, results))):
+            if section not in only:
+                continue
+            print(f"\n[{section}]")
+            t0 = time.perf_counter()
+            try:
+                fn()
+            except Exception as err:  # noqa: BLE001 - one broken section must not hide the others
+                results["errors"][section] = f"{type(err).__name__}: {err}"
+                print(f"  ERROR: {type(err).__name__}: {err}")
+            print(f"  ({time.perf_counter() - t0:.0f} s)")
+    results["load_average_end"] = load_average()
+    results["seconds"] = time.perf_counter() - start
+    print_table(results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str))
+    print(f"results: {out}")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

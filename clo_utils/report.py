@@ -1,0 +1,307 @@
+"""REPORT.md for a runs root: the measured table, the labels, the wall time and example answers.
+
+Reads the runs' metrics.json (through clo_utils.plots), `timings.json` at a recipe root when the
+batch runner wrote one, and the answers.jsonl of the runs shown as examples. Every number is
+printed as measured, next to the labels that say what produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import pandas as pd
+
+from clo_utils.plots import (
+    METHOD_ORDER,
+    MetricsFileError,
+    MetricsTables,
+    language_label,
+    load_tables,
+    main_run_dirs,
+    method_label,
+    ordered_languages,
+)
+
+EXAMPLES_PER_LANGUAGE = 3
+ANSWER_CHARS = 400  # longer answers are cut: the table must stay readable on GitHub
+MISSING = "—"
+
+
+class ReportColumn(NamedTuple):
+    header: str
+    source: str             # key in metrics.json (eval field, or train field when direction is None)
+    direction: str | None   # "tgt" / "en" for eval fields
+    digits: int
+
+
+REPORT_COLUMNS: tuple[ReportColumn, ...] = (
+    ReportColumn("target fidelity", "fidelity", "tgt", 3),
+    ReportColumn("English fidelity", "fidelity", "en", 3),
+    ReportColumn("target chrF++", "chrf", "tgt", 1),
+    ReportColumn("English chrF++", "chrf", "en", 1),
+    ReportColumn("target NLL (nats/token)", "nll", "tgt", 3),
+    ReportColumn("echo (target)", "echo", "tgt", 3),
+    ReportColumn("repetition (target)", "repetition", "tgt", 3),
+    ReportColumn("too_short (target)", "too_short", "tgt", 3),
+    ReportColumn("train seconds", "train_seconds", None, 1),
+)
+ROW_KEYS = ("lang", "method", "n_seeds", "trainable")
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------------------------
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def format_number(value: Any, digits: int) -> str:
+    return MISSING if _is_missing(value) else f"{float(value):.{digits}f}"
+
+
+def markdown_cell(text: Any, limit: int | None = None) -> str:
+    """One table cell: pipes escaped, newlines as <br>, optionally cut to `limit` characters."""
+    text = MISSING if _is_missing(text) else str(text)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r\n", "\n").replace("\n", "<br>")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def blockquote(text: str) -> str:
+    return "\n".join(f"> {line}" if line else ">" for line in text.splitlines() or [""])
+
+
+# --------------------------------------------------------------------------------------------
+# The measured table
+# --------------------------------------------------------------------------------------------
+
+def _method_rank(family: str) -> int:
+    return METHOD_ORDER.index(family) if family in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def _sorted_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    language_rank = {lang: i for i, lang in enumerate(ordered_languages(runs["lang"]))}
+    keys = runs.assign(_lang=runs["lang"].map(language_rank), _method=runs["method_family"].map(_method_rank))
+    return keys.sort_values(["_lang", "_method", "method", "n_seeds"]).drop(columns=["_lang", "_method"])
+
+
+def _column_values(evals: pd.DataFrame, column: ReportColumn) -> pd.Series:
+    rows = evals if column.direction is None else evals[evals["direction"] == column.direction]
+    rows = rows.drop_duplicates("run_dir").set_index("run_dir")
+    return rows[column.source] if column.source in rows else pd.Series(dtype=float)
+
+
+def measured_table(evals: pd.DataFrame) -> pd.DataFrame:
+    """One row per run (lang, method, n_seeds, trainable) with the REPORT_COLUMNS as numbers."""
+    runs = evals.drop_duplicates("run_dir")[["run_dir", "method_family", *ROW_KEYS]]
+    runs = _sorted_runs(runs).reset_index(drop=True)
+    for column in REPORT_COLUMNS:
+        runs[column.header] = runs["run_dir"].map(_column_values(evals, column))
+    return runs.drop(columns=["run_dir", "method_family"])
+
+
+def measured_table_markdown(evals: pd.DataFrame) -> str:
+    table = measured_table(evals)
+    rows = []
+    for _, run in table.iterrows():
+        keys = [str(run["lang"]), str(run["method"]), str(int(run["n_seeds"])), markdown_cell(run["trainable"])]
+        rows.append(keys + [format_number(run[column.header], column.digits) for column in REPORT_COLUMNS])
+    return markdown_table([*ROW_KEYS, *(column.header for column in REPORT_COLUMNS)], rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Labels, wall time, judge and knowledge tables
+# --------------------------------------------------------------------------------------------
+
+def _unique(values: Any) -> list[Any]:
+    seen: list[Any] = []
+    for value in values:
+        if not _is_missing(value) and value not in seen:
+            seen.append(value)
+    return seen
+
+
+def labels_section(evals: pd.DataFrame) -> str:
+    runs = evals.drop_duplicates("run_dir")
+    labels = _unique(label for run_labels in runs["labels"] for label in run_labels)
+    lines = ["## Labels", "", "Every number in this report was measured with:", ""]
+    lines += [f"- {label}" for label in labels] or ["- (no run.labels recorded)"]
+    models = _unique(f"`{row.model_id}`" + (f" ({row.model_label})" if not _is_missing(row.model_label) else "")
+                     for row in runs.itertuples())
+    translators = _unique(f"`{row.translator}` ({row.lang})" for row in runs.itertuples() if not _is_missing(row.translator))
+    lines += ["", f"Models: {', '.join(models) or MISSING}.", f"Translators: {', '.join(translators) or MISSING}."]
+    return "\n".join(lines)
+
+
+def read_timings(recipe_root: Path) -> dict[str, Any] | None:
+    """The runner's timings.json at the recipe root, or None when the recipe has none."""
+    path = recipe_root / "timings.json"
+    if not path.is_file():
+        return None
+    try:
+        timings = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise MetricsFileError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(timings, dict) or not isinstance(timings.get("stages", []), list):
+        raise MetricsFileError(f"{path}: expected {{'stages': [{{'stage', 'seconds'}}], 'total_seconds'}}")
+    return timings
+
+
+def _duration(seconds: Any) -> str:
+    return MISSING if _is_missing(seconds) else f"{float(seconds):.1f} s ({float(seconds) / 60:.1f} min)"
+
+
+def wall_time_section(recipe_root: Path) -> str:
+    timings = read_timings(recipe_root)
+    if timings is None:
+        return f"## Wall time\n\nNo timings.json at {recipe_root}: wall time not recorded."
+    rows = [[markdown_cell(stage.get("stage")), _duration(stage.get("seconds"))] for stage in timings.get("stages", [])]
+    rows.append(["**total**", f"**{_duration(timings.get('total_seconds'))}**"])
+    return "## Wall time\n\n" + markdown_table(["stage", "wall time"], rows)
+
+
+def judge_section(evals: pd.DataFrame) -> str | None:
+    judged = evals[evals["judge_win_rate"].notna()] if "judge_win_rate" in evals else evals.iloc[0:0]
+    if judged.empty:
+        return None
+    judged = _sorted_runs(judged)
+    rows = [[row.lang, row.method, str(row.n_seeds), row.direction, markdown_cell(row.judge_vs),
+             format_number(row.judge_win_rate, 3), format_number(getattr(row, "judge_n", None), 0),
+             format_number(getattr(row, "judge_n_malformed", None), 0)] for row in judged.itertuples()]
+    headers = ["lang", "method", "n_seeds", "direction", "vs", "win rate (share)", "n", "malformed"]
+    return "## Judge win rates\n\n" + markdown_table(headers, rows)
+
+
+def knowledge_section(evals: pd.DataFrame) -> str | None:
+    tasks = [column for column in evals.columns if column.startswith("knowledge_")]
+    runs = evals.drop_duplicates("run_dir")
+    runs = runs[runs[tasks].notna().any(axis=1)] if tasks else runs.iloc[0:0]
+    if runs.empty:
+        return None
+    runs = _sorted_runs(runs)
+    rows = [[row["lang"], row["method"], str(row["n_seeds"])] + [format_number(row[task], 3) for task in tasks]
+            for _, row in runs.iterrows()]
+    headers = ["lang", "method", "n_seeds", *(task.removeprefix("knowledge_") for task in tasks)]
+    return "## Knowledge (accuracy)\n\n" + markdown_table(headers, rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Example answers
+# --------------------------------------------------------------------------------------------
+
+def read_answers(path: Path) -> list[dict[str, Any]]:
+    """answers.jsonl lines; a malformed line is an error naming the file and line."""
+    answers = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            answer = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise MetricsFileError(f"{path}:{number}: not valid JSON ({err})") from err
+        if not isinstance(answer, dict) or "id" not in answer or "direction" not in answer:
+            raise MetricsFileError(f"{path}:{number}: expected an object with 'id' and 'direction'")
+        answers.append(answer)
+    return answers
+
+
+def example_runs(evals: pd.DataFrame, lang: str) -> list[pd.Series]:
+    """The untouched model, and the main SFT and CLO runs at their largest budget, for `lang`."""
+    runs = evals[(evals["lang"] == lang)].drop_duplicates("run_dir")
+    runs = runs[runs["run_dir"].isin(main_run_dirs(runs))]
+    chosen = []
+    for family in ("base", "sft", "clo"):
+        candidates = runs[runs["method_family"] == family].sort_values("n_seeds")
+        if len(candidates):
+            chosen.append(candidates.iloc[-1])
+    return chosen
+
+
+def _answers_by_id(run_dir: Path, direction: str) -> dict[str, dict[str, Any]] | None:
+    path = run_dir / "answers.jsonl"
+    if not path.is_file():
+        return None
+    return {str(a["id"]): a for a in read_answers(path) if a["direction"] == direction}
+
+
+def examples_for_language(evals: pd.DataFrame, lang: str, direction: str = "tgt",
+                          count: int = EXAMPLES_PER_LANGUAGE) -> str:
+    runs = example_runs(evals, lang)
+    answered = [(run, _answers_by_id(Path(run["run_dir"]), direction)) for run in runs]
+    answered = [(run, answers) for run, answers in answered if answers]
+    heading = f"### {language_label(lang)}"
+    if len(answered) < 2:
+        return f"{heading}\n\nFewer than two of base / SFT / CLO have an answers.jsonl: no side-by-side examples."
+    # Prompt ids in the first run's order (files need not share an order), kept when every run answered them.
+    shared = [i for i in answered[0][1] if all(i in answers for _, answers in answered)][:count]
+    if not shared:
+        return f"{heading}\n\nThe runs' answers.jsonl files share no prompt id: no side-by-side examples."
+    headers = [f"{method_label(run['method_family'])} ({run['run_name']})" for run, _ in answered] + ["reference"]
+    blocks = [heading]
+    for number, prompt_id in enumerate(shared, start=1):
+        first = answered[0][1][prompt_id]
+        cells = [markdown_cell(answers[prompt_id].get("answer"), ANSWER_CHARS) for _, answers in answered]
+        cells.append(markdown_cell(first.get("reference"), ANSWER_CHARS))
+        blocks.append(f"**Example {number}** (id `{prompt_id}`, {direction} prompt)\n\n"
+                      f"{blockquote(str(first.get('prompt', '')))}\n\n{markdown_table(headers, [cells])}")
+    return "\n\n".join(blocks)
+
+
+def examples_section(evals: pd.DataFrame) -> str:
+    languages = ordered_languages(evals["lang"])
+    intro = (f"## Example answers\n\nUp to {EXAMPLES_PER_LANGUAGE} target-language prompts per language, "
+             f"answered by each model (answers cut at {ANSWER_CHARS} characters).")
+    return "\n\n".join([intro, *(examples_for_language(evals, lang) for lang in languages)])
+
+
+# --------------------------------------------------------------------------------------------
+# The whole report
+# --------------------------------------------------------------------------------------------
+
+MEASURED_NOTE = ("Shares are fractions of answers in [0, 1]; fidelity counts answers of at least `min_words` "
+                 "words in the prompt's language; echo, repetition and too_short are on target-language prompts; "
+                 "chrF++ is 0-100 against the translated reference; NLL is the token-mean NLL of the reference "
+                 "answers (nats/token). `base` is the untouched model.")
+
+
+def recipe_report(evals: pd.DataFrame) -> str:
+    recipe = str(evals["recipe"].iloc[0])
+    recipe_root = Path(str(evals["recipe_root"].iloc[0]))
+    sections = [
+        f"# CLO report: recipe `{recipe}`",
+        "Measured by clo_utils.report from each run's metrics.json (docs/run-layout.md). "
+        "These are this kit's numbers, not the paper's.",
+        labels_section(evals),
+        wall_time_section(recipe_root),
+        "## Measured results\n\n" + MEASURED_NOTE + "\n\n" + measured_table_markdown(evals),
+        judge_section(evals),
+        knowledge_section(evals),
+        examples_section(evals),
+    ]
+    return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def render_report(root: str | Path, tables: MetricsTables | None = None) -> str:
+    """REPORT.md text for every recipe under `root` (one section per recipe)."""
+    evals = (tables or load_tables(root)).evals
+    recipes = sorted(evals["recipe"].unique())
+    return "\n".join(recipe_report(evals[evals["recipe"] == recipe]) for recipe in recipes)
+
+
+def write_report(root: str | Path, out_path: str | Path) -> str:
+    """Write REPORT.md for the runs under `root` to `out_path`; returns the markdown text."""
+    text = render_report(root)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(text, encoding="utf-8")
+    return text

@@ -11,7 +11,7 @@ RECIPE ?= params/demo.yaml
 $(STAMP): pyproject.toml requirements-embedded.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch is pinned in pyproject (2.13.0): pip takes the CPU wheel, never a CUDA build.
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,notebooks]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,notebooks,knowledge]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-embedded.txt
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)

@@ -363,6 +363,10 @@ def prepare_english_rows(source: str | os.PathLike, tokenizer=None, max_prompt_t
     rows, counts["duplicates_dropped"] = drop_exact_duplicates(rows)
     if tokenizer is not None and (max_prompt_tokens is not None or max_response_tokens is not None):
         rows, counts["too_long_dropped"] = filter_by_token_length(rows, tokenizer, max_prompt_tokens, max_response_tokens)
+        if not rows:  # say why here, not later as "n_eval=... but only 0 rows" in select_seeds
+            raise ValueError(f"{source}: all {counts['loaded'] - counts['duplicates_dropped']} rows are longer than "
+                             f"max_prompt_tokens={max_prompt_tokens} / max_response_tokens={max_response_tokens} "
+                             "tokens; raise the limits (or use another tokenizer_id)")
     else:
         counts["too_long_dropped"] = 0
     counts["candidates"] = len(rows)
@@ -463,6 +467,10 @@ def translate_and_filter(train_candidates: list[dict], eval_rows: list[dict], n_
         good, drops = filter_translated_seeds(seeds, lang, min_words=min_words)
         kept += good
         drops_train = {k: drops_train.get(k, 0) + v for k, v in drops.items()}
+    if n_train and not kept:  # the translations stay in the cache for the next attempt
+        raise ValueError(f"no training seed survived translation and the quality filter: {position} candidates "
+                         f"translated, drops by reason {drops_train} (held-out drops {drops_eval}); check the "
+                         f"translator ({getattr(translator, 'label', translator)}) and the target language {lang!r}")
     prepared = PreparedSeeds(lang=lang, train=kept[:n_train], eval=eval_kept, n_train_requested=n_train,
                              n_eval_requested=len(eval_rows), train_translated=position,
                              drops_train=drops_train, drops_eval=drops_eval,

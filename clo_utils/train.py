@@ -316,13 +316,17 @@ class CLOTrainer(Trainer):
         # reached only through the gradient). The optimizer step comes after this method returns:
         # stop here, so the weights stay those of the last good step. (Under DDP the gradients are
         # already all-reduced, so every process sees the same; DeepSpeed/FSDP keep their own grads.)
+        if not self.accelerator.sync_gradients:  # checked once per optimizer step, on the summed gradients
+            return loss
         grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
-        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
+        # One fused pass (the per-tensor norms clip_grad_norm_ computes too), not one isfinite per tensor.
+        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
             bad = [n for n, p in model.named_parameters()
                    if p.requires_grad and p.grad is not None and not torch.isfinite(p.grad).all()]
             raise FloatingPointError(f"non-finite gradient at global step {self.state.global_step}, seeds "
-                                     f"{self._seed_ids(inputs)}{self._where()} (loss {loss.item()}): in {len(bad)} "
-                                     f"parameter tensors, first {bad[:3]}; the optimizer step was not taken")
+                                     f"{self._seed_ids(inputs)}{self._where()} (loss {loss.item()}): inf/nan in "
+                                     f"{len(bad)} parameter tensors, first {bad[:3]} (or a gradient norm overflowing "
+                                     "float32); the optimizer step was not taken")
         return loss
 
     def _seed_ids(self, inputs) -> list[str]:

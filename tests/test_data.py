@@ -193,6 +193,13 @@ def test_token_length_filter():
     assert counts == {"loaded": len(kept_all), "duplicates_dropped": 0, "too_long_dropped": 0, "candidates": len(kept_all)}
 
 
+def test_everything_over_the_token_limits_is_an_error_naming_them():
+    from tiny_models import make_tokenizer
+
+    with pytest.raises(ValueError, match=r"smoke: all 48 rows are longer than max_prompt_tokens=1"):
+        prepare_english_rows("smoke", make_tokenizer(), max_prompt_tokens=1, max_response_tokens=None)
+
+
 def test_select_seeds_nested_disjoint_deterministic():
     rows = _rows(100)
     small, held = select_seeds(rows, 10, 20, seed=0)
@@ -258,6 +265,17 @@ def test_translate_and_filter_tops_up_and_stays_nested():
     smaller = translate_and_filter(train_candidates, held, 4, "ca", DictTranslator(table), progress=False)
     assert smaller.train == prepared.train[:4]  # budgets are nested after filtering too
     assert not {s["id"] for s in prepared.train} & {s["id"] for s in prepared.eval}
+
+
+def test_nothing_surviving_the_filter_is_an_error_naming_the_reasons(tmp_path):
+    from clo_utils.cache import DiskCache
+
+    train_candidates, held = select_seeds(_rows(6), None, 1, seed=0)
+    with pytest.raises(ValueError, match=r"no training seed survived.*'identical_to_english': 5"):
+        translate_and_filter(train_candidates, held, 3, "ca", DictTranslator({}), cache=tmp_path / "c.sqlite",
+                             progress=False)
+    with DiskCache(tmp_path / "c.sqlite") as db:
+        assert len(db) == 12  # the translations are kept for the next attempt
 
 
 def test_shortfall_is_warned_and_recorded():

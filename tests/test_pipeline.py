@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -88,9 +89,10 @@ def test_tiny_recipe_runs_is_killed_and_resumes_only_unfinished_stages(tmp_path)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     done_before_kill = []
+    stage_done = re.compile(r"^\[\d+/\d+\] (.+?): done in")
     for line in proc.stdout:
-        if ": done in" in line:
-            done_before_kill.append(line.split("] ", 1)[1].split(":")[0])
+        if match := stage_done.match(line):
+            done_before_kill.append(match.group(1))
             if len(done_before_kill) == 3:
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
@@ -100,7 +102,8 @@ def test_tiny_recipe_runs_is_killed_and_resumes_only_unfinished_stages(tmp_path)
     # Second invocation: the 3 finished stages are skipped, everything else runs to completion.
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    skipped = [l.split("] ", 1)[1].split(":")[0] for l in out.stdout.splitlines() if "skipped (complete)" in l]
+    skipped = [m.group(1) for m in map(re.compile(r"^\[\d+/\d+\] (.+?): skipped \(complete\)").match,
+                                         out.stdout.splitlines()) if m]
     assert skipped == done_before_kill
     root = tmp_path / "runs" / "tiny"
     for lang in ("ca", "es"):

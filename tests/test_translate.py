@@ -308,10 +308,10 @@ def test_apertium_batching_does_not_change_translations_and_keeps_structure():
     batched = ApertiumTranslator("ca")
     one_by_one = ApertiumTranslator("ca")
     short_md = "Steps:\n\n1. Call `f(x)` on the red car.\n- See https://example.com/a_b for more."
-    together = translate(SENTENCES + [short_md], "ca", backend=batched, progress=False)
-    alone = translate(SENTENCES + [short_md], "ca", backend=one_by_one, batch_size=1, progress=False)
+    together = translate(SENTENCES[:2] + [short_md], "ca", backend=batched, progress=False)
+    alone = translate(SENTENCES[:2] + [short_md], "ca", backend=one_by_one, batch_size=1, progress=False)
     assert together == alone
-    assert batched.calls == 1 and one_by_one.calls == 7
+    assert batched.calls == 1 and one_by_one.calls == 5
     md = translate([MARKDOWN], "ca", backend=batched, progress=False)[0]
     assert "```python\ndef greet(name):\n    # say hello to the user\n" in md
     assert "`open(path)`" in md and "https://docs.python.org/3/" in md
@@ -338,8 +338,8 @@ def test_apertium_batch_that_does_not_split_back_is_redone_one_by_one(monkeypatc
         return out if document.count("<p id=") == 1 else out.rsplit('<p id="', 1)[0]
 
     monkeypatch.setattr(translator, "_run", drop_last_block)
-    out = translator.translate_batch(SENTENCES)
-    assert len(out) == 4 and all(out) and translator.calls == 1 + 4
+    out = translator.translate_batch(SENTENCES[:2])
+    assert len(out) == 2 and all(out) and translator.calls == 1 + 2
 
 
 def test_apertium_html_parsing_rejects_anything_but_one_block_per_segment():

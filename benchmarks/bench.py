@@ -526,31 +526,15 @@ def bench_translation(args, work: Path, results: dict) -> None:
 
 
 def bench_generation(args, seeds: list[dict], results: dict) -> None:
-    import torch
-
     model, tok, _ = fresh_model("attention")
     prompts = [s["prompt_tgt"] for s in seeds][: args.gen_prompts]
-    try:
-        from clo_utils.evaluate import generate_answers
-        source = "clo_utils.evaluate.generate_answers"
+    from clo_utils.evaluate import generate_answers
 
-        def run(batch_size):
-            return generate_answers(model, tok, prompts, max_new_tokens=args.gen_tokens, batch_size=batch_size,
-                                    progress=False)
-    except ImportError:
-        source = "model.generate (left padding)"
+    source = "clo_utils.evaluate.generate_answers"
 
-        def run(batch_size):
-            tok.padding_side = "left"
-            out = []
-            for i in range(0, len(prompts), batch_size):
-                texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                 add_generation_prompt=True) for p in prompts[i:i + batch_size]]
-                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-                with torch.inference_mode():
-                    gen = model.generate(**enc, max_new_tokens=args.gen_tokens, do_sample=False)
-                out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            return out
+    def run(batch_size):
+        return generate_answers(model, tok, prompts, max_new_tokens=args.gen_tokens, batch_size=batch_size,
+                                progress=False)
 
     run(len(prompts[:2]))  # warm-up
     timing = {}
@@ -568,8 +552,6 @@ def bench_generation(args, seeds: list[dict], results: dict) -> None:
     results["generation"] = {"source": source, **timing}
     add_ratio(results, "generate_batched_speedup", one["seconds"] / bat["seconds"],
               f"{len(prompts) / one['seconds']:.2f} vs {len(prompts) / bat['seconds']:.2f} prompts/s")
-    del model
-    gc.collect()
 
 
 # =========================================================================== (f) demo timings

@@ -35,6 +35,7 @@ from typing import Sequence
 import torch
 
 from .languages import get_language
+from .models import CHATML_TURN_END
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ ECHO_PREFIX_WORDS = 8       # how many opening prompt words an echo must copy (f
 ECHO_MIN_PROMPT_WORDS = 3   # shorter prompts are never called echoed: restating "Hi" is not copying
 ECHO_MAX_LEAD_IN = 3        # the copy may start after a short lead-in ("Question:", "Sure!")
 REPETITION_THRESHOLD = 0.5  # distinct/total word trigrams below this = degenerate, looping text
-EMBEDDED_LABEL = "SmolLM2-135M (4-bit dequantized)"
-APERTIUM_LABEL = "Apertium rule-based MT"
 
 
 # --------------------------------------------------------------------------- chat prompts
@@ -116,8 +115,13 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     # A fresh config: the comparison must not depend on each checkpoint's own sampling defaults.
     sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+    # A ChatML turn end that is text, not a token (a base model given the kit's ChatML template),
+    # stops generation as a string; the answer is cut there below.
+    turn_end_is_text = CHATML_TURN_END in (tokenizer.chat_template or "") and \
+        tokenizer.convert_tokens_to_ids(CHATML_TURN_END) in (None, tokenizer.unk_token_id)
+    stops = {"stop_strings": [CHATML_TURN_END]} if turn_end_is_text else {}
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
-                              eos_token_id=eos_ids, **sampling)
+                              eos_token_id=eos_ids, **stops, **sampling)
     encoded = [_token_ids(tokenizer, chat_prompt_text(tokenizer, p, system_prompt)) for p in prompts]
     answers: list[str | None] = [None] * len(prompts)
     if do_sample:
@@ -131,10 +135,10 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
             for batch in _length_sorted_batches([len(e) for e in encoded], batch_size):
                 inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding=True,
                                        return_tensors="pt").to(model.device)
-                output = model.generate(**inputs, generation_config=config)
+                output = model.generate(**inputs, generation_config=config, tokenizer=tokenizer)
                 new_tokens = [_until_eos(row, eos_ids) for row in output[:, inputs["input_ids"].shape[1]:].tolist()]
                 for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                    answers[i] = text.strip()
+                    answers[i] = (text.split(CHATML_TURN_END, 1)[0] if turn_end_is_text else text).strip()
                 bar.update(len(batch))
     finally:
         tokenizer.padding_side = saved_side
@@ -379,9 +383,10 @@ def evaluate_model(model, tokenizer, seeds: list[dict], lang: str, max_new_token
 
 # --------------------------------------------------------------------------- run folders
 
-def load_run_model(run_dir: str | Path, base_model_id: str, dtype: str = "float32"):
+def load_run_model(run_dir: str | Path, base_model_id: str, dtype: str = "float32", chat_template: str | None = None):
     """(model, tokenizer, model_id) for a run folder: its model/ (full weights or a peft adapter),
-    or `base_model_id` for the untouched model's folder base-0."""
+    or `base_model_id` for the untouched model's folder base-0. Trained runs saved their tokenizer
+    with its template; `chat_template` ("chatml" for a base model) serves base-0."""
     from .models import load_model_and_tokenizer
 
     run_dir = Path(run_dir)
@@ -397,19 +402,9 @@ def load_run_model(run_dir: str | Path, base_model_id: str, dtype: str = "float3
         model, tokenizer = load_model_and_tokenizer(str(model_dir), dtype=dtype)
         return model, tokenizer, str(model_dir)
     if run_dir.name == "base-0":
-        model, tokenizer = load_model_and_tokenizer(base_model_id, dtype=dtype)
+        model, tokenizer = load_model_and_tokenizer(base_model_id, dtype=dtype, chat_template=chat_template)
         return model, tokenizer, base_model_id
     raise FileNotFoundError(f"{run_dir}: no model/ folder (and not a base-0 folder); train this run first")
-
-
-def run_labels(model_id: str, translator: str | None) -> list[str]:
-    """Caveats printed beside every number from this run."""
-    labels = []
-    if model_id.startswith("embedded:smollm2"):
-        labels.append(EMBEDDED_LABEL)
-    if translator and translator.startswith("apertium"):
-        labels.append(APERTIUM_LABEL)
-    return labels
 
 
 def _read_json(path: Path) -> dict | None:
@@ -437,11 +432,12 @@ def run_blocks(run_dir: str | Path, language: str, base_model_id: str,
         run = {"recipe": recipe, "lang": language, **trained.get("run", {})}
         train = {"history": trained.get("history", []), **trained.get("summary", {})}
     from .models import model_label
+    from .runs import run_labels
 
     run.setdefault("model_id", base_model_id)
     run.setdefault("translator", translator)
     run.setdefault("model_label", model_label(run["model_id"]))
-    run.setdefault("labels", run_labels(run["model_id"], run.get("translator")))
+    run.setdefault("labels", run_labels(run["model_id"], manifest or {}, run.get("n_seeds", 0)))
     return run, train
 
 
@@ -472,7 +468,8 @@ def read_answers(run_dir: str | Path) -> list[dict]:
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, language: str,
                  base_model_id: str = "embedded:smollm2-135m-instruct", max_prompts: int | None = None,
                  max_new_tokens: int = 256, batch_size: int = 8, min_words: int = 5,
-                 system_prompt: str | None = None, dtype: str = "float32", progress: bool = True) -> dict:
+                 system_prompt: str | None = None, dtype: str = "float32", chat_template: str | None = None,
+                 progress: bool = True) -> dict:
     """Evaluate one run folder on the held-out seeds: writes answers.jsonl and metrics.json and
     returns the metrics.
 
@@ -484,7 +481,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, language: str,
     run_dir.mkdir(parents=True, exist_ok=True)
     seeds = load_eval_seeds(data_dir, max_prompts)
     run, train = run_blocks(run_dir, language, base_model_id, data_dir)
-    model, tokenizer, model_id = load_run_model(run_dir, base_model_id, dtype=dtype)
+    model, tokenizer, model_id = load_run_model(run_dir, base_model_id, dtype=dtype, chat_template=chat_template)
     log.info("evaluating %s (%s) on %d held-out seeds", run_dir.name, model_id, len(seeds))
     block, rows = evaluate_model(model, tokenizer, seeds, language, max_new_tokens=max_new_tokens,
                                  batch_size=batch_size, min_words=min_words, system_prompt=system_prompt,

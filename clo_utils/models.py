@@ -50,7 +50,13 @@ ATTENTION_MODULES = {
 TRAINABLE_MODES = ("attention", "full", "lora")
 
 # For base checkpoints that ship no chat template (the paper applies CLO to base models too).
+# Their tokenizers have no <|im_end|> token: the turn end is plain text, so generation stops on it
+# as a stop string (clo_utils.evaluate), and training appends the tokenizer's EOS after it.
+CHATML_TURN_END = "<|im_end|>"
 CHATML_TEMPLATE = (
+    # BOS first when the tokenizer has one: prompts are tokenised from the rendered text without
+    # adding special tokens, and models such as Gemma and Llama-3 degrade without their BOS.
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}"

@@ -50,9 +50,10 @@ def run_labels(model_id: str, manifest: dict, n_seeds: int) -> list[str]:
     if model_id in EMBEDDED_MODELS:
         labels.append(f"{model_label(model_id)}")
     translator = manifest.get("translator") or {}
-    if str(translator.get("backend", "")).startswith("apertium"):
+    backend = translator.get("backend", "") if isinstance(translator, dict) else str(translator)  # or "apertium:eng-cat"
+    if backend.startswith("apertium"):
         labels.append("Apertium rule-based MT")
-    if n_seeds < 1000:
+    if 0 < n_seeds < 1000:  # base-0 (0 seeds) is the untouched model: no budget to label
         labels.append(f"tiny budget ({n_seeds} seeds)")
     return labels
 
@@ -69,16 +70,18 @@ def run_info(*, method: str, n_seeds: int, model_id: str, data_dir: str, trainab
             "labels": run_labels(model_id, manifest, n_seeds), **extra}
 
 
-def save_run(output_dir: str | os.PathLike, model, tokenizer, run: dict, histories: dict[str, list],
+def save_run(output_dir: str | os.PathLike, trainer, run: dict, histories: dict[str, list],
              summary: dict, keep_checkpoints: bool = False) -> Path:
     """Save weights (safetensors; a peft adapter for LoRA) and tokenizer under model/, then train.json.
 
-    `histories` maps a stage name ("sft", "dpo", "clo") to its Trainer log history.
+    Through `trainer.save_model`, so under accelerate (DDP, DeepSpeed ZeRO-3, FSDP) the weights are
+    gathered and written once, by the main process; train.json too. `histories` maps a stage name
+    ("sft", "dpo", "clo") to its Trainer log history.
     """
     out = Path(output_dir)
-    model_dir = out / "model"
-    model.save_pretrained(model_dir, safe_serialization=True)
-    tokenizer.save_pretrained(model_dir)
+    trainer.save_model(str(out / "model"))  # collective under ZeRO-3/FSDP: every process calls it
+    if not trainer.is_world_process_zero():
+        return out / "train.json"
     history = [{**h, "stage": stage} for stage, hist in histories.items() for h in hist]
     tmp = out / "train.json.partial"
     tmp.write_text(json.dumps({"run": run, "history": history, "summary": summary}, indent=1, default=float))

@@ -306,7 +306,7 @@ def test_evaluate_run_writes_answers_and_merges_metrics(tmp_path):
     assert metrics["knowledge"] == {"belebele_cat_Latn": 0.25}  # other blocks survive...
     assert "judge" not in metrics  # ...except the verdicts on the answers just replaced
     assert metrics["run"]["method"] == "sft" and metrics["run"]["recipe"] == "demo"
-    assert metrics["run"]["labels"] == ["Apertium rule-based MT"]
+    assert metrics["run"]["labels"] == ["Apertium rule-based MT", "tiny budget (3 seeds)"]
     assert metrics["train"]["history"] == [{"step": 1, "loss": 0.9}] and metrics["train"]["trainable_params"] == 100
     for direction in ("tgt", "en"):
         scores = metrics["eval"][direction]
@@ -342,9 +342,15 @@ def test_a_lora_run_folder_loads_as_base_plus_adapter(tmp_path):
 
 
 def test_embedded_model_runs_are_labelled():
-    assert ev.run_labels("embedded:smollm2-135m-instruct", "apertium:eng-spa") == [
-        "SmolLM2-135M (4-bit dequantized)", "Apertium rule-based MT"]
-    assert ev.run_labels("Qwen/Qwen2.5-3B", "m2m100:facebook/m2m100_1.2B") == []
+    from clo_utils.models import model_label
+    from clo_utils.runs import run_labels
+
+    apertium = {"translator": {"backend": "apertium", "model": "eng-spa"}}
+    for model_id in ("embedded:smollm2-135m-instruct", "embedded:gemma3-270m"):
+        assert run_labels(model_id, apertium, 0) == [model_label(model_id), "Apertium rule-based MT"]
+        assert "4-bit weights dequantized" in model_label(model_id)
+    assert run_labels("embedded:smollm2-135m-instruct", apertium, 100)[-1] == "tiny budget (100 seeds)"
+    assert run_labels("Qwen/Qwen2.5-3B", {"translator": {"backend": "m2m100"}}, 6400) == []
 
 
 def test_notebook_04_runs_under_papermill(tmp_path, monkeypatch):
@@ -382,3 +388,40 @@ def test_notebook_04_runs_under_papermill(tmp_path, monkeypatch):
     executed = out.read_text()
     assert key not in executed
     assert "Figure 1" in executed and "Escriu un poema curt sobre el mar." in executed
+
+
+def test_a_text_chatml_turn_end_stops_generation_and_is_cut_from_the_answer():
+    """A base model given the kit's ChatML template has no <|im_end|> token: the turn end is text.
+    Generation must stop on it (a stop string), not run on into an invented next turn."""
+    from clo_utils.models import CHATML_TEMPLATE
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYes sure.<|im_end|>\n"] * 8,
+                            trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                        unk_token="<unk>")
+    tokenizer.chat_template = CHATML_TEMPLATE
+    prompt = ev.chat_prompt_text(tokenizer, "Hi")
+    # Overfit a tiny Llama on the prompt, the answer, the text turn end and an invented next turn.
+    text = prompt + "Yes sure.<|im_end|>\n<|im_start|>user\nMore more more more"
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        free = model.generate(ids[:, :n_prompt], attention_mask=torch.ones_like(ids[:, :n_prompt]), do_sample=False,
+                              max_new_tokens=ids.shape[1] - n_prompt, pad_token_id=0)[0, n_prompt:]
+    assert tokenizer.decode(free).startswith("Yes sure.<|im_end|>\n<|im_start|>user")  # it learned the run-on
+    answer = ev.generate_answers(model, tokenizer, ["Hi"], max_new_tokens=ids.shape[1] - n_prompt, progress=False)
+    assert answer == ["Yes sure."]

@@ -45,7 +45,21 @@ def prefer_marked_answer(user_message: str) -> str:
     return f"Assistant {verdict} is more helpful and answers in the right language.\n\n[[{verdict}]]"
 
 
-class ChatCompletionsServer:
+class LoopbackServer:
+    """Serves `self.httpd` (set by the subclass) on 127.0.0.1 in a thread for the `with` block."""
+
+    httpd: ThreadingHTTPServer
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ChatCompletionsServer(LoopbackServer):
     """A small OpenAI-compatible server: POST /v1/chat/completions answers with rule(user message).
 
     It checks the Authorization header against `api_key` (401 otherwise), counts requests, and can
@@ -92,14 +106,6 @@ class ChatCompletionsServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 QUESTIONS = ["Quina és la capital de França?", "Escriu un poema curt sobre el mar.", "Com estàs?"]

@@ -227,3 +227,34 @@ def test_sft_losses_match_one_process_at_the_same_global_batch(runs):
     for (step, x), (_, y) in zip(a, b):
         assert y == pytest.approx(x, rel=1e-5, abs=1e-6), f"SFT loss at step {step}: 1 process {x}, 2 processes {y}"
     assert all(math.isfinite(x) for _, x in a)
+
+
+def test_the_clo_notebook_under_accelerate_launch_trains_on_two_processes_and_saves_once(tmp_path):
+    """The README's multi-GPU command, on CPU: `accelerate launch -m clo_utils.launch` runs notebook 03
+    on two gloo processes; one executed notebook per process, the weights and train.json once."""
+    from tiny_models import seed_rows
+
+    tok = make_tokenizer()
+    model_dir, data_dir, out = tmp_path / "model", tmp_path / "data", tmp_path / "clo-8"
+    make_model("llama", len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    data_dir.mkdir()
+    (data_dir / "seeds_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in seed_rows(8)))
+    (data_dir / "manifest.json").write_text(json.dumps({"lang": "ca", "translator": {"backend": "test"}}))
+    params = {"data_dir": data_dir, "output_dir": out, "n_seeds": 8, "model_id": model_dir, "batch_seeds": 2,
+              "device": "cpu", "dtype": "float32", "max_length": 256, "num_threads": 1,
+              "ref_cache_dir": tmp_path / "ref"}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--config_file", str(CPU_2PROC), "--main_process_port", str(_free_port()),
+           "-m", "clo_utils.launch", str(REPO / "notebooks" / "03_clo_training.ipynb"), str(out / "03.ipynb"),
+           "--log-output", "-k", "python3"]
+    for name, value in params.items():
+        cmd += ["-p", name, str(value)]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=480, cwd=REPO)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert (out / "03.ipynb").exists() and (out / "03.rank1.ipynb").exists()
+    train = json.loads((out / "train.json").read_text())
+    steps = [h["step"] for h in train["history"] if "loss" in h and "train_runtime" not in h]
+    assert steps == [1, 2]  # 8 seeds, 2 per process, 2 processes: 2 steps (1 process would take 4)
+    assert (out / "model" / "model.safetensors").exists() and (out / "model" / "tokenizer.json").exists()
+    assert not list(out.glob("checkpoints*"))

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,8 +25,9 @@ import torch
 
 from clo_utils.data import build_cross_lingual_pairs, build_sft_rows
 from clo_utils.models import select_trainable
-from clo_utils.train import CLOConfig, CLOTrainer, tokenize_clo_pairs, train_clo
-from tiny_models import make_model, make_tokenizer, seed_rows
+from clo_utils.train import CLOTrainer, tokenize_clo_pairs, train_clo
+from test_judge import LoopbackServer
+from tiny_models import clo_config, make_model, seed_rows
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -41,16 +40,7 @@ def _env() -> dict:
 
 
 def _config(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=1, max_steps=3, learning_rate=1e-2,
-                logging_steps=1, save_strategy="no", use_cpu=True, seed=0, ref_cache_dir=str(tmp_path / "ref"),
-                report_to="none", disable_tqdm=True)
-    base.update(kw)
-    return CLOConfig(**base)
-
-
-@pytest.fixture
-def tok():
-    return make_tokenizer()
+    return clo_config(tmp_path, **{"per_device_train_batch_size": 1, **kw})
 
 
 def _write(path: Path, text: str) -> Path:
@@ -537,7 +527,7 @@ SECRET = "sk-test-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 HF_SECRET = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
 
 
-class EchoingServer:
+class EchoingServer(LoopbackServer):
     """A chat-completions endpoint that checks the key and, like some debugging proxies, reflects the
     request's Authorization header inside the completion text it returns."""
 
@@ -563,14 +553,6 @@ class EchoingServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def _assert_no_secret(root: Path, *texts: str) -> None:

@@ -9,22 +9,12 @@ import torch
 from clo_utils.data import build_cross_lingual_pairs
 from clo_utils.losses import sequence_logps
 from clo_utils.models import select_trainable
-from clo_utils.train import (CLOCollator, CLOConfig, CLOTrainer, tokenize_clo_pairs, tokenize_prompt_response,
+from clo_utils.train import (CLOTrainer, tokenize_clo_pairs, tokenize_prompt_response,
                              train_clo)
-from tiny_models import BOS_TEMPLATE, make_model, make_tokenizer, seed_rows
+from tiny_models import BOS_TEMPLATE, clo_config, make_model, make_tokenizer, seed_rows
 
 
-def _config(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=3, learning_rate=1e-2,
-                logging_steps=1, save_strategy="no", use_cpu=True, seed=0, ref_cache_dir=str(tmp_path / "ref"),
-                report_to="none", disable_tqdm=True)
-    base.update(kw)
-    return CLOConfig(**base)
-
-
-@pytest.fixture
-def tok():
-    return make_tokenizer()
+_config = clo_config
 
 
 def test_labels_cover_exactly_the_response_and_eos(tok):
@@ -265,3 +255,16 @@ def test_dpo_baseline_runs_on_the_cross_lingual_pairs(tmp_path, tok):
     trainer, summary = train_dpo(model, tok, build_cross_lingual_pairs(seed_rows(2)), cfg)
     assert summary["pairs"] == 4 and summary["steps"] == 2
     assert trainer.state.log_history[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)
+
+
+def test_chatml_for_base_models_renders_bos_once_and_only_when_there_is_one():
+    from clo_utils.models import CHATML_TEMPLATE
+
+    prompt, response = [{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Hello"}]
+    tok = make_tokenizer(CHATML_TEMPLATE)
+    ids, labels = tokenize_prompt_response(tok, prompt, response)
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert tok.eos_token_id in labels  # the model learns to stop
+    tok.bos_token = None  # e.g. Qwen2.5 base: no BOS token, nothing rendered in its place
+    text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>user")

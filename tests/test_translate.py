@@ -20,7 +20,7 @@ import pytest
 
 from clo_utils.cache import DiskCache
 from clo_utils.translate import (BACKENDS, ApertiumTranslator, Translator, TranslatorError, get_translator,
-                                 parse_apertium_html, protected_spans, split_for_translation, translate,
+                                 parse_apertium_html, split_for_translation, translate,
                                  translate_shard, translate_with_stats)
 
 HERE = Path(__file__).resolve().parent

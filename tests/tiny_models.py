@@ -79,3 +79,13 @@ def seed_rows(n: int = 4, lang: str = "ca") -> list[dict]:
         rows.append({"id": f"s{i}", "lang": lang, "prompt_en": pe, "response_en": re_,
                      "prompt_tgt": pt, "response_tgt": rt})
     return rows
+
+
+def clo_config(tmp_path, **overrides):
+    """A CLOConfig for a few CPU steps of a tiny model, writing under tmp_path."""
+    from clo_utils.train import CLOConfig
+
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=3, learning_rate=1e-2,
+                logging_steps=1, save_strategy="no", use_cpu=True, seed=0, ref_cache_dir=str(tmp_path / "ref"),
+                report_to="none", disable_tqdm=True)
+    return CLOConfig(**{**base, **overrides})

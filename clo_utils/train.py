@@ -25,13 +25,14 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .cache import default_cache_dir
+from .cache import DiskCache, cache_key, default_cache_dir
 from .losses import NLL_ON, clo_loss, response_nll, sequence_logps
 
 log = logging.getLogger(__name__)
 
 # Order of the four sequences of one seed inside a batch.
 SEQUENCE_ORDER = ("en_chosen", "en_rejected", "tgt_chosen", "tgt_rejected")
+REFERENCE_CACHE_VERSION = "clo-ref-v2"  # in every reference cache key: a changed computation never reuses old values
 
 
 # --------------------------------------------------------------------------- configuration
@@ -194,13 +195,6 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def examples_fingerprint(examples: list[dict]) -> str:
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(json.dumps([ex["input_ids"], ex["labels"]], separators=(",", ":")).encode())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- trainer
 
 
@@ -236,6 +230,7 @@ class CLOTrainer(Trainer):
         examples = list(train_dataset)
         super().__init__(model=model, args=args, train_dataset=None, processing_class=processing_class, **kwargs)
         self.reference_forward_batches = 0  # counted so tests and logs can see a cache hit
+        self.reference_seeds_computed = 0
         self.reference_cache_path: Path | None = None
         if "ref_logps" not in examples[0]:
             ref = self.compute_reference_logps(examples)
@@ -245,22 +240,39 @@ class CLOTrainer(Trainer):
 
     # -- reference pass
     def compute_reference_logps(self, examples: list[dict]) -> torch.Tensor:
-        """(n_seeds, 4) fp32 reference log-probs, from the disk cache when present."""
-        from safetensors.torch import load_file, save_file
+        """(n_seeds, 4) fp32 reference log-probs, each seed read from the disk cache when present.
 
+        The cache holds one record per seed, keyed by the reference weights and that seed's tokens,
+        so a rerun computes nothing and the nested budgets of a data-efficiency sweep (1,600 of the
+        3,200 of the 6,400) compute each seed's reference pass once.
+        """
         self._check_whole_weights()
-        key = hashlib.sha256((model_fingerprint(self.model) + examples_fingerprint(examples)).encode()).hexdigest()[:32]
-        cache_dir = Path(self.args.ref_cache_dir or default_cache_dir() / "ref_logps")
-        path = cache_dir / f"ref-{key}.safetensors"
-        self.reference_cache_path = path
-        if path.exists():
-            log.info("reference log-probs: cache hit %s", path)
-            return load_file(path)["ref_logps"]
-        log.info("reference log-probs: computing for %d seeds (cached at %s)", len(examples), path)
-        loader = torch.utils.data.DataLoader(examples, batch_size=self.args.precompute_ref_batch_size,
+        model_key = model_fingerprint(self.model)
+        keys = [cache_key(REFERENCE_CACHE_VERSION, model_key, ex["input_ids"], ex["labels"]) for ex in examples]
+        self.reference_cache_path = Path(self.args.ref_cache_dir or default_cache_dir() / "ref_logps") / "ref_logps.sqlite"
+        with DiskCache(self.reference_cache_path) as store:
+            cached = store.get_many(keys)
+        ref = torch.tensor([cached.get(k, [float("nan")] * len(SEQUENCE_ORDER)) for k in keys], dtype=torch.float32)
+        todo = [ex for ex, k in zip(examples, keys) if k not in cached]
+        log.info("reference log-probs: %d of %d seeds cached at %s", len(examples) - len(todo), len(examples),
+                 self.reference_cache_path)
+        if todo:
+            self._reference_pass(todo, ref)
+            if self.accelerator.is_main_process:  # one transaction: a kill keeps all of it or none
+                with DiskCache(self.reference_cache_path) as store:
+                    store.put_many({keys[ex["index"]]: ref[ex["index"]].tolist() for ex in todo})
+            self.accelerator.wait_for_everyone()
+        if torch.isnan(ref).any():
+            raise RuntimeError("reference pass left seeds without log-probs")
+        return ref
+
+    def _reference_pass(self, todo: list[dict], ref: torch.Tensor) -> None:
+        """Fill ref[index] for the seeds in `todo` with the starting model (adapters off for LoRA)."""
+        # Longest first and similar lengths together: little compute goes to padding.
+        todo = sorted(todo, key=lambda ex: -max(len(ids) for ids in ex["input_ids"]))
+        loader = torch.utils.data.DataLoader(todo, batch_size=self.args.precompute_ref_batch_size,
                                              shuffle=False, collate_fn=self.data_collator)
         loader = self.accelerator.prepare(loader)
-        ref = torch.full((len(examples), len(SEQUENCE_ORDER)), float("nan"))
         self._place_for_reference_pass()
         was_training = self.model.training
         self.model.eval()
@@ -273,16 +285,8 @@ class CLOTrainer(Trainer):
                 index, logps = self.accelerator.gather_for_metrics((batch["seed_index"], logps))
                 ref[index.cpu()] = logps.float().cpu()
                 self.reference_forward_batches += 1
+                self.reference_seeds_computed += len(index)
         self.model.train(was_training)
-        if torch.isnan(ref).any():
-            raise RuntimeError("reference pass left seeds without log-probs")
-        if self.accelerator.is_main_process:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".partial")
-            save_file({"ref_logps": ref.contiguous()}, str(tmp))
-            tmp.rename(path)  # atomic: a killed run never leaves a half-written cache file
-        self.accelerator.wait_for_everyone()
-        return ref
 
     # -- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -427,7 +431,8 @@ def train_clo(model, tokenizer, pairs: list[dict], config: CLOConfig, callbacks:
     trainer = CLOTrainer(model=model, args=config, train_dataset=examples, processing_class=tokenizer,
                          callbacks=[memory, *(callbacks or [])])
     trainer.train(resume_from_checkpoint=_resume_arg(config))
-    summary = {**token_stats, **memory.summary, "reference_forward_batches": trainer.reference_forward_batches}
+    summary = {**token_stats, **memory.summary, "reference_forward_batches": trainer.reference_forward_batches,
+               "reference_seeds_computed": trainer.reference_seeds_computed}
     return trainer, summary
 
 

@@ -134,6 +134,23 @@ def test_second_run_reuses_cached_reference_logps(tmp_path, tok):
     assert third.reference_forward_batches > 0
 
 
+def test_nested_budgets_compute_each_seeds_reference_pass_once(tmp_path, tok):
+    model = make_model("llama", len(tok))
+    rows = [{**r, "prompt_en": f"{r['prompt_en']} {i}", "prompt_tgt": f"{r['prompt_tgt']} {i}"}
+            for i, r in enumerate(seed_rows(8))]  # eight distinct seeds (seed_rows repeats four)
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, 256)
+    small = CLOTrainer(copy.deepcopy(model), _config(tmp_path), examples[:3], processing_class=tok)
+    assert small.reference_seeds_computed == 3
+    large = CLOTrainer(copy.deepcopy(model), _config(tmp_path), examples, processing_class=tok)
+    assert large.reference_seeds_computed == 5  # the 3 of the smaller budget come from the cache
+    fresh = CLOTrainer(copy.deepcopy(model), _config(tmp_path, ref_cache_dir=str(tmp_path / "empty")), examples,
+                       processing_class=tok)
+    assert fresh.reference_seeds_computed == 8
+    # Batches differ (so does padding), hence float noise, nothing more.
+    assert torch.allclose(torch.tensor(large.train_dataset["ref_logps"]), torch.tensor(fresh.train_dataset["ref_logps"]),
+                          atol=1e-4, rtol=0)
+
+
 def test_loss_falls_when_overfitting_and_runs_reproduce(tmp_path, tok):
     pairs = build_cross_lingual_pairs(seed_rows(2))
     losses = []

@@ -418,8 +418,8 @@ def run_blocks(run_dir: str | Path, language: str, base_model_id: str,
     run_dir = Path(run_dir)
     manifest = _read_json(Path(data_dir) / "manifest.json") if data_dir else None
     translator = (manifest or {}).get("translator")
-    if isinstance(translator, dict):  # a manifest may record the translator as {"name": ..., ...}
-        translator = translator.get("name") or json.dumps(translator, sort_keys=True)
+    if isinstance(translator, dict):  # the same label runs.run_info records for trained runs
+        translator = translator.get("label") or translator.get("backend")
     recipe = run_dir.parent.parent.name  # runs/<recipe>/<lang>/<run>
     trained = _read_json(run_dir / "train.json")
     if trained is None:

@@ -228,7 +228,8 @@ def run_stage(stage: Stage, force: bool = False) -> dict:
     from papermill.exceptions import PapermillExecutionError
 
     if stage.done_file.exists() and not force:
-        return {"lang": stage.lang, "stage": stage.name, "status": "skipped (complete)", "seconds": 0.0}
+        return {"lang": stage.lang, "stage": stage.name, "status": "skipped (complete)", "seconds": 0.0,
+                "seconds_when_run": _executed_seconds(stage)}
     stage.workdir.mkdir(parents=True, exist_ok=True)
     executed = stage.workdir / f"{stage.notebook}.ipynb"
     start = time.perf_counter()
@@ -246,7 +247,17 @@ def run_stage(stage: Stage, force: bool = False) -> dict:
     return {"lang": stage.lang, "stage": stage.name, "status": "done", "seconds": round(seconds, 1)}
 
 
-def run_stages(stages: list[Stage], label: str = "", force: bool = False) -> list[dict]:
+def _executed_seconds(stage: Stage) -> float:
+    """How long a completed stage took when it ran: papermill records it in the executed notebook."""
+    try:
+        executed = json.loads((stage.workdir / f"{stage.notebook}.ipynb").read_text(encoding="utf-8"))
+        return round(float(executed["metadata"]["papermill"]["duration"]), 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def run_stages(stages: list[Stage], label: str = "", force: bool = False, after_each=None) -> list[dict]:
+    """Run stages in order; `after_each(records)` is called after every stage (timings survive a kill)."""
     records = []
     for i, stage in enumerate(stages, 1):
         print(f"[{label}{i}/{len(stages)}] {stage.lang} {stage.name} ({stage.notebook}) ...", flush=True)
@@ -254,6 +265,8 @@ def run_stages(stages: list[Stage], label: str = "", force: bool = False) -> lis
         print(f"[{label}{i}/{len(stages)}] {stage.lang} {stage.name}: {record['status']}"
               + (f" in {record['seconds']:.0f} s" if record["status"] == "done" else ""), flush=True)
         records.append(record)
+        if after_each:
+            after_each(records)
     return records
 
 
@@ -278,48 +291,53 @@ def run_recipe(path: str | os.PathLike, runs_root: str | None = None, jobs: int 
             state = "complete" if s.done_file.exists() else "to run"
             print(f"{s.lang:4} {s.name:28} {s.notebook:18} {state}")
         return []
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     print(f"recipe {recipe['name']}: {len(stages) + 1} stages, {len(recipe['languages'])} language(s), jobs={jobs}",
           flush=True)
     records: list[dict] = []
     try:
         if jobs == 1:
-            records += run_stages(stages)
+            records += run_stages(stages, after_each=lambda done: _write_timings(
+                final.workdir, done, started, time.perf_counter() - start, jobs))
         else:
             with ProcessPoolExecutor(max_workers=jobs) as pool:
                 futures = [pool.submit(_run_language, stages, lang, threads) for lang in recipe["languages"]]
                 for future in futures:
                     records += future.result()
+        _write_timings(final.workdir, records, started, time.perf_counter() - start, jobs)  # REPORT.md reads it
         records += run_stages([final], label="analysis ", force=True)  # cheap: always rebuilt from metrics
     finally:
-        _write_timings(final.workdir, records, time.perf_counter() - start)
-    print_summary(records, final.workdir)
+        timings = _write_timings(final.workdir, records, started, time.perf_counter() - start, jobs)
+    print_summary(records, final.workdir, timings)
     return records
 
 
-def _write_timings(root: Path, records: list[dict], total: float) -> None:
+def _write_timings(root: Path, records: list[dict], started: str, wall: float, jobs: int) -> dict:
+    """timings.json: seconds per stage and the wall time, summed over the invocations of a resumed run."""
     root.mkdir(parents=True, exist_ok=True)
     path = root / "timings.json"
-    previous = json.loads(path.read_text()) if path.exists() else {"stages": []}
-    # Keep the time of stages done in an earlier (killed) invocation: skipped ones cost 0 now.
-    done_before = {(r["lang"], r["stage"]): r for r in previous.get("stages", []) if r.get("status") == "done"}
-    merged = []
-    for r in records:
-        if r["status"] != "done" and (r["lang"], r["stage"]) in done_before:
-            r = done_before[(r["lang"], r["stage"])]
-        merged.append(r)
-    total_all = sum(r["seconds"] for r in merged)
-    path.write_text(json.dumps({"stages": merged, "total_seconds": round(total_all, 1),
-                                "this_invocation_seconds": round(total, 1)}, indent=1))
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    # A stage skipped now (done by an earlier invocation) counts the seconds it took then.
+    merged = [{"lang": r["lang"], "stage": r["stage"], "status": r["status"],
+               "seconds": r.get("seconds_when_run", r["seconds"])} for r in records]
+    invocations = [i for i in previous.get("invocations", []) if i.get("started") != started]
+    invocations.append({"started": started, "wall_seconds": round(wall, 1), "jobs": jobs})
+    timings = {"stages": merged, "wall_seconds": round(sum(i["wall_seconds"] for i in invocations), 1),
+               "stage_seconds": round(sum(r["seconds"] for r in merged), 1), "invocations": invocations}
+    tmp = path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(timings, indent=1))
+    os.replace(tmp, path)  # atomic: a kill mid-write never leaves a torn timings.json
+    return timings
 
 
-def print_summary(records: list[dict], root: Path) -> None:
+def print_summary(records: list[dict], root: Path, timings: dict) -> None:
     print("\nstage summary")
     print(f"{'lang':5} {'stage':30} {'status':20} {'seconds':>8}")
     for r in records:
         print(f"{r['lang']:5} {r['stage']:30} {r['status']:20} {r['seconds']:8.1f}")
-    print(f"total {sum(r['seconds'] for r in records):.0f} s this invocation; report: {root / 'REPORT.md'}; "
-          f"figures: {root / 'figures'}")
+    print(f"wall time {timings['wall_seconds']:.0f} s ({timings['wall_seconds'] / 60:.1f} min) over "
+          f"{len(timings['invocations'])} invocation(s); stage times add up to {timings['stage_seconds']:.0f} s "
+          f"(languages run side by side); report: {root / 'REPORT.md'}; figures: {root / 'figures'}")
 
 
 def main(argv: list[str] | None = None) -> int:

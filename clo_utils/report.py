@@ -165,8 +165,15 @@ def wall_time_section(recipe_root: Path) -> str:
     timings = read_timings(recipe_root)
     if timings is None:
         return f"## Wall time\n\nNo timings.json at {recipe_root}: wall time not recorded."
-    rows = [[markdown_cell(stage.get("stage")), _duration(stage.get("seconds"))] for stage in timings.get("stages", [])]
-    rows.append(["**total**", f"**{_duration(timings.get('total_seconds'))}**"])
+    rows = [[markdown_cell(" ".join(str(stage[k]) for k in ("lang", "stage") if stage.get(k) is not None)),
+             _duration(stage.get("seconds"))] for stage in timings.get("stages", [])]
+    if "wall_seconds" in timings:
+        rows.append(["sum of the stage times", _duration(timings.get("stage_seconds"))])
+        runs = len(timings.get("invocations", [])) or 1
+        rows.append([f"**wall time** ({runs} invocation{'s' if runs > 1 else ''} of the runner; languages side by side)",
+                     f"**{_duration(timings['wall_seconds'])}**"])
+    else:  # a timings.json written before wall time was recorded
+        rows.append(["**total**", f"**{_duration(timings.get('total_seconds'))}**"])
     return "## Wall time\n\n" + markdown_table(["stage", "wall time"], rows)
 
 

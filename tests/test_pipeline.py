@@ -127,4 +127,8 @@ def test_tiny_recipe_runs_is_killed_and_resumes_only_unfinished_stages(tmp_path)
         assert (root / lang / "clo-4" / "03_clo_training.ipynb").exists()  # provenance
     assert (root / "REPORT.md").exists() and list((root / "figures").glob("*.png"))
     timings = json.loads((root / "timings.json").read_text())
-    assert timings["total_seconds"] > 0
+    assert len(timings["invocations"]) == 2 and timings["wall_seconds"] == pytest.approx(
+        sum(i["wall_seconds"] for i in timings["invocations"]))
+    assert {(r["lang"], r["stage"]) for r in timings["stages"]} >= {(d.split(" ", 1)[0], d.split(" ", 1)[1])
+                                                                     for d in done_before_kill}
+    assert "## Wall time" in (root / "REPORT.md").read_text() and "wall time not recorded" not in (root / "REPORT.md").read_text()

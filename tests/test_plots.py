@@ -266,8 +266,9 @@ def test_report_has_labels_and_wall_time(report_text: str) -> None:
     timings = json.loads((FIXTURE_RECIPE / "timings.json").read_text(encoding="utf-8"))
     assert "- SmolLM2-135M 4-bit dequantized" in report_text
     assert "- Apertium rule-based MT" in report_text
-    assert f"**{timings['total_seconds']:.1f} s" in report_text
-    assert "translate ca" in report_text
+    assert f"**{timings['wall_seconds']:.1f} s" in report_text and "2 invocations" in report_text
+    assert f"{timings['stage_seconds']:.1f} s" in report_text  # the sum of stage times, shown apart
+    assert "ca clo-100 train" in report_text
 
 
 def test_report_without_timings_says_so(tmp_path: Path) -> None:

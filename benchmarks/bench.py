@@ -567,8 +567,11 @@ def bench_demo(args, results: dict) -> None:
     stages = data.get("stages", [])
     for s in stages:
         print(f"  {s.get('lang', ''):4s} {s.get('stage', '?'):34s} {s.get('status', ''):12s} {s.get('seconds', 0):8.1f} s")
-    total = data.get("total_seconds", sum(s.get("seconds", 0) for s in stages))
-    print(f"  total {total:.0f} s ({total / 60:.1f} min)")
+    stage_sum = data.get("stage_seconds", data.get("total_seconds", sum(s.get("seconds", 0) for s in stages)))
+    print(f"  stage times add up to {stage_sum:.0f} s ({stage_sum / 60:.1f} min; languages run side by side)")
+    if "wall_seconds" in data:
+        print(f"  wall time {data['wall_seconds']:.0f} s ({data['wall_seconds'] / 60:.1f} min) over "
+              f"{len(data.get('invocations', []))} invocation(s)")
     results["demo"] = {"path": str(path), "present": True, **data}
 
 

@@ -13,7 +13,6 @@ DPOTrainer's sigmoid loss on the same data (tests/test_train.py checks it).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import resource
 import sys

@@ -25,15 +25,19 @@ holds on a noisy machine; the absolute times are printed beside it, with the dev
       loaded (weights + gradients + optimizer state + activations: what torch.cuda.max_memory_allocated
       measures on a GPU); the raw process peak RSS is printed too. GPU: max_memory_allocated.
   (d) Translation throughput, batched vs one segment per backend call (Apertium; a tiny random
-      M2M100), and a rerun with a warm cache, which must call the backend 0 times.
-  (e) Generation throughput for evaluation (clo_utils.evaluate.generate_answers), batched vs one
-      prompt at a time.
+      M2M100 with the kit's 4 beams, and greedy beside it to show beam search's share), and a rerun
+      with a warm cache, which must call the backend 0 times. A random model never emits EOS, so
+      every row runs to its batch's length cap: the decoder positions computed are printed too.
+  (e) Generation throughput for evaluation (clo_utils.evaluate.generate_answers), batched at the
+      demo's batch size vs one prompt at a time.
+  A missed throughput target prints a torch.profiler summary of one batched call (top ops).
   (f) End-to-end wall time of the embedded demo by stage, from runs/<recipe>/timings.json written by
       the pipeline runner (`make demo`), when present.
 
 Settings are small so the whole script runs in under 15 minutes on 2 CPU cores: the embedded
 SmolLM2-135M, the 8 shortest seeds of the packaged smoke set translated to Catalan with Apertium,
-1 seed per step (4 sequences for CLO), 1 warm-up round then 3 timed rounds.
+1 seed per step (4 sequences for CLO), 1 warm-up round then 3 timed rounds; 80 texts to translate;
+the smoke set's 48 Catalan prompts to answer (40 new tokens, batch 25 as in the demo).
 """
 
 from __future__ import annotations
@@ -61,12 +65,15 @@ LANG = "ca"
 SECTIONS = ("train", "memory", "translate", "generate", "demo")
 TARGETS = {  # name -> (comparison, target, what)
     "clo_vs_dpo_live_step": ("<=", 0.75, "CLO step / DPO step (live reference), same seeds"),
-    "clo_vs_dpo_precomputed_step": ("<=", 0.75, "CLO step / DPO step (precomputed reference), like for like"),
+    # like for like (neither runs a reference forward): expected near 1, so no target
+    "clo_vs_dpo_precomputed_step": (None, None, "CLO step / DPO step (precomputed reference), like for like"),
     "clo_vs_sft_per_seed": ("<=", 2.2, "CLO s/seed / SFT s/seed (4 vs 2 sequences per seed)"),
     "memory_attention_vs_full": ("<=", 0.7, "peak training memory, attention-only / full"),
     "memory_lora_vs_full": (None, None, "peak training memory, LoRA / full"),
     "translate_apertium_speedup": (">=", 5.0, "Apertium: one-per-call time / batched time"),
     "translate_m2m100_speedup": (">=", 5.0, "tiny M2M100: one-per-call time / batched time"),
+    # the same texts decoded greedily: shows how much of the gap is beam search's per-step cost
+    "translate_m2m100_greedy_speedup": (None, None, "tiny M2M100, num_beams=1: one-per-call / batched"),
     "translate_warm_cache_calls": ("==", 0, "backend calls on a rerun with a warm cache"),
     "generate_batched_speedup": (">=", 4.0, "generation: one-at-a-time time / batched time"),
 }
@@ -298,6 +305,25 @@ def fmt_list(xs) -> str:
     return "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"
 
 
+def top_ops(events, n: int = 5) -> list[dict]:
+    """The n profiler ops with the most self CPU time, with their share of the total."""
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:n]
+    return [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total}
+            for e in top]
+
+
+def profile_call(label: str, fn) -> list[dict]:
+    """fn() once under torch.profiler (CPU ops): where a missed throughput target's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops = top_ops(prof.key_averages(), 6)
+    print(f"  profile of {label}: " + ", ".join(f"{t['op']} {t['share']:.0%}" for t in ops))
+    return ops
+
+
 def profile_clo_step(trainer, batch) -> dict:
     """One more CLO step under torch.profiler: where the time goes (top ops by self CPU time, and the
     share inside clo_utils.losses.sequence_logps, the per-row log-softmax loop)."""
@@ -327,13 +353,9 @@ def profile_clo_step(trainer, batch) -> dict:
     finally:
         train_module.sequence_logps = original
     events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
     spans = {e.key: e.cpu_time_total for e in events if e.key.startswith("clo.")}
-    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
-    out = {"total_self_cpu_ms": total / 1e3,
-           "spans_ms": {k: v / 1e3 for k, v in spans.items()},
-           "top_ops": [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-                        "share": e.self_cpu_time_total / total} for e in top]}
+    out = {"total_self_cpu_ms": sum(e.self_cpu_time_total for e in events) / 1e3,
+           "spans_ms": {k: v / 1e3 for k, v in spans.items()}, "top_ops": top_ops(events, 8)}
     fwd = spans.get("clo.forward+loss", 0.0)
     bwd = spans.get("clo.backward", 0.0)
     logps = spans.get("clo.sequence_logps", 0.0)
@@ -474,12 +496,23 @@ def _counting(translator):
     return calls
 
 
+def _counting_decoder_tokens(translator) -> dict:
+    """Wrap the loaded HF model's generate: decoder positions computed (rows x output length)."""
+    model = translator._load()[0]
+    count = {"tokens": 0}
+    original = model.generate
+
+    def generate(*a, **k):
+        out = original(*a, **k)
+        count["tokens"] += out.shape[0] * out.shape[1]
+        return out
+
+    model.generate = generate
+    return count
+
+
 def bench_translation(args, work: Path, results: dict) -> None:
-    try:
-        from clo_utils.translate import get_translator, translate_with_stats
-    except ImportError as err:
-        raise RuntimeError("clo_utils.translate.translate is not available yet (the translation module is "
-                           f"still being written): {err}") from None
+    from clo_utils.translate import get_translator, translate_with_stats
 
     texts = translation_texts(args.translate_texts)
     section = {"texts": len(texts)}
@@ -490,19 +523,27 @@ def bench_translation(args, work: Path, results: dict) -> None:
         print(f"  ! Apertium unavailable: {err}")
         section["apertium_error"] = str(err)
     m2m_dir = tiny_m2m100(work / "tiny-m2m100")
-    backends.append(("m2m100", get_translator("m2m100", LANG, model=str(m2m_dir), device="cpu"), args.m2m100_batch))
+    m2m = get_translator("m2m100", LANG, model=str(m2m_dir), device="cpu")  # the kit's defaults (4 beams)
+    greedy = get_translator("m2m100", LANG, model=str(m2m_dir), device="cpu", num_beams=1)
+    backends += [("m2m100", m2m, args.m2m100_batch or m2m.default_batch_size),
+                 ("m2m100_greedy", greedy, args.m2m100_batch or greedy.default_batch_size)]
     warm_calls = []
     for name, translator, batch in backends:
         calls = _counting(translator)
         translate_with_stats(texts[:2], LANG, backend=translator, batch_size=2, progress=False)  # warm-up: load model
+        decoded = _counting_decoder_tokens(translator) if name.startswith("m2m100") else None
         runs = {}
         for label, batch_size, cache in (("one_per_call", 1, None), ("batched", batch, work / f"{name}-cache.sqlite")):
             before = calls["n"]
+            if decoded:
+                decoded["tokens"] = 0
             t0 = time.perf_counter()
             out, stats = translate_with_stats(texts, LANG, backend=translator, batch_size=batch_size, cache=cache,
                                               progress=False)
             runs[label] = {"seconds": time.perf_counter() - t0, "backend_calls": calls["n"] - before,
                            "segments": stats.segments, "batch_size": batch_size}
+            if decoded:
+                runs[label]["decoder_tokens"] = decoded["tokens"]
         before = calls["n"]
         t0 = time.perf_counter()
         again, stats = translate_with_stats(texts, LANG, backend=translator, batch_size=batch,
@@ -515,8 +556,17 @@ def bench_translation(args, work: Path, results: dict) -> None:
         print(f"  {name}: {one['segments']} segments one per call {one['seconds']:.2f} s ({one['backend_calls']} calls), "
               f"batched {bat['seconds']:.2f} s ({bat['backend_calls']} calls of <= {batch}); warm-cache rerun "
               f"{runs['warm_cache']['seconds']:.3f} s, {runs['warm_cache']['backend_calls']} backend calls")
-        add_ratio(results, f"translate_{name}_speedup", one["seconds"] / bat["seconds"],
-                  f"{one['segments'] / one['seconds']:.1f} vs {bat['segments'] / bat['seconds']:.1f} segments/s")
+        if decoded:  # a random model never emits EOS: every row runs to its batch's length cap
+            print(f"    decoder positions computed (output rows x length, beams not counted): one per call "
+                  f"{one['decoder_tokens']}, batched {bat['decoder_tokens']}")
+        ratio = f"translate_{name}_speedup"
+        add_ratio(results, ratio, one["seconds"] / bat["seconds"],
+                  f"{one['segments'] / one['seconds']:.1f} vs {bat['segments'] / bat['seconds']:.1f} segments/s, "
+                  f"batch {batch}")
+        if decoded and (args.profile or results["ratios"][ratio]["status"] == "MISS"):
+            first = translator.batch_order(texts)[:batch]
+            runs["profile_batched"] = profile_call(f"one {name} batch of {len(first)}",
+                                                   lambda: translator.translate_batch(first))
     results["translation"] = section
     add_ratio(results, "translate_warm_cache_calls", max(warm_calls),
               "per backend: " + ", ".join(f"{n} {c}" for (n, _, _), c in zip(backends, warm_calls)))
@@ -551,7 +601,13 @@ def bench_generation(args, seeds: list[dict], results: dict) -> None:
           f"({bat['answer_tokens']} answer tokens)")
     results["generation"] = {"source": source, **timing}
     add_ratio(results, "generate_batched_speedup", one["seconds"] / bat["seconds"],
-              f"{len(prompts) / one['seconds']:.2f} vs {len(prompts) / bat['seconds']:.2f} prompts/s")
+              f"{len(prompts) / one['seconds']:.2f} vs {len(prompts) / bat['seconds']:.2f} prompts/s, "
+              f"batch {args.gen_batch}")
+    if args.profile or results["ratios"]["generate_batched_speedup"]["status"] == "MISS":
+        first = prompts[: args.gen_batch]
+        results["generation"]["profile_batched"] = profile_call(
+            f"one batch of {len(first)} answers", lambda: generate_answers(
+                model, tok, first, max_new_tokens=args.gen_tokens, batch_size=len(first), progress=False))
 
 
 # =========================================================================== (f) demo timings
@@ -611,13 +667,16 @@ def parse_args(argv=None):
     p.add_argument("--max-length", type=int, default=320)
     p.add_argument("--mem-batch-seeds", type=int, default=4, help="seeds per step in the memory workers")
     p.add_argument("--mem-steps", type=int, default=2, help="CLO steps per memory worker (Adam state exists from step 1)")
-    p.add_argument("--profile", action="store_true", help="profile one CLO step (done anyway when a training target is missed)")
-    p.add_argument("--translate-texts", type=int, default=32)
+    p.add_argument("--profile", action="store_true", help="profile one CLO step, translation and generation batch "
+                   "(done anyway for a missed target)")
+    # A real job translates thousands of segments, so its length-sorted batches are homogeneous;
+    # 80 texts give several batches instead of one that spans every length.
+    p.add_argument("--translate-texts", type=int, default=80)
     p.add_argument("--apertium-batch", type=int, default=200)
-    p.add_argument("--m2m100-batch", type=int, default=32)
-    p.add_argument("--gen-prompts", type=int, default=8)
-    p.add_argument("--gen-batch", type=int, default=8)
-    p.add_argument("--gen-tokens", type=int, default=32)
+    p.add_argument("--m2m100-batch", type=int, default=None, help="default: the translator's own batch size (16)")
+    p.add_argument("--gen-prompts", type=int, default=48, help="target-language prompts (48: the whole smoke set)")
+    p.add_argument("--gen-batch", type=int, default=25, help="the demo's evaluate.batch_size")
+    p.add_argument("--gen-tokens", type=int, default=40, help="the demo's evaluate.max_new_tokens")
     p.add_argument("--recipe", default="demo", help="runs/<recipe>/timings.json for the demo timings")
     p.add_argument("--_memory-worker", dest="memory_worker", help=argparse.SUPPRESS)
     p.add_argument("--seeds-file", help=argparse.SUPPRESS)
@@ -628,6 +687,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # torch.profiler's start/stop lines would break the table
     sys.stdout.reconfigure(line_buffering=True)  # progress lines in order when piped to a file
     import logging
     import warnings
@@ -662,13 +722,15 @@ def main(argv=None) -> int:
         if {"train", "memory", "generate"} & set(only):
             from clo_utils.models import load_tokenizer
 
-            seeds, label = bench_seeds(args.seeds, load_tokenizer(MODEL_ID), work)
-            results["data"] = {"seeds": len(seeds), "translator": label, "source": "clo_utils/assets/smoke_sft.jsonl"}
-            print(f"data: {len(seeds)} seeds (shortest of the smoke set), en -> {LANG} with {label}")
-        for section, fn in (("train", lambda: bench_training(args, work, seeds, results)),
-                            ("memory", lambda: bench_memory(args, work, seeds, results)),
+            seeds, label = bench_seeds(max(args.seeds, args.gen_prompts), load_tokenizer(MODEL_ID), work)
+            results["data"] = {"seeds": min(len(seeds), args.seeds), "generation_prompts": min(len(seeds), args.gen_prompts),
+                               "translator": label, "source": "clo_utils/assets/smoke_sft.jsonl"}
+            print(f"data: {results['data']['seeds']} training seeds (shortest of the smoke set), "
+                  f"{results['data']['generation_prompts']} generation prompts, en -> {LANG} with {label}")
+        for section, fn in (("train", lambda: bench_training(args, work, seeds[: args.seeds], results)),
+                            ("memory", lambda: bench_memory(args, work, seeds[: args.seeds], results)),
                             ("translate", lambda: bench_translation(args, work, results)),
-                            ("generate", lambda: bench_generation(args, seeds, results)),
+                            ("generate", lambda: bench_generation(args, seeds[: args.gen_prompts], results)),
                             ("demo", lambda: bench_demo(args, results))):
             if section not in only:
                 continue

@@ -29,7 +29,8 @@ holds on a noisy machine; the absolute times are printed beside it, with the dev
       with a warm cache, which must call the backend 0 times. A random model never emits EOS, so
       every row runs to its batch's length cap: the decoder positions computed are printed too.
   (e) Generation throughput for evaluation (clo_utils.evaluate.generate_answers), batched at the
-      demo's batch size vs one prompt at a time.
+      demo's batch size vs one prompt at a time; beside it the ceiling of batching on this device
+      (B x a decode step at batch 1 / a step at batch B, equal lengths, no early stops).
   A missed throughput target prints a torch.profiler summary of one batched call (top ops).
   (f) End-to-end wall time of the embedded demo by stage, from runs/<recipe>/timings.json written by
       the pipeline runner (`make demo`), when present.
@@ -76,6 +77,8 @@ TARGETS = {  # name -> (comparison, target, what)
     "translate_m2m100_greedy_speedup": (None, None, "tiny M2M100, num_beams=1: one-per-call / batched"),
     "translate_warm_cache_calls": ("==", 0, "backend calls on a rerun with a warm cache"),
     "generate_batched_speedup": (">=", 4.0, "generation: one-at-a-time time / batched time"),
+    # B x a decode step at batch 1 / a step at batch B (equal lengths): the most batching can give here
+    "generate_decode_step_ceiling": (None, None, "generation: batching's ceiling on this device"),
 }
 
 
@@ -603,11 +606,35 @@ def bench_generation(args, seeds: list[dict], results: dict) -> None:
     add_ratio(results, "generate_batched_speedup", one["seconds"] / bat["seconds"],
               f"{len(prompts) / one['seconds']:.2f} vs {len(prompts) / bat['seconds']:.2f} prompts/s, "
               f"batch {args.gen_batch}")
+    results["generation"]["decode_step"] = ceiling = decode_step_ceiling(model, tok, args.gen_batch, steps=args.gen_tokens)
+    add_ratio(results, "generate_decode_step_ceiling", ceiling["ceiling"],
+              f"one decode step: {ceiling['ms_per_step_batch_1']:.0f} ms at batch 1, "
+              f"{ceiling['ms_per_step_batched']:.0f} ms at batch {args.gen_batch}")
     if args.profile or results["ratios"]["generate_batched_speedup"]["status"] == "MISS":
         first = prompts[: args.gen_batch]
         results["generation"]["profile_batched"] = profile_call(
             f"one batch of {len(first)} answers", lambda: generate_answers(
                 model, tok, first, max_new_tokens=args.gen_tokens, batch_size=len(first), progress=False))
+
+
+def decode_step_ceiling(model, tok, batch: int, prompt_tokens: int = 48, steps: int = 40) -> dict:
+    """What batching can give at most here: B x (time of a decode step at batch 1) / (time of one at
+    batch B), same prompt length, every row decoding all `steps` tokens (no padding, no early stop)."""
+    import torch
+
+    ids = tok("The cat sleeps on the warm chair. " * 8, add_special_tokens=False)["input_ids"][:prompt_tokens]
+
+    def seconds_per_step(rows: int) -> float:
+        inputs = torch.tensor([ids] * rows)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=steps,
+                           min_new_tokens=steps, do_sample=False, pad_token_id=tok.pad_token_id or 0)
+            return (time.perf_counter() - t0) / steps
+
+    one, many = seconds_per_step(1), seconds_per_step(batch)
+    return {"ms_per_step_batch_1": one * 1e3, "ms_per_step_batched": many * 1e3, "batch_size": batch,
+            "ceiling": batch * one / many}
 
 
 # =========================================================================== (f) demo timings

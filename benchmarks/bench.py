@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Side-by-side benchmarks of the kit (issue 6): ratios measured in ONE run, same process, same data.
 
-    python benchmarks/bench.py [--out runs/bench.json] [--only train,memory,translate,generate,demo]
+    python benchmarks/bench.py [OUT.json] [--only train,memory,translate,generate,demo]
 
 Every figure is a ratio of two things measured here, one after the other, on the same inputs, so it
 holds on a noisy machine; the absolute times are printed beside it, with the device.
@@ -23,7 +23,9 @@ holds on a noisy machine; the absolute times are printed beside it, with the dev
   (c) Peak training memory, attention-only vs full fine-tuning (and LoRA): each mode in a fresh
       subprocess so peaks do not mix. CPU: peak RSS above the process's RSS before the model was
       loaded (weights + gradients + optimizer state + activations: what torch.cuda.max_memory_allocated
-      measures on a GPU); the raw process peak RSS is printed too. GPU: max_memory_allocated.
+      measures on a GPU), with glibc told to return freed blocks to the OS so RSS follows live
+      tensors; the same runs with glibc's default heap are printed beside it, and what autograd keeps
+      for backward in one forward, by kind. GPU: max_memory_allocated.
   (d) Translation throughput, batched vs one segment per backend call (Apertium; a tiny random
       M2M100 with the kit's 4 beams, and greedy beside it to show beam search's share), and a rerun
       with a warm cache, which must call the backend 0 times. A random model never emits EOS, so
@@ -71,6 +73,7 @@ TARGETS = {  # name -> (comparison, target, what)
     "clo_vs_sft_per_seed": ("<=", 2.2, "CLO s/seed / SFT s/seed (4 vs 2 sequences per seed)"),
     "memory_attention_vs_full": ("<=", 0.7, "peak training memory, attention-only / full"),
     "memory_lora_vs_full": (None, None, "peak training memory, LoRA / full"),
+    "memory_attention_vs_full_default_heap": (None, None, "the same with glibc's default heap"),
     "translate_apertium_speedup": (">=", 5.0, "Apertium: one-per-call time / batched time"),
     "translate_m2m100_speedup": (">=", 5.0, "tiny M2M100: one-per-call time / batched time"),
     # the same texts decoded greedily: shows how much of the gap is beam search's per-step cost
@@ -397,7 +400,8 @@ def memory_worker(mode: str, args) -> None:
     trainer.train()
     out = {"mode": mode, "trainable_params": report["trainable_params"], "total_params": report["total_params"],
            "rss_start_mb": before, "rss_after_imports_mb": import_rss, "rss_after_model_mb": loaded,
-           "peak_rss_mb": peak_rss_mb(), "reference_forward_batches": trainer.reference_forward_batches}
+           "peak_rss_mb": peak_rss_mb(), "reference_forward_batches": trainer.reference_forward_batches,
+           "saved_for_backward_mb": saved_for_backward(trainer)}
     if cuda:
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
         out["training_mb"] = out["cuda_max_allocated_mb"]
@@ -406,36 +410,98 @@ def memory_worker(mode: str, args) -> None:
     print("MEMORY_RESULT " + json.dumps(out))
 
 
-def bench_memory(args, work: Path, seeds: list[dict], results: dict) -> None:
-    seeds_file = work / "seeds.json"
-    seeds_file.write_text(json.dumps(seeds))
+def saved_for_backward(trainer) -> dict:
+    """MB that autograd keeps for backward in one CLO forward on the first batch, by kind: what
+    attention-only training cannot drop (it still backpropagates through every layer). Weights
+    are left out (they are memory already counted). After training, so the peak is not changed."""
+    import torch
+
+    model, cfg = trainer.model, trainer.model.config
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    sizes: dict[str, float] = {}
+    seen: set[int] = set()
+
+    def kind(t) -> str:
+        if t.ndim >= 2 and t.shape[-1] == cfg.vocab_size:
+            return "logits"
+        if t.ndim == 4:
+            return "attention (q, k, v per head)"
+        if t.shape[-1] == getattr(cfg, "intermediate_size", -1):
+            return "MLP intermediates"
+        return "hidden states, norms, other"
+
+    def keep(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights and ptr not in seen:
+            seen.add(ptr)
+            sizes[kind(t)] = sizes.get(kind(t), 0.0) + t.untyped_storage().nbytes() / 2**20
+        return t
+
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        (logps, _), _ = trainer._response_logps(model, batch)
+    del logps
+    sizes["total"] = sum(sizes.values())
+    sizes["batch"] = f"{tuple(batch['input_ids'].shape)} positions, {int(batch['attention_mask'].sum())} real tokens"
+    return sizes
+
+
+# glibc keeps freed blocks in its heap, so a process's peak RSS is its peak of live tensors plus
+# whatever the heap kept: the same few GB in every mode, which pulls every ratio towards 1. With
+# these, each allocation over 64 KB is its own mapping and goes back to the OS when freed, so peak
+# RSS follows live bytes, as torch.cuda.max_memory_allocated does on a GPU (no effect off glibc).
+RETURN_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+
+
+def memory_workers(args, work: Path, seeds_file: Path, heap_env: dict) -> dict:
+    """One fresh process per mode, run side by side (a peak is per process, so they do not mix)."""
+    env = {k: v for k, v in os.environ.items() if k not in RETURN_FREED_MEMORY}
+    env.update(heap_env, TOKENIZERS_PARALLELISM="false")
     modes, procs = {}, {}
-    t0 = time.perf_counter()
-    # One fresh process per mode, run side by side: a peak is per process, so they do not mix.
     for mode in ("attention", "full", "lora"):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-worker", mode, "--seeds-file", str(seeds_file),
                "--work", str(work), "--threads", "1", "--batch-seeds", str(args.mem_batch_seeds),
                "--max-length", str(args.max_length), "--mem-steps", str(args.mem_steps)]
-        procs[mode] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                       env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        procs[mode] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for mode, proc in procs.items():
         stdout, stderr = proc.communicate()
         line = next((l for l in stdout.splitlines() if l.startswith("MEMORY_RESULT ")), None)
         if proc.returncode != 0 or line is None:
             raise RuntimeError(f"memory worker ({mode}) failed:\n{(stdout + stderr)[-3000:]}")
-        modes[mode] = json.loads(line.split(" ", 1)[1])
-        m = modes[mode]
+        modes[mode] = m = json.loads(line.split(" ", 1)[1])
         print(f"  {mode:9s}: training memory {m['training_mb']:.0f} MB (peak RSS {m['peak_rss_mb']:.0f} MB, after "
               f"imports {m['rss_after_imports_mb']:.0f} MB, after model load {m['rss_after_model_mb']:.0f} MB); "
               f"trainable {m['trainable_params'] / 1e6:.1f}M of {m['total_params'] / 1e6:.1f}M")
-    print(f"  ({args.mem_steps} CLO step(s) of {args.mem_batch_seeds} seeds per mode; {time.perf_counter() - t0:.0f} s)")
+    return modes
+
+
+def bench_memory(args, work: Path, seeds: list[dict], results: dict) -> None:
+    import torch
+
+    seeds_file = work / "seeds.json"
+    seeds_file.write_text(json.dumps(seeds))
+    glibc = platform.libc_ver()[0] == "glibc" and not torch.cuda.is_available()
+    label = "freed memory returned to the OS" if glibc else "as allocated"
+    print(f"  -- {label}:")
+    modes = memory_workers(args, work, seeds_file, RETURN_FREED_MEMORY if glibc else {})
     results["memory"] = modes
+    saved = modes["attention"]["saved_for_backward_mb"]
+    print(f"  kept for backward in one CLO forward, attention-only ({saved['batch']}; weights not counted): "
+          + ", ".join(f"{k} {v:.0f} MB" for k, v in saved.items() if k != "batch"))
     full = modes["full"]["training_mb"]
     add_ratio(results, "memory_attention_vs_full", modes["attention"]["training_mb"] / full,
-              f"{modes['attention']['training_mb']:.0f} vs {full:.0f} MB; raw peak RSS ratio "
+              f"{modes['attention']['training_mb']:.0f} vs {full:.0f} MB ({label}); raw peak RSS ratio "
               f"{modes['attention']['peak_rss_mb'] / modes['full']['peak_rss_mb']:.2f}")
     add_ratio(results, "memory_lora_vs_full", modes["lora"]["training_mb"] / full,
               f"{modes['lora']['training_mb']:.0f} vs {full:.0f} MB")
+    if glibc:  # the same runs with glibc's default heap: what `top` shows during training
+        print("  -- glibc's default heap (freed blocks kept):")
+        heap = memory_workers(args, work, seeds_file, {})
+        results["memory_default_heap"] = heap
+        add_ratio(results, "memory_attention_vs_full_default_heap",
+                  heap["attention"]["training_mb"] / heap["full"]["training_mb"],
+                  f"{heap['attention']['training_mb']:.0f} vs {heap['full']['training_mb']:.0f} MB")
+    print(f"  ({args.mem_steps} CLO step(s) of {args.mem_batch_seeds} seeds per mode)")
 
 
 # =========================================================================== (d) translation

@@ -37,6 +37,43 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     return torch.stack(sums), mask.sum(-1)
 
 
+def response_positions(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """(B, T) bool mask of the positions whose logits predict a label token (position t predicts t+1).
+
+    Passed to a transformers causal LM as `logits_to_keep`, it makes the LM head run on response
+    positions only (the kept hidden states come back flattened to (N, V) logits), so the prompt and
+    the padding never get a vocabulary-sized row: in a CLO batch of 16 sequences that row is the
+    largest activation (49k x 4 bytes per token for SmolLM2, 262k for Gemma-3).
+    """
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != ignore_index
+    return keep
+
+
+def packed_sequence_logps(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor,
+                          chunk_tokens: int = 2048):
+    """`sequence_logps` for logits computed at the `keep` positions only.
+
+    `logits` is (N, V) with N = keep.sum(), in row-major order of `keep` (what `hidden[keep]` gives);
+    `keep` is `response_positions(labels)`. Returns the same two (B,) tensors as `sequence_logps`.
+    The fp32 log-softmax runs over chunks of `chunk_tokens` rows (one fp32 copy at a time for bf16).
+    """
+    n_kept = int(keep.sum())
+    if logits.ndim != 2 or logits.shape[0] != n_kept:
+        raise ValueError(f"logits {tuple(logits.shape)} should be (N, V) with N = {n_kept}, the kept positions")
+    if keep[:, -1].any():
+        raise ValueError("keep marks the last position, which predicts no token: build it with response_positions")
+    targets = labels[:, 1:][keep[:, :-1]]
+    token_logps = []
+    for chunk, chunk_targets in zip(logits.split(chunk_tokens), targets.split(chunk_tokens)):
+        chunk = chunk.float()
+        token_logps.append(chunk.gather(-1, chunk_targets.unsqueeze(-1)).squeeze(-1) - chunk.logsumexp(-1))
+    rows = keep.nonzero(as_tuple=True)[0]
+    token_logps = torch.cat(token_logps) if token_logps else logits.new_zeros(0, dtype=torch.float32)
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=logits.device).index_add(0, rows, token_logps)
+    return sums, keep.sum(-1)
+
+
 def response_nll(chosen_logps: torch.Tensor, chosen_counts: torch.Tensor, is_target: torch.Tensor,
                  nll_on: str = "target") -> torch.Tensor:
     """Token-mean NLL over the chosen responses of the batch's target-direction triples

@@ -25,7 +25,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .cache import DiskCache, cache_key, default_cache_dir
-from .losses import NLL_ON, clo_loss, response_nll, sequence_logps
+from .losses import NLL_ON, clo_loss, packed_sequence_logps, response_nll, response_positions, sequence_logps
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +228,7 @@ class CLOTrainer(Trainer):
         kwargs.setdefault("data_collator", CLOCollator(pad_id))
         examples = list(train_dataset)
         super().__init__(model=model, args=args, train_dataset=None, processing_class=processing_class, **kwargs)
+        self._logits_to_keep_works = True  # set False once a model rejects or ignores the mask
         self.reference_forward_batches = 0  # counted so tests and logs can see a cache hit
         self.reference_seeds_computed = 0
         self.reference_cache_path: Path | None = None
@@ -278,8 +279,7 @@ class CLOTrainer(Trainer):
         adapters_off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else _nullcontext()
         with torch.no_grad(), adapters_off:
             for batch in loader:
-                out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-                logps, _ = sequence_logps(out.logits, batch["labels"])
+                (logps, _), _ = self._response_logps(self.model, batch)
                 logps = logps.view(-1, len(SEQUENCE_ORDER))
                 index, logps = self.accelerator.gather_for_metrics((batch["seed_index"], logps))
                 ref[index.cpu()] = logps.float().cpu()
@@ -290,8 +290,7 @@ class CLOTrainer(Trainer):
     # -- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         n_seeds = inputs["seed_index"].shape[0]
-        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        logps, counts = sequence_logps(out.logits, inputs["labels"])
+        (logps, counts), out = self._response_logps(model, inputs)
         logps, counts = logps.view(n_seeds, 4), counts.view(n_seeds, 4)
         ref = inputs["ref_logps"].to(logps.device)
         # Triples, interleaved per seed: (en: col 0 over col 1), (tgt: col 2 over col 3).
@@ -312,6 +311,29 @@ class CLOTrainer(Trainer):
         for k, v in metrics.items():
             self._stored_metrics[k].append(float(v))
         return (loss, out) if return_outputs else loss
+
+    def _response_logps(self, model, batch):
+        """((B,) summed response log-probs, (B,) counts), model output. The LM head runs on the
+        response positions only (`logits_to_keep` mask): prompt and padding rows of the (T, V)
+        logits, and their gradient, are never built."""
+        keep = response_positions(batch["labels"])
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        if self._logits_to_keep_works:
+            try:
+                out = model(**inputs, logits_to_keep=keep)
+            except TypeError as err:  # custom model code without the argument
+                if "logits_to_keep" not in str(err):
+                    raise
+                self._logits_to_keep_works = False
+                log.warning("%s has no logits_to_keep argument: computing logits at every position",
+                            type(model).__name__)
+            else:
+                if out.logits.ndim == 2:
+                    return packed_sequence_logps(out.logits, batch["labels"], keep), out
+                self._logits_to_keep_works = False  # accepted and ignored: logits at every position
+                return sequence_logps(out.logits, batch["labels"]), out
+        out = model(**inputs)
+        return sequence_logps(out.logits, batch["labels"]), out
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)

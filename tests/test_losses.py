@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from clo_utils.losses import clo_loss, response_nll, sequence_logps
+from clo_utils.losses import clo_loss, packed_sequence_logps, response_nll, response_positions, sequence_logps
 
 
 def _hand_clo(pc, pr, rc, rr, nll, beta, lam):
@@ -73,6 +73,45 @@ def test_sequence_logps_equals_a_hand_loop():
 def test_sequence_logps_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="disagree"):
         sequence_logps(torch.zeros(2, 5, 3), torch.zeros(2, 4, dtype=torch.long))
+
+
+LABELS = torch.tensor([[-100, -100, 3, 4, 1], [-100, 2, 2, -100, -100], [-100, -100, -100, -100, -100]])
+
+
+def test_response_positions_are_the_positions_before_each_label():
+    keep = response_positions(LABELS)
+    assert keep.tolist() == [[False, True, True, True, False], [True, True, False, False, False], [False] * 5]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_sequence_logps_equals_full_logits(dtype):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 7).to(dtype)
+    keep = response_positions(LABELS)
+    sums, counts = packed_sequence_logps(logits[keep], LABELS, keep, chunk_tokens=2)  # chunks split rows
+    expected_sums, expected_counts = sequence_logps(logits, LABELS)
+    assert torch.allclose(sums, expected_sums, atol=1e-5) and sums.dtype == torch.float32
+    assert counts.tolist() == expected_counts.tolist() == [3, 2, 0]
+
+
+def test_packed_sequence_logps_gradient_equals_full_logits():
+    torch.manual_seed(1)
+    full = torch.randn(3, 5, 7, requires_grad=True)
+    keep = response_positions(LABELS)
+    packed = full.detach()[keep].requires_grad_()
+    sequence_logps(full, LABELS)[0].sum().backward()
+    packed_sequence_logps(packed, LABELS, keep)[0].sum().backward()
+    assert torch.allclose(packed.grad, full.grad[keep], atol=1e-6)
+    assert not full.grad[~keep].any()  # prompt, padding and last positions get no gradient anyway
+
+
+def test_packed_sequence_logps_rejects_logits_of_the_wrong_positions():
+    keep = response_positions(LABELS)
+    with pytest.raises(ValueError, match=r"\(N, V\) with N = 5"):
+        packed_sequence_logps(torch.zeros(3, 5, 7), LABELS, keep)
+    keep[0, -1] = True
+    with pytest.raises(ValueError, match="last position"):
+        packed_sequence_logps(torch.zeros(6, 7), LABELS, keep)
 
 
 def test_response_nll_target_only_excludes_english():

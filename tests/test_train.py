@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clo_utils.data import build_cross_lingual_pairs
-from clo_utils.losses import sequence_logps
+from clo_utils.losses import response_positions, sequence_logps
 from clo_utils.models import select_trainable
 from clo_utils.train import (CLOTrainer, tokenize_clo_pairs, tokenize_prompt_response,
                              train_clo)
@@ -92,6 +92,51 @@ def test_nll_target_only_sees_no_english_response(tmp_path, tok):
         rows = [4 * s + c for s in range(batch["seed_index"].numel()) for c in cols]
         expected = -logps[rows].sum() / counts[rows].sum()
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5), nll_on
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma3"])
+def test_lm_head_runs_on_response_positions_only_and_log_probs_are_unchanged(tmp_path, tok, arch):
+    model = make_model(arch, len(tok))
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(seed_rows(2)), tok, 256)
+    trainer = CLOTrainer(model, _config(tmp_path, lam=1.0, nll_on="both"), examples, processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        full = sequence_logps(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                              batch["labels"])[0]
+    # reference pass (run in __init__) and policy pass both took the packed path
+    ref = torch.tensor([trainer.train_dataset[int(i)]["ref_logps"] for i in batch["seed_index"]]).view(-1)
+    assert torch.allclose(ref, full, atol=1e-4)
+    head_inputs = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: head_inputs.append(args[0].shape))
+    loss = trainer.compute_loss(model, batch)
+    hook.remove()
+    keep = response_positions(batch["labels"])
+    assert head_inputs == [torch.Size([int(keep.sum()), model.config.hidden_size])]
+    assert keep.sum() < keep.numel()  # prompts and padding were skipped
+    chosen = [4 * s + c for s in range(batch["seed_index"].numel()) for c in (0, 2)]
+    counts = (batch["labels"][:, 1:] != -100).sum(-1)
+    assert loss.item() == pytest.approx((-full[chosen].sum() / counts[chosen].sum()).item(), rel=1e-5)
+
+
+def test_a_model_without_logits_to_keep_gets_full_logits(tmp_path, tok):
+    model = make_model("llama", len(tok))
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(seed_rows(2)), tok, 256)
+    trainer = CLOTrainer(model, _config(tmp_path), examples, processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))
+
+    class OldStyle(torch.nn.Module):  # custom code that predates the argument
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, use_cache=False):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+    with torch.no_grad():
+        (packed, _), _ = trainer._response_logps(model, batch)
+        (fallback, _), out = trainer._response_logps(OldStyle(model), batch)
+    assert out.logits.ndim == 3 and torch.allclose(packed, fallback, atol=1e-4)
+    assert trainer._logits_to_keep_works is False
 
 
 def _snapshot(model):

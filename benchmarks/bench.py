@@ -434,7 +434,8 @@ def saved_for_backward(trainer) -> dict:
         ptr = t.untyped_storage().data_ptr()
         if ptr not in weights and ptr not in seen:
             seen.add(ptr)
-            sizes[kind(t)] = sizes.get(kind(t), 0.0) + t.untyped_storage().nbytes() / 2**20
+            name = kind(t)
+            sizes[name] = sizes.get(name, 0.0) + t.untyped_storage().nbytes() / 2**20
         return t
 
     batch = next(iter(trainer.get_train_dataloader()))

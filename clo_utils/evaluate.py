@@ -1,58 +1,47 @@
-"""Evaluation: generation, language fidelity, chrF++, held-out reference NLL, and run folders.
+"""The evaluation driver: generation, held-out reference NLL, and run folders.
 
-What CLO optimises is *which language* a model answers in, so the headline metric here is
-language fidelity: the share of answers written in the prompt's language (clo-method.md §6; the
-paper reports no such metric). Language ID is unreliable on short or degenerate answers, so every
-fidelity number comes with the shares that explain it (`fidelity_report`):
-
-  fidelity        share of countable answers (>= min_words words) identified as the expected language
-  wrong_language  share of countable answers identified as the other language of the pair
-  too_short       share of all answers with fewer than min_words words (not countable)
-  echo            share of all answers that start by copying the prompt (see `is_echo`)
-  repetition      share of answers with >= 3 word trigrams whose distinct-trigram ratio is < 0.5
-
-Language ID uses lingua restricted to two languages, {English, target}: with all 75 languages
-loaded lingua confuses close pairs (Indonesian/Malay, Catalan/Spanish/Occitan) and the question
-asked is only "English or the target?". lingua may also decline to decide; such answers count in
-neither fidelity nor wrong_language, so the two can sum to less than 1.
-
-Reference scores on held-out seeds: corpus chrF++ (sacrebleu, 0-100 scale) of each answer against
-the reference answer in the same language, and the token-mean NLL (nats/token) of the reference
-answers under the model (the least noisy continuous metric on small models).
+Evaluates one run folder on the held-out seeds (docs/run-layout.md): loads the run's model,
+answers every held-out prompt in both directions (target-language prompts and English prompts),
+scores the answers with the pure metrics of clo_utils.metrics (language fidelity and the shares
+that explain it, chrF++), adds the token-mean NLL (nats/token) of the reference answers under the
+model (the least noisy continuous metric on small models), and writes answers.jsonl and
+metrics.json through clo_utils.runfiles.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
-import re
 import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from .languages import get_language
-from .models import CHATML_TURN_END
+from .metrics import (  # noqa: F401  (re-exported: clo_utils.evaluate is the documented import path)
+    DIRECTIONS,
+    chrf,
+    distinct_trigram_ratio,
+    fidelity_report,
+    is_echo,
+    language_fidelity,
+)
+from .models import CHATML_TURN_END, end_of_turn_token_ids
+from .runfiles import (  # noqa: F401  (the run-file helpers are re-exported for notebooks and the judge)
+    read_answers,
+    read_json,
+    read_jsonl,
+    read_metrics,
+    read_train,
+    update_metrics,
+    write_answers,
+)
+from .text import chat_messages, count_words, detect_languages, normalized_tokens  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = ("tgt", "en")  # target prompts -> target references; English prompts -> English references
-ECHO_PREFIX_WORDS = 8       # how many opening prompt words an echo must copy (fewer if the prompt is shorter)
-ECHO_MIN_PROMPT_WORDS = 3   # shorter prompts are never called echoed: restating "Hi" is not copying
-ECHO_MAX_LEAD_IN = 3        # the copy may start after a short lead-in ("Question:", "Sure!")
-REPETITION_THRESHOLD = 0.5  # distinct/total word trigrams below this = degenerate, looping text
-
 
 # --------------------------------------------------------------------------- chat prompts
-
-def chat_messages(prompt: str, system_prompt: str | None = None) -> list[dict]:
-    """One user turn; None keeps the chat template's own default system prompt (recorded per run)."""
-    messages = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
-    return messages + [{"role": "user", "content": prompt}]
-
 
 def chat_prompt_text(tokenizer, prompt: str, system_prompt: str | None = None) -> str:
     """The prompt as the model sees it, ending where the assistant's answer begins."""
@@ -66,12 +55,8 @@ def _token_ids(tokenizer, text: str) -> list[int]:
 
 
 def _eos_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends a turn: the tokenizer's EOS plus the model's generation config's."""
-    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    if configured is not None:
-        ids += configured if isinstance(configured, (list, tuple)) else [configured]
-    return list(dict.fromkeys(ids))
+    """Every id that ends a turn: the chat template's turn end, the tokenizer's EOS and the model's."""
+    return end_of_turn_token_ids(tokenizer, model)
 
 
 # --------------------------------------------------------------------------- generation
@@ -146,134 +131,7 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
     return answers  # type: ignore[return-value]
 
 
-# --------------------------------------------------------------------------- words
-
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_COMBINING = "\u0300-\u036f"  # tone marks written as separate code points (Yoruba "ọ̀") stay in their word
-# One token per Han/kana character (those scripts write no spaces; a character is about a word),
-# otherwise a run of letters/digits. Apostrophes and hyphens split words: consistent across answers.
-_TOKEN = re.compile(rf"[{_CJK}]|(?:[^\W_{_CJK}]|[{_COMBINING}])+")
-
-
-def normalized_tokens(text: str) -> list[str]:
-    """Case-folded word tokens (numbers included), punctuation dropped."""
-    return _TOKEN.findall(text.casefold())
-
-
-def count_words(text: str) -> int:
-    """Words that carry language evidence: tokens with at least one letter ("2019" does not count)."""
-    return sum(any(ch.isalpha() for ch in token) for token in normalized_tokens(text))
-
-
-# --------------------------------------------------------------------------- language ID
-
-@functools.lru_cache(maxsize=None)
-def _detector(lingua_names: frozenset[str]):
-    """A lingua detector for exactly these languages; built once per pair (building costs ~0.1 s)."""
-    from lingua import Language, LanguageDetectorBuilder
-
-    return LanguageDetectorBuilder.from_languages(*(getattr(Language, n) for n in sorted(lingua_names))).build()
-
-
-def _language_pair(expected_lang: str, other_lang: str | None) -> tuple[str, str]:
-    if other_lang is None:
-        if expected_lang == "en":
-            raise ValueError("for English prompts pass other_lang= (the run's target language): the "
-                             "detector is restricted to {English, target}")
-        other_lang = "en"
-    if other_lang == expected_lang:
-        raise ValueError(f"expected_lang and other_lang must differ, both are {expected_lang!r}")
-    get_language(expected_lang), get_language(other_lang)  # clear errors for unknown codes
-    return expected_lang, other_lang
-
-
-def detect_languages(texts: Sequence[str], expected_lang: str, other_lang: str | None = None) -> list[str | None]:
-    """The language code lingua picks for each text among {expected, other}; None when it cannot tell."""
-    expected_lang, other_lang = _language_pair(expected_lang, other_lang)
-    by_lingua = {get_language(c).lingua: c for c in (expected_lang, other_lang)}
-    detector = _detector(frozenset(by_lingua))
-    found = detector.detect_languages_in_parallel_of(list(texts)) if texts else []
-    return [None if lang is None else by_lingua[lang.name] for lang in found]
-
-
-def language_fidelity(texts: Sequence[str], expected_lang: str, min_words: int = 5,
-                      other_lang: str | None = None) -> float:
-    """Share of countable texts (>= min_words words) identified as `expected_lang`.
-
-    The detector is restricted to {expected_lang, other_lang}; other_lang defaults to English for a
-    target language and must be given (the run's target) when expected_lang is "en".
-    NaN when no text is countable.
-    """
-    countable = [t for t in texts if count_words(t) >= min_words]
-    if not countable:
-        return math.nan
-    found = detect_languages(countable, expected_lang, other_lang)
-    return sum(code == expected_lang for code in found) / len(countable)
-
-
-# --------------------------------------------------------------------------- degenerate answers
-
-def is_echo(prompt: str, answer: str) -> bool:
-    """The answer starts by copying the prompt.
-
-    Precisely: with P the prompt's normalised tokens and k = min(len(P), 8), the answer's
-    normalised tokens contain P[:k] as a contiguous run starting at one of its first four
-    positions (a lead-in of up to three words, such as "Question:" or "Sure!", is allowed).
-    Prompts of fewer than three tokens are never called echoed.
-    """
-    prompt_tokens, answer_tokens = normalized_tokens(prompt), normalized_tokens(answer)
-    k = min(len(prompt_tokens), ECHO_PREFIX_WORDS)
-    if k < ECHO_MIN_PROMPT_WORDS:
-        return False
-    head = prompt_tokens[:k]
-    return any(answer_tokens[start: start + k] == head for start in range(ECHO_MAX_LEAD_IN + 1))
-
-
-def distinct_trigram_ratio(text: str) -> float | None:
-    """Distinct / total word trigrams; None when the text has fewer than three trigrams."""
-    tokens = normalized_tokens(text)
-    trigrams = list(zip(tokens, tokens[1:], tokens[2:]))
-    if len(trigrams) < 3:
-        return None
-    return len(set(trigrams)) / len(trigrams)
-
-
-def _share(flags: Sequence[bool]) -> float | None:
-    return sum(flags) / len(flags) if flags else None
-
-
-def fidelity_report(prompts: Sequence[str], answers: Sequence[str], expected_lang: str, min_words: int = 5,
-                    other_lang: str | None = None) -> dict:
-    """Fidelity with the shares that explain it (see the module docstring for each definition).
-
-    Keys: n_prompts, fidelity, too_short, wrong_language, echo, repetition. A share whose
-    denominator is empty is None (JSON null), never NaN.
-    """
-    if len(prompts) != len(answers):
-        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-    countable = [a for a in answers if count_words(a) >= min_words]
-    found = detect_languages(countable, expected_lang, other_lang)
-    ratios = [r for r in map(distinct_trigram_ratio, answers) if r is not None]
-    return {
-        "n_prompts": len(prompts),
-        "fidelity": _share([code == expected_lang for code in found]),
-        "too_short": _share([count_words(a) < min_words for a in answers]),
-        "wrong_language": _share([code not in (expected_lang, None) for code in found]),
-        "echo": _share([is_echo(p, a) for p, a in zip(prompts, answers)]),
-        "repetition": _share([r < REPETITION_THRESHOLD for r in ratios]),
-    }
-
-
 # --------------------------------------------------------------------------- reference scores
-
-def chrf(answers: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus chrF++ (sacrebleu CHRF with word_order=2), 0-100, one reference per answer."""
-    from sacrebleu.metrics import CHRF
-
-    if len(answers) != len(references):
-        raise ValueError(f"{len(answers)} answers but {len(references)} references")
-    return CHRF(word_order=2).corpus_score(list(answers), [list(references)]).score
-
 
 def prompt_completion_ids(tokenizer, prompt: str, reference: str,
                           system_prompt: str | None = None) -> tuple[list[int], list[int]]:
@@ -342,8 +200,7 @@ def load_eval_seeds(data_dir: str | Path, max_prompts: int | None = None) -> lis
     path = Path(data_dir) / "seeds_eval.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no held-out seeds; run 01_translate_data for this language first")
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_jsonl(path)
     return rows[:max_prompts] if max_prompts else rows
 
 
@@ -407,21 +264,18 @@ def load_run_model(run_dir: str | Path, base_model_id: str, dtype: str = "float3
     raise FileNotFoundError(f"{run_dir}: no model/ folder (and not a base-0 folder); train this run first")
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
 def run_blocks(run_dir: str | Path, language: str, base_model_id: str,
                data_dir: str | Path | None = None) -> tuple[dict, dict | None]:
     """The metrics.json "run" and "train" blocks, from the run's train.json (docs/run-layout.md);
     base-0 gets method "base", n_seeds 0 and train None."""
     run_dir = Path(run_dir)
-    manifest = _read_json(Path(data_dir) / "manifest.json") if data_dir else None
+    manifest_path = Path(data_dir) / "manifest.json" if data_dir else None
+    manifest = read_json(manifest_path) if manifest_path and manifest_path.exists() else None
     translator = (manifest or {}).get("translator")
     if isinstance(translator, dict):  # the same label runs.run_info records for trained runs
         translator = translator.get("label") or translator.get("backend")
     recipe = run_dir.parent.parent.name  # runs/<recipe>/<lang>/<run>
-    trained = _read_json(run_dir / "train.json")
+    trained = read_train(run_dir)
     if trained is None:
         if run_dir.name != "base-0":
             raise FileNotFoundError(f"{run_dir}/train.json is missing: every trained run writes one")
@@ -439,30 +293,6 @@ def run_blocks(run_dir: str | Path, language: str, base_model_id: str,
     run.setdefault("model_label", model_label(run["model_id"]))
     run.setdefault("labels", run_labels(run["model_id"], manifest or {}, run.get("n_seeds", 0)))
     return run, train
-
-
-def update_metrics(run_dir: str | Path, blocks: dict, drop: Sequence[str] = ()) -> dict:
-    """Merge top-level blocks into run_dir/metrics.json (other blocks are kept, those named in
-    `drop` removed); returns the result."""
-    path = Path(run_dir) / "metrics.json"
-    metrics = {k: v for k, v in (_read_json(path) or {}).items() if k not in drop}
-    metrics.update(blocks)
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(metrics, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)  # atomic: readers never see half a file
-    return metrics
-
-
-def write_answers(run_dir: str | Path, rows: list[dict]) -> Path:
-    path = Path(run_dir) / "answers.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    return path
-
-
-def read_answers(run_dir: str | Path) -> list[dict]:
-    with open(Path(run_dir) / "answers.jsonl", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, language: str,
@@ -496,8 +326,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, language: str,
 
 # --------------------------------------------------------------------------- tables
 
-METRIC_COLUMNS = ("n_prompts", "fidelity", "too_short", "wrong_language", "echo", "repetition",
-                  "chrf", "nll", "ppl", "seconds")
+METRIC_COLUMNS = ("n_prompts", "fidelity_clean", "n_clean", "fidelity", "too_short", "wrong_language", "echo",
+                  "repetition", "line_pass", "chrf", "nll", "ppl", "seconds")
 
 
 def metrics_table(run_dirs: Sequence[str | Path]):
@@ -506,7 +336,7 @@ def metrics_table(run_dirs: Sequence[str | Path]):
 
     rows = []
     for run_dir in map(Path, run_dirs):
-        metrics = _read_json(run_dir / "metrics.json") or {}
+        metrics = read_metrics(run_dir) if (run_dir / "metrics.json").exists() else {}
         for direction in DIRECTIONS:
             scores = metrics.get("eval", {}).get(direction)
             if scores:

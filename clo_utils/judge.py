@@ -1,4 +1,4 @@
-"""Pairwise LLM-judge win rates, the paper's main metric (clo-method.md §6).
+"""Pairwise LLM-judge win rates, the paper's main metric (docs/method.md §6).
 
 A judge model sees one question and two answers and names the better one. Each pair is judged in
 both orders (candidate as A, then as B), which removes the judge's position bias; the pair's score
@@ -28,8 +28,10 @@ from typing import Protocol, Sequence
 
 import httpx
 
-from .cache import DiskCache, cache_key, default_cache_dir
+from .cache import DiskCache, cache_key, default_cache_dir, open_cache
 from .languages import get_language
+from .metrics import DIRECTIONS
+from .runfiles import read_answers, update_metrics
 
 log = logging.getLogger(__name__)
 
@@ -218,16 +220,6 @@ def make_judge(backend: str, model: str, base_url: str | None = None,
 
 # --------------------------------------------------------------------------- win rates
 
-def _open_cache(cache: DiskCache | str | os.PathLike | None) -> tuple[DiskCache | None, bool]:
-    """(cache, whether we opened it and must close it); a folder path gets judge.sqlite inside."""
-    if cache is None or isinstance(cache, DiskCache):
-        return cache, False
-    path = Path(cache)
-    if path.is_dir() or not path.suffix:
-        path = path / "judge.sqlite"
-    return DiskCache(path), True
-
-
 def judge_replies(judge: Judge, jobs: list[tuple[str, str, str, str]], lang: str,
                   cache: DiskCache | str | os.PathLike | None = None, chunk_size: int = 32,
                   progress: bool = True) -> list[str]:
@@ -237,8 +229,7 @@ def judge_replies(judge: Judge, jobs: list[tuple[str, str, str, str]], lang: str
     """
     from tqdm.auto import tqdm
 
-    store, owned = _open_cache(cache)
-    try:
+    with open_cache(cache, "judge.sqlite") as store:
         keys = [cache_key(PROMPT_VERSION, judge.name, lang, q, a, b, order) for q, a, b, order in jobs]
         replies = store.get_many(keys) if store is not None else {}
         first_job = {}
@@ -255,9 +246,6 @@ def judge_replies(judge: Judge, jobs: list[tuple[str, str, str, str]], lang: str
                 store.put_many(fresh)
             replies.update(fresh)
         return [replies[k] for k in keys]
-    finally:
-        if owned:
-            store.close()
 
 
 def _score(verdict: str, candidate_is: str) -> float:
@@ -275,7 +263,8 @@ def win_rate(judge: Judge, questions: Sequence[str], candidate: Sequence[str], b
     "n_malformed"}: n scored pairs, n_malformed malformed replies; win_rate is None when n is 0.
     """
     if not len(questions) == len(candidate) == len(baseline):
-        raise ValueError(f"{len(questions)} questions, {len(candidate)} candidate and {len(baseline)} baseline answers")
+        raise ValueError(f"{len(questions)} questions, {len(candidate)} candidate and {len(baseline)} baseline "
+                         "answers: expected the same number of each")
     jobs = []
     for q, c, b in zip(questions, candidate, baseline):
         jobs += [(q, c, b, "candidate-first"), (q, b, c, "baseline-first")]
@@ -302,8 +291,6 @@ def judge_run(run_dir: str | os.PathLike, baseline_dir: str | os.PathLike, judge
               cache: DiskCache | str | os.PathLike | None = None) -> dict:
     """The metrics.json "judge" block of one run against a baseline run, from both runs'
     answers.jsonl (matched by direction and prompt id), written into the run's metrics.json."""
-    from .evaluate import DIRECTIONS, read_answers, update_metrics
-
     run_dir, baseline_dir = Path(run_dir), Path(baseline_dir)
     ours = {(r["direction"], r["id"]): r for r in read_answers(run_dir)}
     theirs = {(r["direction"], r["id"]): r for r in read_answers(baseline_dir)}
@@ -331,7 +318,8 @@ def judge_runs(run_dirs: Sequence[str | os.PathLike], baseline: str, judge: Judg
         if run_dir.resolve() == baseline_dir.resolve():
             continue
         if not (baseline_dir / "answers.jsonl").exists():
-            log.warning("%s not judged: the baseline %s has no answers.jsonl (evaluate it first)", run_dir.name, baseline_dir)
+            log.warning("%s not judged: the baseline %s has no answers.jsonl (evaluate it first)",
+                        run_dir.name, baseline_dir)
             continue
         blocks[run_dir.name] = judge_run(run_dir, baseline_dir, judge, lang, cache=cache)
     return blocks

@@ -1,11 +1,11 @@
 """Knowledge benchmarks (optional extra): lm-evaluation-harness on a trained model folder.
 
-The paper checks that CLO keeps what the model knows (clo-method.md §6): MMMLU (human-translated
+The paper checks that CLO keeps what the model knows (docs/method.md §6): MMMLU (human-translated
 MMLU) per target language and English MMLU, plus BELEBELE reading comprehension. This module maps
 each language to lm-evaluation-harness task names and returns one accuracy per task, the
 metrics.json "knowledge" block.
 
-Task names were checked against lm_eval 0.4.13 (`pip install "lm-eval==0.4.13"`, the `knowledge`
+Task names are those of lm_eval 0.4.13 (`pip install "lm-eval==0.4.13"`, the `knowledge`
 extra): MMMLU is `mmmlu_<locale>` (openai/MMMLU), Global-MMLU is `global_mmlu_<code>` (CohereLabs'
 culturally re-annotated translation, which adds nothing new for de/zh but is an alternative source),
 BELEBELE is `belebele_<flores code>`. All of them download their data from the Hugging Face hub on
@@ -15,12 +15,13 @@ accuracies ("acc,none") unless num_fewshot is set; the paper's shot count is not
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Sequence
+
+from .runfiles import read_json
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def _model_args(model_dir: Path, dtype: str, device: str, batch_size: int) -> di
     args = {"dtype": dtype, "device": device, "batch_size": batch_size}
     adapter = model_dir / "adapter_config.json"
     if adapter.exists():  # LoRA run: the base model plus the adapter
-        base = json.loads(adapter.read_text())["base_model_name_or_path"]
+        base = read_json(adapter)["base_model_name_or_path"]
         return {**args, "pretrained": base, "peft": str(model_dir), "tokenizer": str(model_dir)}
     return {**args, "pretrained": str(model_dir)}
 
@@ -107,7 +108,7 @@ def run_knowledge(model_dir: str | os.PathLike, tasks: Sequence[str], include_pa
 
     include_path: a folder of extra task YAMLs (a local task such as the test's).
     limit: at most this many documents per task (a fraction: that share), for quick looks.
-    include_defaults: also index lm_eval's ~14,000 built-in tasks (about 10-30 s); False when
+    include_defaults: also index lm_eval's built-in tasks (many thousands: slow to index); False when
     every task comes from include_path.
     """
     version = lm_eval_available()

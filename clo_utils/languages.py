@@ -47,10 +47,14 @@ LANGUAGES: dict[str, Language] = {
         Language("sw", "Swahili", "sw", "swh_Latn", None, "SWAHILI", "low", "Latn"),
         Language("yo", "Yoruba", "yo", "yor_Latn", None, "YORUBA", "low", "Latn"),
         # Offline demo languages (Apertium pairs packaged in Debian); not in the paper.
-        Language("ca", "Catalan", "ca", "cat_Latn", "eng-cat", "CATALAN", None, "Latn", apertium_package="apertium-eng-cat"),
-        Language("es", "Spanish", "es", "spa_Latn", "eng-spa", "SPANISH", None, "Latn", apertium_package="apertium-eng-spa"),
-        Language("eo", "Esperanto", None, "epo_Latn", "en-eo", "ESPERANTO", None, "Latn", apertium_package="apertium-eo-en"),
-        Language("hr", "Croatian", "hr", "hrv_Latn", "eng-hbs_HR", "CROATIAN", None, "Latn", apertium_package="apertium-hbs-eng"),
+        Language("ca", "Catalan", "ca", "cat_Latn", "eng-cat", "CATALAN", None, "Latn",
+                 apertium_package="apertium-eng-cat"),
+        Language("es", "Spanish", "es", "spa_Latn", "eng-spa", "SPANISH", None, "Latn",
+                 apertium_package="apertium-eng-spa"),
+        Language("eo", "Esperanto", None, "epo_Latn", "en-eo", "ESPERANTO", None, "Latn",
+                 apertium_package="apertium-eo-en"),
+        Language("hr", "Croatian", "hr", "hrv_Latn", "eng-hbs_HR", "CROATIAN", None, "Latn",
+                 apertium_package="apertium-hbs-eng"),
     ]
 }
 

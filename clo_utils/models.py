@@ -3,7 +3,6 @@ which parameters train: attention projections only (the paper's default), everyt
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .cache import default_cache_dir
+from .runfiles import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,11 @@ ATTENTION_MODULES = {
        for t in ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
                  "gemma2", "gemma3_text", "gemma3", "olmo", "olmo2", "granite", "smollm3", "cohere")},
     "phi3": ("self_attn.qkv_proj", "self_attn.o_proj"),
-    "gpt2": ("attn.c_attn", "attn.c_proj"),
+    "gpt2": ("attn.c_attn", "attn.c_proj"),  # transformers' Conv1D: a Linear with a transposed weight
 }
+# Multimodal architectures whose text tower alone trains: the attention projections under this
+# module name (the vision tower has q/k/v/o projections of the same names).
+TEXT_TOWERS = {"gemma3": "language_model"}
 TRAINABLE_MODES = ("attention", "full", "lora")
 
 # For base checkpoints that ship no chat template (the paper applies CLO to base models too).
@@ -67,14 +70,6 @@ CHATML_TEMPLATE = (
 def model_label(model_id: str) -> str:
     """Human label for reports; embedded models say that their weights are 4-bit dequantized."""
     return EMBEDDED_MODELS.get(model_id, {}).get("label", model_id)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def embedded_model_dir(model_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -111,7 +106,7 @@ def _convert_gguf(model_id: str, spec: dict, target: Path) -> None:
         # Do not import the package: its __init__ imports `llm`; only its data file is needed.
         gguf_path = Path(found.submodule_search_locations[0]) / spec["gguf"]
     gguf_dir = gguf_path.parent
-    digest = _file_sha256(gguf_path)
+    digest = file_sha256(gguf_path)
     if digest != spec["sha256"]:
         raise RuntimeError(f"{gguf_path}: sha256 {digest} differs from the pinned {spec['sha256']}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -198,12 +193,49 @@ def attention_module_names(model, attention_modules: tuple[str, ...] | None = No
         raise ValueError(f"no attention-module mapping for architecture {model_type!r} "
                          f"({type(base).__name__}); known: {sorted(ATTENTION_MODULES)}. "
                          "Pass attention_modules=('self_attn.q_proj', ...) for this model.")
+    from transformers.pytorch_utils import Conv1D
+
+    tower = TEXT_TOWERS.get(model_type) if attention_modules is None else None
     names = [n for n, m in base.named_modules()
-             if any(n == s or n.endswith("." + s) for s in suffixes) and isinstance(m, torch.nn.Linear)]
+             if any(n == s or n.endswith("." + s) for s in suffixes) and isinstance(m, (torch.nn.Linear, Conv1D))
+             and (tower is None or f"{tower}." in f".{n}")]
     if not names:
         raise ValueError(f"architecture {model_type!r} ({type(base).__name__}): no Linear module matches "
-                         f"{suffixes}; pass attention_modules= with this model's projection names")
+                         f"{suffixes}" + (f" under {tower!r}" if tower else "") +
+                         "; pass attention_modules= with this model's projection names")
     return names
+
+
+def _is_special(tokenizer, token_id: int) -> bool:
+    added = getattr(tokenizer, "added_tokens_decoder", {}).get(token_id)
+    return token_id in tokenizer.all_special_ids or bool(added is not None and added.special)
+
+
+def template_turn_end_ids(tokenizer) -> list[int]:
+    """The special tokens the chat template writes after an assistant answer (ChatML's `<|im_end|>`,
+    Llama-3's `<|eot_id|>`, Gemma's `<end_of_turn>`); empty when the turn end is plain text."""
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    prompt = [{"role": "user", "content": "Hi"}]
+    answer = [{"role": "assistant", "content": "Hello"}]
+    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"]
+    full_ids = tokenizer.apply_chat_template(prompt + answer, return_dict=True)["input_ids"]
+    return list(dict.fromkeys(t for t in full_ids[len(prompt_ids):] if _is_special(tokenizer, t)))
+
+
+def end_of_turn_token_ids(tokenizer, model=None) -> list[int]:
+    """Every token id that ends an answer: the template's turn end, the tokenizer's EOS and the
+    model's generation-config EOS. Generation stops at any of them, so a template whose turn end
+    is not EOS (ChatML on a tokenizer whose EOS is `<|endoftext|>`) stops where training ends the
+    response. A turn end that is plain text (the kit's ChatML on a base model) is no token: the
+    evaluation stops on it as a string."""
+    ids = template_turn_end_ids(tokenizer)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids += configured if isinstance(configured, (list, tuple)) else [configured]
+    return list(dict.fromkeys(ids))
 
 
 def select_trainable(model, mode: str = "attention", attention_modules: tuple[str, ...] | None = None,
@@ -225,10 +257,10 @@ def select_trainable(model, mode: str = "attention", attention_modules: tuple[st
     else:
         from peft import LoraConfig, get_peft_model
 
+        # Full module names: a bare suffix would also match gpt2's mlp.c_proj or a vision tower's q_proj.
         names = attention_module_names(model, attention_modules)
-        suffixes = sorted({n.split(".")[-1] for n in names})
         config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                            target_modules=suffixes, task_type="CAUSAL_LM")
+                            target_modules=names, task_type="CAUSAL_LM")
         model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

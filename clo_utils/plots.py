@@ -1,410 +1,70 @@
-"""The paper's figure set (clo-method.md §7), rebuilt from the runs' metrics.json files only.
+"""The paper's figure set (docs/method.md §7), drawn from the analysis tables of clo_utils.tables.
 
-Two layouts are accepted for `root` (docs/run-layout.md):
-    <root>/<lang>/<method>-<n>/metrics.json            root = one recipe folder (runs/<recipe>)
-    <root>/<recipe>/<lang>/<method>-<n>/metrics.json   root = the folder holding recipes (runs/)
-Nothing else under `root` is read, so a figure can always be traced back to those files.
-
-Tables:
-    evals      one row per (run, direction): run fields, train summary, the direction's eval
-               fields under their metrics.json key names, judge_* and knowledge_* columns.
-    histories  long table of training logs: one row per (run, step, metric).
-
-Every figure function takes those DataFrames and returns a matplotlib Figure; it raises
-MissingFigureData when the metrics hold nothing to plot, and `build_figures` turns that into a
-skipped entry with its reason rather than an error.
+Every figure function takes those DataFrames (one row per run and direction; training histories
+as a long table) and returns a matplotlib Figure; it raises MissingFigureData when the metrics hold
+nothing to plot, and `build_figures` turns that into a skipped entry with its reason rather than
+an error. Method order, labels and colours come from clo_utils.methods, so a method has the same
+colour in every figure.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import pandas as pd
-import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from clo_utils.languages import LANGUAGES
+from clo_utils.intervals import group_intervals
+from clo_utils.methods import method_label
+from clo_utils.metrics import DIRECTIONS
+from clo_utils.plot_style import (  # noqa: F401  (METHOD_COLOURS re-exported)
+    DIRECTION_LABELS,
+    DIRECTION_SHORT,
+    HISTORY_AXES,
+    METHOD_COLOURS,
+    add_caption,
+    add_legend,
+    axis_label,
+    bar_panel,
+    caption_for,
+    direction_rows,
+    has_values,
+    label_grid,
+    limit_share_axis,
+    method_handles,
+    method_palette,
+    new_figure,
+)
+from clo_utils.tables import (  # noqa: F401  (the loaders are re-exported: notebook 05 calls plots.load_tables)
+    MetricsFileError,
+    MetricsTables,
+    language_label,
+    load_metrics,
+    load_tables,
+    main_run_dirs,
+    main_variants,
+    ordered_languages,
+    ordered_methods,
+    resource_level,
+    trainable_rank,
+)
 
 logger = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------------------------
-# Vocabulary shared by the figures and the report
-# --------------------------------------------------------------------------------------------
-
-DIRECTIONS = ("tgt", "en")
-DIRECTION_LABELS = {"tgt": "target-language prompts", "en": "English prompts"}
-DIRECTION_SHORT = {"tgt": "target prompts", "en": "English prompts"}
-
-# Method order in legends and tables: the untouched model, the SFT family, then CLO.
-METHOD_ORDER = ("base", "sft_en", "sft_tgt", "sft", "sft_dpo", "dpo", "clo", "clo_nll_both")
-METHOD_LABELS = {
-    "base": "untouched model",
-    "sft_en": "SFT-en",
-    "sft_tgt": "SFT-tgt",
-    "sft": "SFT",
-    "sft_dpo": "SFT+DPO",
-    "dpo": "DPO",
-    "clo": "CLO",
-    "clo_nll_both": "CLO (NLL on both)",
-}
-_PALETTE = sns.color_palette("colorblind", 10)
-# One colour per method in every figure, so CLO is always the same orange.
-METHOD_COLOURS = {
-    "base": _PALETTE[7],
-    "sft_en": _PALETTE[9],
-    "sft_tgt": _PALETTE[2],
-    "sft": _PALETTE[0],
-    "sft_dpo": _PALETTE[4],
-    "dpo": _PALETTE[4],
-    "clo": _PALETTE[3],
-    "clo_nll_both": _PALETTE[5],
-}
-_FALLBACK_COLOURS = (_PALETTE[6], _PALETTE[8], _PALETTE[1])
-
-TRAINABLE_ORDER = ("attention", "lora", "full")
-RESOURCE_ORDER = ("high", "medium", "low", "demo", "other")
-
-# (axis label, unit) per metric; units are what the axes print.
-METRIC_AXES = {
-    "fidelity": ("fidelity", "share of answers"),
-    "chrf": ("chrF++", "chrF++"),
-    "nll": ("held-out NLL", "nats/token"),
-    "peak_memory_mb": ("peak training memory", "MB"),
-    "judge_win_rate": ("judge win rate", "share of comparisons"),
-}
-HISTORY_AXES = {
-    "loss": ("training loss", "nats"),
-    "nll_loss": ("target NLL", "nats/token"),
-    "rewards_en/margins": ("margin, English triples", "β-scaled nats"),
-    "rewards_tgt/margins": ("margin, target triples", "β-scaled nats"),
-}
-
-# --------------------------------------------------------------------------------------------
-# Loading metrics.json
-# --------------------------------------------------------------------------------------------
-
-RUN_DIR_PATTERN = re.compile(r"^(?P<method>.+)-(?P<n_seeds>\d+)$")
-RUN_FIELDS = ("model_id", "model_label", "trainable", "nll_on", "translator")
-TRAIN_FIELDS = ("train_seconds", "seconds_per_step", "peak_memory_mb", "trainable_params", "total_params")
-IDENTITY_COLUMNS = ("recipe", "lang", "method", "n_seeds", "run_name", "method_family", "run_dir", "recipe_root")
-HISTORY_COLUMNS = IDENTITY_COLUMNS + ("trainable", "nll_on", "model_label", "labels", "step", "epoch", "metric", "value")
-
-
-class MetricsFileError(ValueError):
-    """A metrics.json (or answers.jsonl) that cannot be used; the message starts with its path."""
 
 
 class MissingFigureData(Exception):
     """The metrics hold nothing for this figure; the message is the reason it was skipped."""
 
 
-@dataclass(frozen=True)
-class MetricsTables:
-    evals: pd.DataFrame      # one row per (run, direction)
-    histories: pd.DataFrame  # one row per (run, step, metric)
-
-
-def _is_run_metrics_file(path: Path, root: Path) -> bool:
-    relative = path.relative_to(root).parts
-    if any(part.startswith(".") for part in relative):  # .ipynb_checkpoints and the like
-        return False
-    # The parent is the run folder <method>-<n>; its parent is a language, never another run.
-    return bool(RUN_DIR_PATTERN.match(path.parent.name)) and not RUN_DIR_PATTERN.match(path.parent.parent.name)
-
-
-def find_metrics_files(root: str | Path) -> list[Path]:
-    """Every <lang>/<method>-<n>/metrics.json two or three levels below `root`, sorted."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"runs root {root} is not a folder")
-    candidates = [*root.glob("*/*/metrics.json"), *root.glob("*/*/*/metrics.json")]
-    return sorted(path for path in candidates if _is_run_metrics_file(path, root))
-
-
-def read_metrics_file(path: Path) -> dict[str, Any]:
-    """Parse and check one metrics.json; any problem is a MetricsFileError naming the file."""
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MetricsFileError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(metrics, dict):
-        raise MetricsFileError(f"{path}: top level must be a JSON object, got {type(metrics).__name__}")
-    for block in ("run", "eval"):
-        if not isinstance(metrics.get(block), dict):
-            raise MetricsFileError(f"{path}: missing or non-object {block!r} block (see docs/run-layout.md)")
-    for block in ("train", "judge", "knowledge"):
-        if metrics.get(block) is not None and not isinstance(metrics[block], dict):
-            raise MetricsFileError(f"{path}: {block!r} must be an object or null")
-    if not metrics["eval"]:
-        raise MetricsFileError(f"{path}: 'eval' block is empty: expected 'tgt' and/or 'en' results")
-    for direction, fields in metrics["eval"].items():
-        if not isinstance(fields, dict):
-            raise MetricsFileError(f"{path}: eval[{direction!r}] must be an object")
-    history = (metrics.get("train") or {}).get("history") or []
-    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
-        raise MetricsFileError(f"{path}: train.history must be a list of objects")
-    return metrics
-
-
-def method_family(method: str, trainable: str | None) -> str:
-    """`clo_full` trained with trainable=full belongs to the `clo` family (the ablation's naming)."""
-    for separator in ("_", "-"):
-        suffix = f"{separator}{trainable}"
-        if trainable and method.endswith(suffix) and len(method) > len(suffix):
-            return method[: -len(suffix)]
-    return method
-
-
-def _run_identity(path: Path, run: dict[str, Any]) -> dict[str, Any]:
-    # The run block is authoritative; the folder names fill in what it leaves out.
-    match = RUN_DIR_PATTERN.match(path.parent.name)
-    assert match is not None  # guaranteed by find_metrics_files
-    method = run.get("method") or match["method"]
-    n_seeds = run.get("n_seeds", match["n_seeds"])
-    try:
-        n_seeds = int(n_seeds)
-    except (TypeError, ValueError):
-        raise MetricsFileError(f"{path}: run.n_seeds must be an integer, got {n_seeds!r}") from None
-    return {
-        "recipe": run.get("recipe") or path.parent.parent.parent.name,
-        "lang": run.get("lang") or path.parent.parent.name,
-        "method": method,
-        "n_seeds": n_seeds,
-        "run_name": path.parent.name,
-        "method_family": method_family(method, run.get("trainable")),
-        "run_dir": str(path.parent),
-        "recipe_root": str(path.parent.parent.parent),
-    }
-
-
-def _scalar_fields(block: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    # Only scalars become columns; nested structures have no place in a flat table.
-    return {f"{prefix}{key}": value for key, value in block.items() if not isinstance(value, (dict, list))}
-
-
-def _eval_rows(path: Path, metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    run = metrics["run"]
-    shared = _run_identity(path, run)
-    shared |= {field: run.get(field) for field in RUN_FIELDS}
-    shared["labels"] = tuple(run.get("labels") or ())
-    train = metrics.get("train") or {}
-    shared |= {field: train.get(field) for field in TRAIN_FIELDS}
-    shared |= _scalar_fields(metrics.get("knowledge") or {}, prefix="knowledge_")
-    judge = metrics.get("judge") or {}
-    rows = []
-    for direction, fields in metrics["eval"].items():
-        row = dict(shared, direction=direction)
-        row |= _scalar_fields(fields)
-        row |= _scalar_fields(judge.get(direction) or {}, prefix="judge_")
-        rows.append(row)
-    return rows
-
-
-def _history_rows(path: Path, metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    run = metrics["run"]
-    shared = _run_identity(path, run)
-    shared |= {"trainable": run.get("trainable"), "nll_on": run.get("nll_on"),
-               "model_label": run.get("model_label"), "labels": tuple(run.get("labels") or ())}
-    rows = []
-    for entry in (metrics.get("train") or {}).get("history") or []:
-        for metric, value in entry.items():
-            if metric in ("step", "epoch") or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            rows.append(dict(shared, step=entry.get("step"), epoch=entry.get("epoch"), metric=metric, value=float(value)))
-    return rows
-
-
-def load_tables(root: str | Path) -> MetricsTables:
-    """Read every run's metrics.json under `root` once and return both tables."""
-    paths = find_metrics_files(root)
-    if not paths:
-        raise FileNotFoundError(
-            f"no metrics.json under {root}: expected <lang>/<method>-<n>/metrics.json "
-            "(run 04_evaluate first, or point at runs/<recipe>)"
-        )
-    eval_rows: list[dict[str, Any]] = []
-    history_rows: list[dict[str, Any]] = []
-    for path in paths:
-        metrics = read_metrics_file(path)
-        eval_rows += _eval_rows(path, metrics)
-        history_rows += _history_rows(path, metrics)
-    evals = pd.DataFrame(eval_rows)
-    for column in ("judge_win_rate", "judge_vs", "peak_memory_mb", "fidelity", "chrf", "nll"):
-        if column not in evals:  # absent blocks still give a column, so selections never KeyError
-            evals[column] = None
-    histories = pd.DataFrame(history_rows, columns=list(HISTORY_COLUMNS))
-    return MetricsTables(evals=evals, histories=histories)
-
-
-def load_metrics(root: str | Path) -> pd.DataFrame:
-    """One row per (run, direction) with flattened eval fields (see the module docstring)."""
-    return load_tables(root).evals
-
-
-def load_histories(root: str | Path) -> pd.DataFrame:
-    """The long table of training histories: one row per (run, step, metric)."""
-    return load_tables(root).histories
-
-
-# --------------------------------------------------------------------------------------------
-# Selections
-# --------------------------------------------------------------------------------------------
-
-def _trainable_rank(trainable: Any) -> int:
-    return TRAINABLE_ORDER.index(trainable) if trainable in TRAINABLE_ORDER else len(TRAINABLE_ORDER)
-
-
-def main_run_dirs(frame: pd.DataFrame) -> set[str]:
-    """The main run of each (recipe, lang, method family, budget), leaving ablation variants out.
-
-    Preference: the run whose method has no trainable suffix, then attention-only (the paper's
-    default), then folder name, so the choice is deterministic.
-    """
-    runs = frame.drop_duplicates("run_dir").copy()
-    runs["_suffixed"] = runs["method"] != runs["method_family"]
-    runs["_trainable_rank"] = runs["trainable"].map(_trainable_rank)
-    runs = runs.sort_values(["_suffixed", "_trainable_rank", "run_name"])
-    chosen = runs.drop_duplicates(["recipe", "lang", "method_family", "n_seeds"])
-    return set(chosen["run_dir"])
-
-
-def main_variants(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["run_dir"].isin(main_run_dirs(frame))]
-
-
-def ordered_languages(codes: Iterable[str]) -> list[str]:
-    """The registry's order (paper languages by resource level, then the demo ones), then others."""
-    registry = list(LANGUAGES)
-    unique = set(codes)
-    return sorted(unique, key=lambda code: (registry.index(code) if code in registry else len(registry), code))
-
-
-def resource_level(code: str) -> str:
-    if code not in LANGUAGES:
-        return "other"
-    return LANGUAGES[code].resource or "demo"  # the paper's grouping has no level for demo languages
-
-
-def language_label(code: str) -> str:
-    return f"{code} ({LANGUAGES[code].name})" if code in LANGUAGES else code
-
-
-def ordered_methods(methods: Iterable[str]) -> list[str]:
-    unique = set(methods)
-    known = [method for method in METHOD_ORDER if method in unique]
-    return known + sorted(unique - set(METHOD_ORDER))
-
-
-def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
-
-
-def method_palette(methods: Sequence[str]) -> dict[str, Any]:
-    unknown = iter(_FALLBACK_COLOURS * (len(methods) + 1))
-    return {method: METHOD_COLOURS.get(method) or next(unknown) for method in methods}
-
-
-def _direction_rows(frame: pd.DataFrame, direction: str) -> pd.DataFrame:
-    return frame[frame["direction"] == direction]
-
-
 def _largest_budget(frame: pd.DataFrame, lang: str, families: Sequence[str]) -> int | None:
     budgets = frame[(frame["lang"] == lang) & frame["method_family"].isin(families)]["n_seeds"]
     return int(budgets.max()) if len(budgets) else None
-
-
-def _has_values(frame: pd.DataFrame, column: str) -> bool:
-    return column in frame and frame[column].notna().any()
-
-
-# --------------------------------------------------------------------------------------------
-# Figure scaffolding: one theme, captions from run.labels, a figure-level legend
-# --------------------------------------------------------------------------------------------
-
-_THEME_APPLIED = False
-
-
-def apply_theme() -> None:
-    """Set the kit's seaborn theme once per process (seaborn themes are global rcParams)."""
-    global _THEME_APPLIED
-    if not _THEME_APPLIED:
-        sns.set_theme(style="whitegrid", context="paper")
-        _THEME_APPLIED = True
-
-
-def new_figure(nrows: int, ncols: int, panel_size: tuple[float, float] = (3.0, 2.3)) -> tuple[Figure, Any]:
-    apply_theme()
-    width, height = panel_size
-    # A bare Figure (not pyplot) so building many figures never piles up open windows.
-    figure = Figure(figsize=(width * ncols + 1.8, height * nrows + 0.6), layout="constrained")
-    axes = figure.subplots(nrows, ncols, squeeze=False)
-    return figure, axes
-
-
-def caption_for(frame: pd.DataFrame) -> str:
-    """The model and data labels of the runs in `frame`, e.g. 'SmolLM2-135M · Apertium MT · tiny budget'."""
-    labels: list[str] = []
-    for run_labels in frame.drop_duplicates("run_dir")["labels"]:
-        labels += [label for label in run_labels if label not in labels]
-    if not labels:  # runs written without labels: fall back to what the run block says
-        model_column = "model_label" if _has_values(frame, "model_label") else "model_id"
-        for column in (model_column, "translator"):
-            values = frame[column].dropna().unique() if column in frame else []
-            labels += [f"{column}: {value}" for value in values]
-    recipes = ", ".join(sorted(frame["recipe"].dropna().unique()))
-    return " · ".join([*labels, f"recipe {recipes}", "numbers from metrics.json"])
-
-
-def add_caption(figure: Figure, caption: str) -> None:
-    # Just below the figure area; savefig(bbox_inches="tight") grows the canvas to include it.
-    figure.text(0.0, -0.01, caption, ha="left", va="top", fontsize=7, color="0.3")
-
-
-def add_legend(figure: Figure, handles: list[Any]) -> None:
-    figure.legend(handles=handles, loc="outside right upper", frameon=False)
-
-
-def method_handles(methods: Sequence[str], palette: dict[str, Any]) -> list[Patch]:
-    return [Patch(color=palette[method], label=method_label(method)) for method in methods]
-
-
-def axis_label(metric: str) -> str:
-    name, unit = METRIC_AXES[metric]
-    return f"{name} ({unit})" if name != unit else name
-
-
-def _bar_panel(ax: Axes, data: pd.DataFrame, x: str, y: str, hue: str, order: list[str],
-               hue_order: list[str], palette: dict[str, Any]) -> None:
-    # One row per bar by construction, so no error bars: each bar is one run's measured value.
-    # saturation=1 keeps bar colours identical to the legend patches and the line plots.
-    sns.barplot(data=data, x=x, y=y, hue=hue, order=order, hue_order=hue_order, palette=palette,
-                errorbar=None, legend=False, saturation=1.0, ax=ax)
-    ax.set_xlabel("")
-
-
-def label_grid(axes: Any, row_labels: Sequence[str], column_titles: Sequence[str], xlabel: str) -> None:
-    """Row labels on the first column, titles on the top row, x label on the bottom row only."""
-    nrows, ncols = axes.shape
-    for row in range(nrows):
-        for col in range(ncols):
-            ax = axes[row, col]
-            ax.set_ylabel(row_labels[row] if col == 0 else "")
-            ax.set_title(column_titles[col] if row == 0 else "", fontsize=9)
-            ax.set_xlabel(xlabel if row == nrows - 1 else "")
-
-
-def _limit_share_axis(ax: Axes, metric: str) -> None:
-    if metric in ("fidelity", "judge_win_rate"):
-        ax.set_ylim(0, 1.05)
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,7 +81,25 @@ def _budget_axis(ax: Axes, budgets: list[int]) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
 
 
+# Wrong-language share and headline fidelity, each with its 95% interval (clo_utils.intervals).
+EFFICIENCY_PANELS = (("wrong_language", "tgt"), ("wrong_language", "en"), ("fidelity", "tgt"), ("fidelity", "en"))
+INTERVAL_METRIC = {"wrong_language": "wrong_language", "fidelity": "fidelity_clean"}
+
+
+def _error_bars(points: pd.DataFrame, column: str) -> list[list[float]] | None:
+    """[below, above] distances from each point to its interval ends (0 where a point has none)."""
+    low, high = points[f"{column}_low"], points[f"{column}_high"]
+    if low.isna().all():
+        return None
+    values = points[column].astype(float)
+    return [list((values - low.astype(float)).fillna(0.0).clip(lower=0.0)),
+            list((high.astype(float) - values).fillna(0.0).clip(lower=0.0))]
+
+
 def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
+    """Wrong-language share and headline fidelity vs seed budget, SFT and CLO per language, with 95%
+    intervals: a bootstrap over prompts for one training seed, a Student-t interval across seeds
+    for several (the seeds' mean is the point)."""
     main = main_variants(evals)
     curves = main[main["method_family"].isin(["sft", "clo"])]
     if curves.empty:
@@ -430,28 +108,33 @@ def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
     if len(budgets) < 2:
         raise MissingFigureData(f"only one seed budget ({budgets[0]}): a curve needs two or more")
     base = main[main["method_family"] == "base"]
+    points = group_intervals(pd.concat([curves, base]))
     languages = ordered_languages(curves["lang"])
-    figure, axes = new_figure(len(SCORE_PANELS), len(languages))
-    for row, (metric, direction) in enumerate(SCORE_PANELS):
+    figure, axes = new_figure(len(EFFICIENCY_PANELS), len(languages))
+    for row, (metric, direction) in enumerate(EFFICIENCY_PANELS):
+        column = INTERVAL_METRIC[metric]
         for col, lang in enumerate(languages):
             ax = axes[row, col]
+            at = points[(points["lang"] == lang) & (points["direction"] == direction)]
             for family in ("sft", "clo"):
-                line = curves[(curves["lang"] == lang) & (curves["method_family"] == family)
-                              & (curves["direction"] == direction)].sort_values("n_seeds")
-                if _has_values(line, metric):
-                    ax.plot(line["n_seeds"], line[metric], marker="o", color=METHOD_COLOURS[family])
-            reference = base[(base["lang"] == lang) & (base["direction"] == direction)][metric].dropna()
+                line = at[at["method_family"] == family].sort_values("n_seeds")
+                line = line[line[column].notna()]
+                if len(line):
+                    ax.errorbar(line["n_seeds"], line[column].astype(float).to_numpy(), yerr=_error_bars(line, column),
+                                marker="o", capsize=3, color=METHOD_COLOURS[family])
+            reference = at[at["method_family"] == "base"][column].dropna()
             if len(reference):
                 ax.axhline(float(reference.iloc[0]), color=METHOD_COLOURS["base"], linestyle="--")
             _budget_axis(ax, budgets)
-            _limit_share_axis(ax, metric)
-    row_labels = [f"{DIRECTION_SHORT[d]}\n{axis_label(m)}" for m, d in SCORE_PANELS]
+            limit_share_axis(ax, metric)
+    row_labels = [f"{DIRECTION_SHORT[d]}\n{axis_label(m)}" for m, d in EFFICIENCY_PANELS]
     label_grid(axes, row_labels, [language_label(lang) for lang in languages], "seed budget (seeds)")
     handles = [Line2D([], [], color=METHOD_COLOURS[f], marker="o", label=method_label(f)) for f in ("sft", "clo")]
     handles.append(Line2D([], [], color=METHOD_COLOURS["base"], linestyle="--", label="untouched model"))
     add_legend(figure, handles)
-    figure.suptitle("Data efficiency: score vs seed budget")
-    add_caption(figure, caption_for(pd.concat([curves, base])))
+    figure.suptitle("Data efficiency: wrong-language share and fidelity vs seed budget (95% intervals)")
+    add_caption(figure, caption_for(pd.concat([curves, base])) + "\nbars: 95% bootstrap interval over prompts "
+                "(one training seed) or Student-t interval across training seeds (several)")
     return figure
 
 
@@ -491,8 +174,8 @@ def _score_grid(frame: pd.DataFrame, title: str) -> Figure:
     for row, metric in enumerate(("fidelity", "chrf")):
         for col, direction in enumerate(DIRECTIONS):
             ax = axes[row, col]
-            _bar_panel(ax, _direction_rows(frame, direction), "x_label", metric, "method_family", order, methods, palette)
-            _limit_share_axis(ax, metric)
+            bar_panel(ax, direction_rows(frame, direction), "x_label", metric, "method_family", order, methods, palette)
+            limit_share_axis(ax, metric)
             ax.set_ylabel(axis_label(metric))
             ax.set_title(DIRECTION_LABELS[direction], fontsize=8)
     add_legend(figure, method_handles(methods, palette))
@@ -583,8 +266,8 @@ def plot_nll_ablation(evals: pd.DataFrame) -> Figure:
     figure, axes = new_figure(1, len(SCORE_PANELS), panel_size=(max(2.6, 1.1 * len(order)), 2.6))
     for col, (metric, direction) in enumerate(SCORE_PANELS):
         ax = axes[0, col]
-        _bar_panel(ax, _direction_rows(frame, direction), "x_label", metric, "variant", order, variants, palette)
-        _limit_share_axis(ax, metric)
+        bar_panel(ax, direction_rows(frame, direction), "x_label", metric, "variant", order, variants, palette)
+        limit_share_axis(ax, metric)
         ax.set_ylabel(axis_label(metric))
         ax.set_title(DIRECTION_LABELS[direction], fontsize=8)
     handles = [Patch(color=palette["clo"], label="CLO, NLL on target only (paper)"),
@@ -627,7 +310,7 @@ def plot_trainable_modules(evals: pd.DataFrame) -> Figure:
                                 f"run.trainable values (found {values or 'none'})")
     methods = ordered_methods(frame["method_family"])
     palette = method_palette(methods)
-    trainables = sorted(frame["trainable"].unique(), key=lambda t: (_trainable_rank(t), t))
+    trainables = sorted(frame["trainable"].unique(), key=lambda t: (trainable_rank(t), t))
     languages = ordered_languages(frame["lang"])
     figure, axes = new_figure(len(languages), len(TRAINABLE_PANELS), panel_size=(2.2 + 0.7 * len(trainables), 2.4))
     for row, lang in enumerate(languages):
@@ -635,9 +318,9 @@ def plot_trainable_modules(evals: pd.DataFrame) -> Figure:
         n_seeds = int(at_lang["n_seeds"].iloc[0])
         for col, (metric, direction) in enumerate(TRAINABLE_PANELS):
             ax = axes[row, col]
-            _bar_panel(ax, _direction_rows(at_lang, direction), "trainable", metric, "method_family",
+            bar_panel(ax, direction_rows(at_lang, direction), "trainable", metric, "method_family",
                        trainables, methods, palette)
-            _limit_share_axis(ax, metric)
+            limit_share_axis(ax, metric)
             ax.set_ylabel(axis_label(metric))
             ax.set_xlabel("trained parameters (run.trainable)")
             where = "" if metric == "peak_memory_mb" else f" · {DIRECTION_LABELS[direction]}"
@@ -684,10 +367,10 @@ def plot_judge_win_rates(evals: pd.DataFrame) -> Figure:
     figure, axes = new_figure(1, len(directions), panel_size=(max(3.2, 1.0 * len(order) + 0.3 * len(methods)), 2.8))
     for col, direction in enumerate(directions):
         ax = axes[0, col]
-        _bar_panel(ax, _direction_rows(judged, direction), "x_label", "judge_win_rate", "method_family",
+        bar_panel(ax, direction_rows(judged, direction), "x_label", "judge_win_rate", "method_family",
                    order, methods, palette)
         ax.axhline(0.5, color="0.4", linestyle="--", linewidth=0.8)  # a tie with the baseline
-        _limit_share_axis(ax, "judge_win_rate")
+        limit_share_axis(ax, "judge_win_rate")
         ax.set_ylabel(axis_label("judge_win_rate"))
         ax.set_title(DIRECTION_LABELS[direction], fontsize=8)
         ax.tick_params(axis="x", labelsize=6)

@@ -7,21 +7,25 @@ A seed is dropped, and counted under the FIRST reason that applies (in this orde
                         triples the same prompt with opposite preferences;
   not_target_language   lingua, restricted to {English, target}, does not say "target" for a
                         translated side. Only texts of at least `min_words` words (after removing
-                        code and URLs) are judged: lingua labels very short texts badly ("2019",
+                        code and URLs; counted by clo_utils.text.count_words, one word per Han or
+                        kana character) are judged: lingua labels very short texts badly ("2019",
                         "No"), so short sides are never dropped for language;
   length_ratio          len(translation) / len(English) in characters is outside the language's
                         registry `char_ratio` bounds, judged only when the English side has at least
                         `min_chars_for_ratio` characters (short texts have noisy ratios).
+
+Words and language ID are those of the evaluation's fidelity metric (clo_utils.text), so a
+translated seed and a model's answer are judged by the same rule.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from functools import lru_cache
 from typing import Iterable
 
 from .languages import get_language
+from .text import count_words, detect_languages
 
 DROP_REASONS = ("empty", "identical_to_english", "not_target_language", "length_ratio")
 MIN_WORDS_FOR_LANGUAGE_ID = 5
@@ -32,33 +36,19 @@ _FENCED_BLOCK = re.compile(r"^[ \t]*(```|~~~).*?(^[ \t]*\1[^\n]*$|\Z)", re.DOTAL
 _INLINE_CODE_OR_URL = re.compile(r"``[^`\n]+?``|`[^`\n]+`|(?:https?://|www\.)\S+")
 
 
-@lru_cache(maxsize=None)
-def language_detector(lang_code: str):
-    """A lingua detector for {English, target}, built once per language (it loads models)."""
-    from lingua import Language as Lingua
-    from lingua import LanguageDetectorBuilder
-
-    target = get_language(lang_code)
-    if target.code == "en":
-        raise ValueError("the target language must not be English")
-    return LanguageDetectorBuilder.from_languages(Lingua.ENGLISH, getattr(Lingua, target.lingua)).build()
-
-
 def prose(text: str) -> str:
     """The text without fenced code blocks, inline code and URLs (they read as English)."""
     return _INLINE_CODE_OR_URL.sub(" ", _FENCED_BLOCK.sub(" ", text))
 
 
 def word_count(text: str) -> int:
-    return len(prose(text).split())
+    """Words of the prose of `text` (code and URLs removed), as clo_utils.text.count_words counts them."""
+    return count_words(prose(text))
 
 
 def identify_language(text: str, lang_code: str) -> str | None:
     """"en", the target code, or None (lingua undecided) for the prose of `text`."""
-    found = language_detector(lang_code).detect_language_of(prose(text))
-    if found is None:
-        return None
-    return "en" if found.name == "ENGLISH" else lang_code
+    return detect_languages([prose(text)], lang_code)[0]
 
 
 def drop_reason(row: dict, lang_code: str, min_words: int = MIN_WORDS_FOR_LANGUAGE_ID,
@@ -82,7 +72,8 @@ def filter_translated_seeds(rows: Iterable[dict], lang: str, min_words: int = MI
                             char_ratio: tuple[float, float] | None = None,
                             min_chars_for_ratio: int = MIN_CHARS_FOR_RATIO) -> tuple[list[dict], dict[str, int]]:
     """(kept rows in their order, {reason: number dropped} for every reason in DROP_REASONS)."""
-    get_language(lang)  # an unknown code fails here, before any work
+    if get_language(lang).code == "en":  # an unknown code fails here too, before any work
+        raise ValueError("the target language must not be English")
     kept, drops = [], Counter({reason: 0 for reason in DROP_REASONS})
     for row in rows:
         reason = drop_reason(row, lang, min_words, char_ratio, min_chars_for_ratio)

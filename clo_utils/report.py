@@ -1,29 +1,23 @@
 """REPORT.md for a runs root: the measured table, the labels, the wall time and example answers.
 
-Reads the runs' metrics.json (through clo_utils.plots), `timings.json` at a recipe root when the
-batch runner wrote one, and the answers.jsonl of the runs shown as examples. Every number is
+Reads the runs' metrics.json (through the tables of clo_utils.tables), `timings.json` at a recipe
+root when the batch runner wrote one, and the answers.jsonl of the runs shown as examples, all
+through clo_utils.runfiles. Every number is
 printed as measured, next to the labels that say what produced it.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import pandas as pd
 
-from clo_utils.plots import (
-    METHOD_ORDER,
-    MetricsFileError,
-    MetricsTables,
-    language_label,
-    load_tables,
-    main_run_dirs,
-    method_label,
-    ordered_languages,
-)
+from clo_utils import runfiles
+from clo_utils.intervals import INTERVAL_METRICS, group_intervals
+from clo_utils.methods import METHOD_ORDER, method_label
+from clo_utils.tables import MetricsTables, language_label, load_tables, main_run_dirs, ordered_languages
 
 EXAMPLES_PER_LANGUAGE = 3
 ANSWER_CHARS = 400  # longer answers are cut: the table must stay readable on GitHub
@@ -37,9 +31,13 @@ class ReportColumn(NamedTuple):
     digits: int
 
 
+# "fidelity" columns show the headline fidelity (fidelity_clean: answers neither too short nor echoed);
+# metrics files written before it existed show their fidelity over every countable answer, marked OLD_FIDELITY.
 REPORT_COLUMNS: tuple[ReportColumn, ...] = (
     ReportColumn("target fidelity", "fidelity", "tgt", 3),
     ReportColumn("English fidelity", "fidelity", "en", 3),
+    ReportColumn("target line pass", "line_pass", "tgt", 3),
+    ReportColumn("wrong language (target)", "wrong_language", "tgt", 3),
     ReportColumn("target chrF++", "chrf", "tgt", 1),
     ReportColumn("English chrF++", "chrf", "en", 1),
     ReportColumn("target NLL (nats/token)", "nll", "tgt", 3),
@@ -48,7 +46,9 @@ REPORT_COLUMNS: tuple[ReportColumn, ...] = (
     ReportColumn("too_short (target)", "too_short", "tgt", 3),
     ReportColumn("train seconds", "train_seconds", None, 1),
 )
-ROW_KEYS = ("lang", "method", "n_seeds", "trainable")
+ROW_KEYS = ("lang", "method", "n_seeds", "trainable", "run")
+OLD_FIDELITY = "†"
+HEADLINE = "fidelity_clean"
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,18 +92,31 @@ def _method_rank(family: str) -> int:
 def _sorted_runs(runs: pd.DataFrame) -> pd.DataFrame:
     language_rank = {lang: i for i, lang in enumerate(ordered_languages(runs["lang"]))}
     keys = runs.assign(_lang=runs["lang"].map(language_rank), _method=runs["method_family"].map(_method_rank))
-    return keys.sort_values(["_lang", "_method", "method", "n_seeds"]).drop(columns=["_lang", "_method"])
+    name = "run" if "run" in keys else "run_name"
+    return keys.sort_values(["_lang", "_method", "method", "n_seeds", name]).drop(columns=["_lang", "_method"])
 
 
 def _column_values(evals: pd.DataFrame, column: ReportColumn) -> pd.Series:
     rows = evals if column.direction is None else evals[evals["direction"] == column.direction]
     rows = rows.drop_duplicates("run_dir").set_index("run_dir")
-    return rows[column.source] if column.source in rows else pd.Series(dtype=float)
+    values = rows[column.source] if column.source in rows else pd.Series(dtype=float, index=rows.index)
+    if column.source == "fidelity":  # the headline where the file has it; the old count, marked, where not
+        headline = rows[HEADLINE] if HEADLINE in rows else pd.Series(None, index=rows.index, dtype=object)
+        return pd.Series([(h, False) if not _is_missing(h) else (v, not _is_missing(v))
+                          for h, v in zip(headline, values)], index=rows.index, dtype=object)
+    return values
+
+
+def _format_cell(value: Any, digits: int) -> str:
+    if isinstance(value, tuple):  # (fidelity, counted over every countable answer)
+        number, old = value
+        return format_number(number, digits) + (OLD_FIDELITY if old else "")
+    return format_number(value, digits)
 
 
 def measured_table(evals: pd.DataFrame) -> pd.DataFrame:
     """One row per run (lang, method, n_seeds, trainable) with the REPORT_COLUMNS as numbers."""
-    runs = evals.drop_duplicates("run_dir")[["run_dir", "method_family", *ROW_KEYS]]
+    runs = evals.drop_duplicates("run_dir").rename(columns={"run_name": "run"})[["run_dir", "method_family", *ROW_KEYS]]
     runs = _sorted_runs(runs).reset_index(drop=True)
     for column in REPORT_COLUMNS:
         runs[column.header] = runs["run_dir"].map(_column_values(evals, column))
@@ -114,9 +127,90 @@ def measured_table_markdown(evals: pd.DataFrame) -> str:
     table = measured_table(evals)
     rows = []
     for _, run in table.iterrows():
-        keys = [str(run["lang"]), str(run["method"]), str(int(run["n_seeds"])), markdown_cell(run["trainable"])]
-        rows.append(keys + [format_number(run[column.header], column.digits) for column in REPORT_COLUMNS])
+        keys = [str(run["lang"]), str(run["method"]), str(int(run["n_seeds"])), markdown_cell(run["trainable"]),
+                markdown_cell(run["run"])]
+        rows.append(keys + [_format_cell(run[column.header], column.digits) for column in REPORT_COLUMNS])
     return markdown_table([*ROW_KEYS, *(column.header for column in REPORT_COLUMNS)], rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Intervals: every run group against SFT at the same budget
+# --------------------------------------------------------------------------------------------
+
+INTERVAL_HEADERS = {"fidelity_clean": "fidelity", "wrong_language": "wrong language", "line_pass": "line pass"}
+INTERVAL_NOTE = (
+    "Each run group (the training seeds of one method, budget and trainable setting) against SFT at the "
+    "same budget, on the held-out prompts both answered (paired by prompt id from answers.jsonl; `n prompts` "
+    "gives their number; `direction` tgt: target-language prompts, en: English prompts). A value is a share of answers: with one training seed, `share [95% bootstrap "
+    "interval over prompts]`; with several, `mean ± standard deviation across seeds [95% Student-t interval "
+    "across seeds]`. `Δ vs SFT` is the difference of the seed-mean shares with a 95% paired bootstrap "
+    "interval over prompts, pooled over seeds (it does not cover the choice of training seeds: the spread "
+    "across seeds does). fidelity is the headline fidelity (answers neither too short nor echoing the prompt); "
+    "wrong language is the share of countable answers identified as the other language; line pass is the "
+    "language-confusion benchmark's line-level pass rate (Marchisio et al., 2024: every line of at least five "
+    "words in the prompt's language), computed with the kit's language ID (lingua over {English, target}) in "
+    "place of the benchmark's fastText model, which is not available here. Language ID is recomputed from "
+    "answers.jsonl; a run without answers.jsonl shows its metrics.json value without an interval "
+    f"(fidelity marked {OLD_FIDELITY} when the file predates the headline count).")
+
+
+def _signed(value: Any) -> str:
+    return MISSING if _is_missing(value) else f"{float(value):+.3f}"
+
+
+def interval_value_cell(row: Any, metric: str) -> str:
+    value = row[metric]
+    if _is_missing(value):
+        return MISSING
+    cell = f"{float(value):.3f}"
+    if not _is_missing(row[f"{metric}_sd"]):
+        cell += f" ± {float(row[f'{metric}_sd']):.3f}"
+    if not _is_missing(row[f"{metric}_low"]):
+        cell += f" [{float(row[f'{metric}_low']):.3f}, {float(row[f'{metric}_high']):.3f}]"
+    elif _is_missing(row["n_prompts"]) and metric == "fidelity_clean":
+        cell += OLD_FIDELITY if row.get("old_fidelity") else ""
+    return cell
+
+
+def interval_difference_cell(row: Any, metric: str) -> str:
+    if _is_missing(row["vs"]):
+        return "(reference)" if row["method_family"] == "sft" else MISSING
+    difference = row[f"{metric}_diff"]
+    if _is_missing(difference):
+        return MISSING
+    return f"{_signed(difference)} [{_signed(row[f'{metric}_diff_low'])}, {_signed(row[f'{metric}_diff_high'])}]"
+
+
+def intervals_table_markdown(evals: pd.DataFrame, n_resamples: int = 10_000) -> str:
+    groups = group_intervals(evals, n_resamples=n_resamples)
+    if groups.empty:
+        return "No run has an eval block: no intervals."
+    old = evals.drop_duplicates("run_dir")
+    old = set(old[old[HEADLINE].isna()]["run_dir"]) if HEADLINE in old else set(old["run_dir"])
+    groups["old_fidelity"] = [any(d in old for d in dirs) for dirs in groups["run_dirs"]]
+    groups = groups.assign(run_name=groups["run_group"])
+    groups = _sorted_runs(groups).assign(_direction=lambda f: f["direction"].map({"tgt": 0, "en": 1}))
+    groups = groups.sort_values(["_direction"], kind="stable")
+    headers = ["lang", "method", "n_seeds", "trainable", "direction", "vs", "n prompts", "training seeds"]
+    for metric in INTERVAL_METRICS:
+        headers += [INTERVAL_HEADERS[metric], f"Δ {INTERVAL_HEADERS[metric]} vs SFT"]
+    rows = []
+    for _, row in groups.iterrows():
+        seeds = ", ".join(str(int(s)) for s in row["train_seeds"]) if len(row["train_seeds"]) == row["n_runs"] else ""
+        cells = [str(row["lang"]), str(row["method"]), str(int(row["n_seeds"])), markdown_cell(row["trainable"]),
+                 str(row["direction"]), markdown_cell(row["vs"]), format_number(row["n_prompts"], 0),
+                 f"{row['n_runs']}" + (f" ({seeds})" if seeds else "")]
+        for metric in INTERVAL_METRICS:
+            cells += [interval_value_cell(row, metric), interval_difference_cell(row, metric)]
+        rows.append(cells)
+    return markdown_table(headers, rows)
+
+
+def intervals_section(evals: pd.DataFrame, n_resamples: int = 10_000) -> str:
+    labels = _unique(label for run_labels in evals.drop_duplicates("run_dir")["labels"] for label in run_labels)
+    return ("## Differences against SFT (95% intervals)\n\n" + INTERVAL_NOTE + "\n\n"
+            + intervals_table_markdown(evals, n_resamples) + "\n\n"
+            + f"Measured with: {' · '.join(labels) or '(no run.labels recorded)'}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,26 +237,12 @@ def labels_section(evals: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def read_timings(recipe_root: Path) -> dict[str, Any] | None:
-    """The runner's timings.json at the recipe root, or None when the recipe has none."""
-    path = recipe_root / "timings.json"
-    if not path.is_file():
-        return None
-    try:
-        timings = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise MetricsFileError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(timings, dict) or not isinstance(timings.get("stages", []), list):
-        raise MetricsFileError(f"{path}: expected {{'stages': [{{'stage', 'seconds'}}], 'total_seconds'}}")
-    return timings
-
-
 def _duration(seconds: Any) -> str:
     return MISSING if _is_missing(seconds) else f"{float(seconds):.1f} s ({float(seconds) / 60:.1f} min)"
 
 
 def wall_time_section(recipe_root: Path) -> str:
-    timings = read_timings(recipe_root)
+    timings = runfiles.read_timings(recipe_root)
     if timings is None:
         return f"## Wall time\n\nNo timings.json at {recipe_root}: wall time not recorded."
     rows = [[markdown_cell(" ".join(str(stage[k]) for k in ("lang", "stage") if stage.get(k) is not None)),
@@ -172,7 +252,7 @@ def wall_time_section(recipe_root: Path) -> str:
         runs = len(timings.get("invocations", [])) or 1
         rows.append([f"**wall time** ({runs} invocation{'s' if runs > 1 else ''} of the runner; languages side by side)",
                      f"**{_duration(timings['wall_seconds'])}**"])
-    else:  # a timings.json written before wall time was recorded
+    else:  # a timings.json without wall_seconds: its total is the sum of the stage times
         rows.append(["**total**", f"**{_duration(timings.get('total_seconds'))}**"])
     return "## Wall time\n\n" + markdown_table(["stage", "wall time"], rows)
 
@@ -206,22 +286,6 @@ def knowledge_section(evals: pd.DataFrame) -> str | None:
 # Example answers
 # --------------------------------------------------------------------------------------------
 
-def read_answers(path: Path) -> list[dict[str, Any]]:
-    """answers.jsonl lines; a malformed line is an error naming the file and line."""
-    answers = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            answer = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise MetricsFileError(f"{path}:{number}: not valid JSON ({err})") from err
-        if not isinstance(answer, dict) or "id" not in answer or "direction" not in answer:
-            raise MetricsFileError(f"{path}:{number}: expected an object with 'id' and 'direction'")
-        answers.append(answer)
-    return answers
-
-
 def example_runs(evals: pd.DataFrame, lang: str) -> list[pd.Series]:
     """The untouched model, and the main SFT and CLO runs at their largest budget, for `lang`."""
     runs = evals[(evals["lang"] == lang)].drop_duplicates("run_dir")
@@ -235,10 +299,9 @@ def example_runs(evals: pd.DataFrame, lang: str) -> list[pd.Series]:
 
 
 def _answers_by_id(run_dir: Path, direction: str) -> dict[str, dict[str, Any]] | None:
-    path = run_dir / "answers.jsonl"
-    if not path.is_file():
+    if not (run_dir / "answers.jsonl").is_file():
         return None
-    return {str(a["id"]): a for a in read_answers(path) if a["direction"] == direction}
+    return {str(a["id"]): a for a in runfiles.read_answers(run_dir) if a["direction"] == direction}
 
 
 def examples_for_language(evals: pd.DataFrame, lang: str, direction: str = "tgt",
@@ -275,8 +338,11 @@ def examples_section(evals: pd.DataFrame) -> str:
 # The whole report
 # --------------------------------------------------------------------------------------------
 
-MEASURED_NOTE = ("Shares are fractions of answers in [0, 1]; fidelity counts answers of at least `min_words` "
-                 "words in the prompt's language; echo, repetition and too_short are on target-language prompts; "
+MEASURED_NOTE = ("Shares are fractions of answers in [0, 1]; fidelity is the headline fidelity: the share of "
+                 "answers in the prompt's language among those of at least `min_words` words that do not echo "
+                 f"the prompt ({OLD_FIDELITY}: a metrics file that predates it, counted over every answer of at "
+                 "least `min_words` words); line pass is the language-confusion line-level pass rate; echo, "
+                 "repetition, too_short and wrong language are on target-language prompts; "
                  "chrF++ is 0-100 against the translated reference; NLL is the token-mean NLL of the reference "
                  "answers (nats/token). `base` is the untouched model.")
 
@@ -291,6 +357,7 @@ def recipe_report(evals: pd.DataFrame) -> str:
         labels_section(evals),
         wall_time_section(recipe_root),
         "## Measured results\n\n" + MEASURED_NOTE + "\n\n" + measured_table_markdown(evals),
+        intervals_section(evals),
         judge_section(evals),
         knowledge_section(evals),
         examples_section(evals),

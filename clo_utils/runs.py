@@ -6,29 +6,21 @@ so the batch runner can tell a finished stage from one killed midway (docs/run-l
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from .data import check_seed_rows, read_jsonl
+from .data import check_seed_rows
 from .models import EMBEDDED_MODELS, model_label
+from .runfiles import read_jsonl, read_manifest, write_train
 
 
 def set_threads(num_threads: int) -> None:
     """0 keeps torch's default; the batch runner passes 1 when it runs two stages side by side."""
     if num_threads > 0:
         torch.set_num_threads(num_threads)
-
-
-def read_manifest(data_dir: str | os.PathLike) -> dict:
-    path = Path(data_dir) / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run notebooks/01_translate_data.ipynb with output_dir={data_dir} "
-                                "first (manifest.json is written last, so its absence means 01 did not finish)")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_train_seeds(data_dir: str | os.PathLike, n_seeds: int) -> list[dict]:
@@ -50,7 +42,8 @@ def run_labels(model_id: str, manifest: dict, n_seeds: int) -> list[str]:
     if model_id in EMBEDDED_MODELS:
         labels.append(f"{model_label(model_id)}")
     translator = manifest.get("translator") or {}
-    backend = translator.get("backend", "") if isinstance(translator, dict) else str(translator)  # or "apertium:eng-cat"
+    # A manifest records the translator as Translator.describe() or as a label such as "apertium:eng-cat".
+    backend = translator.get("backend", "") if isinstance(translator, dict) else str(translator)
     if backend.startswith("apertium"):
         labels.append("Apertium rule-based MT")
     if 0 < n_seeds < 1000:  # base-0 (0 seeds) is the untouched model: no budget to label
@@ -83,9 +76,7 @@ def save_run(output_dir: str | os.PathLike, trainer, run: dict, histories: dict[
     if not trainer.is_world_process_zero():
         return out / "train.json"
     history = [{**h, "stage": stage} for stage, hist in histories.items() for h in hist]
-    tmp = out / "train.json.partial"
-    tmp.write_text(json.dumps({"run": run, "history": history, "summary": summary}, indent=1, default=float))
-    os.replace(tmp, out / "train.json")
+    write_train(out, {"run": run, "history": history, "summary": summary})
     if not keep_checkpoints:  # checkpoints only serve resuming this run, which is now complete
         for folder in out.glob("checkpoints*"):
             shutil.rmtree(folder, ignore_errors=True)

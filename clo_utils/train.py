@@ -12,6 +12,8 @@ DPOTrainer's sigmoid loss on the same data (tests/test_train.py checks it).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import logging
 import resource
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # Order of the four sequences of one seed inside a batch.
 SEQUENCE_ORDER = ("en_chosen", "en_rejected", "tgt_chosen", "tgt_rejected")
-REFERENCE_CACHE_VERSION = "clo-ref-v2"  # in every reference cache key: a changed computation never reuses old values
+REFERENCE_CACHE_VERSION = "clo-ref-v3"  # in every reference cache key: a changed computation never reuses old values
 
 
 # --------------------------------------------------------------------------- configuration
@@ -39,7 +41,7 @@ REFERENCE_CACHE_VERSION = "clo-ref-v2"  # in every reference cache key: a change
 
 @dataclass
 class CLOConfig(TrainingArguments):
-    """TrainingArguments plus the CLO objective's knobs (clo-method.md §2)."""
+    """TrainingArguments plus the CLO objective's knobs (docs/method.md §2)."""
 
     beta: float = field(default=0.1, metadata={"help": "DPO temperature of the cross-lingual preference term. "
                                                        "Not recovered from the paper; CRPO's re-run used 0.1."})
@@ -49,10 +51,16 @@ class CLOConfig(TrainingArguments):
                                                             "only (paper); 'both': also English (the ablation)."})
     max_length: int = field(default=1024, metadata={"help": "Max tokens of one prompt+response sequence; a seed "
                                                             "with a longer sequence is dropped and counted."})
+    disable_dropout: bool = field(default=True, metadata={"help": "Every dropout probability to 0, as in TRL's "
+                                                                  "DPO: the policy at step 0 equals the reference, "
+                                                                  "and the reward margins are not noise."})
     ref_cache_dir: str | None = field(default=None, metadata={"help": "Where reference log-probs are cached "
                                                                      "(default: the kit's cache dir)."})
     precompute_ref_batch_size: int = field(default=8, metadata={"help": "Seeds per batch in the reference pass."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every column."})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={
+        "help": "'group_by_length' (default): batches of seeds of similar length (clo_utils.batching), little "
+                "compute on padding; 'random', 'sequential': the Trainer's samplers."})
     report_to: str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
 
     def __post_init__(self):
@@ -68,8 +76,9 @@ class CLOConfig(TrainingArguments):
 def training_profile(device: str = "auto") -> dict:
     """Trainer keyword arguments per hardware profile.
 
-    CPU: fp32 without gradient checkpointing (TRL 1.x defaults bf16=True and checkpointing, which
-    made a SmolLM2 step 16x slower on a CPU without bf16). GPU: bf16.
+    CPU: fp32 without gradient checkpointing (TRL's defaults, bf16 and checkpointing, are slow on a
+    CPU without bf16 arithmetic). GPU: bf16 autocast; `prepare_mixed_precision` keeps the trainable
+    parameters in fp32.
     """
     if device == "auto":
         device = "gpu" if torch.cuda.is_available() else "cpu"
@@ -115,8 +124,9 @@ def tokenize_prompt_response(tokenizer, prompt: list[dict], response: list[dict]
 def tokenize_clo_pairs(pairs: list[dict], tokenizer, max_length: int) -> tuple[list[dict], dict]:
     """One training example per seed: its four sequences (SEQUENCE_ORDER) tokenised.
 
-    A seed whose en or tgt triple is missing, or with any sequence longer than `max_length`, is
-    dropped and counted: never trained with truncated or empty labels.
+    A seed whose en or tgt triple is missing is dropped and counted. A sequence longer than
+    `max_length` is an error: `seeds_within_max_length` filters the seeds once, before any method
+    tokenises them, so SFT, SFT+DPO and CLO train on the same seeds and never on a cut copy.
     """
     by_seed: dict[str, dict] = defaultdict(dict)
     for pair in pairs:
@@ -124,7 +134,8 @@ def tokenize_clo_pairs(pairs: list[dict], tokenizer, max_length: int) -> tuple[l
             raise ValueError(f"pair for seed {pair.get('seed_id')!r}: direction must be 'en' or 'tgt', "
                              f"got {pair.get('direction')!r}")
         by_seed[pair["seed_id"]][pair["direction"]] = pair
-    examples, stats = [], {"seeds_in": len(by_seed), "dropped_incomplete": 0, "dropped_too_long": 0}
+    examples, stats = [], {"seeds_in": len(by_seed), "dropped_incomplete": 0}
+    too_long = []
     for seed_id, triples in by_seed.items():
         if set(triples) != {"en", "tgt"}:
             stats["dropped_incomplete"] += 1
@@ -135,17 +146,54 @@ def tokenize_clo_pairs(pairs: list[dict], tokenizer, max_length: int) -> tuple[l
             triple = triples[direction]
             seqs.append(tokenize_prompt_response(tokenizer, triple["prompt"], triple[side]))
         if any(len(ids) > max_length for ids, _ in seqs):
-            stats["dropped_too_long"] += 1
+            too_long.append(seed_id)
             continue
         examples.append({"seed_id": seed_id, "index": len(examples),
                          "input_ids": [ids for ids, _ in seqs], "labels": [lab for _, lab in seqs]})
+    _refuse_too_long(too_long, len(by_seed), max_length, "CLO seeds")
     stats["seeds_kept"] = len(examples)
     if not examples:
-        raise ValueError(f"no seed left to train on after tokenisation (max_length={max_length}): {stats}")
-    if stats["dropped_too_long"]:
-        log.warning("dropped %d of %d seeds longer than max_length=%d tokens",
-                    stats["dropped_too_long"], stats["seeds_in"], max_length)
+        raise ValueError(f"no seed left to train on after tokenisation: {stats}")
     return examples, stats
+
+
+def seeds_within_max_length(seeds: list[dict], tokenizer, max_length: int,
+                            system_prompt: str | None = None) -> tuple[list[dict], list[str]]:
+    """(the seeds whose four CLO sequences all fit `max_length` tokens, the ids of the others).
+
+    The sequences are tokenised exactly as training tokenises them (`tokenize_prompt_response` on
+    `build_cross_lingual_pairs`). Every SFT row and DPO pair of a seed is one of its four CLO
+    sequences, so the kept seeds fit every method: filtering once here gives SFT, SFT+DPO and CLO
+    the same seeds, where per-method dropping would keep the English half of a seed CLO drops.
+    """
+    from .data import build_cross_lingual_pairs
+
+    seeds = list(seeds)
+    too_long: set[str] = set()
+    for pair in build_cross_lingual_pairs(seeds, system_prompt=system_prompt):
+        if pair["seed_id"] in too_long:
+            continue
+        for side in ("chosen", "rejected"):
+            if len(tokenize_prompt_response(tokenizer, pair["prompt"], pair[side])[0]) > max_length:
+                too_long.add(pair["seed_id"])
+                break
+    kept = [s for s in seeds if s["id"] not in too_long]
+    dropped = [s["id"] for s in seeds if s["id"] in too_long]
+    if not kept:
+        raise ValueError(f"no seed fits max_length={max_length} tokens: all {len(seeds)} have a longer "
+                         "prompt+response sequence; raise max_length")
+    if dropped:
+        log.warning("dropped %d of %d seeds with a sequence longer than max_length=%d tokens: %s",
+                    len(dropped), len(seeds), max_length, dropped[:10])
+    return kept, dropped
+
+
+def _refuse_too_long(ids: list, n_total: int, max_length: int | None, what: str) -> None:
+    if ids:
+        raise ValueError(f"{len(ids)} of {n_total} {what} are longer than max_length={max_length} tokens "
+                         f"(seeds {list(dict.fromkeys(ids))[:5]}): filter the seeds once with "
+                         "seeds_within_max_length(seeds, tokenizer, max_length) before building the rows, so that "
+                         "every method trains on the same seeds")
 
 
 @dataclass
@@ -174,6 +222,41 @@ class CLOCollator:
         if "ref_logps" in features[0]:
             batch["ref_logps"] = torch.tensor([f["ref_logps"] for f in features], dtype=torch.float32)
         return batch
+
+
+# --------------------------------------------------------------------------- precision and dropout
+
+
+def prepare_mixed_precision(model, args: TrainingArguments) -> None:
+    """Trainable parameters in fp32 (master weights) when the model is loaded in bf16 or fp16.
+
+    An AdamW update at the paper's lr (8e-6) is smaller than half a bf16 step for every weight above
+    about 4e-3, so bf16 weights stepped in place never move. In fp32 the updates accumulate; the
+    forward still computes in bf16 under the trainer's autocast (`bf16=True`). Frozen weights stay
+    as loaded. Without autocast, fp32 and bf16 weights would meet in one matmul: a clear error.
+    """
+    half = [n for n, p in model.named_parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
+    if not half:
+        return
+    if not (args.bf16 or args.fp16):
+        raise ValueError(f"{len(half)} trainable parameter tensors are in half precision (first: {half[0]}) but "
+                         "the training arguments set no mixed precision: bf16 weights do not take small AdamW "
+                         "updates. Pass training_profile('gpu') (bf16=True), or load the model with dtype='float32'")
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+    log.info("mixed precision: %d trainable parameter tensors in fp32, compute in %s",
+             len(half), "bf16" if args.bf16 else "fp16")
+
+
+def disable_dropout(model) -> None:
+    """Every dropout probability to 0: the nn.Dropout modules (what TRL's disable_dropout_in_model
+    does) and the attention-probability dropout that attention modules read as a float."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -212,10 +295,10 @@ class CLOTrainer(Trainer):
     (adapters disabled for LoRA), and cached on disk keyed by model and data fingerprints.
     """
 
-    # compute_loss returns a per-micro-batch mean and ignores num_items_in_batch, so the Trainer must
-    # divide it by the gradient-accumulation steps. Left at None, transformers decides from
-    # model.accepts_loss_kwargs (True for Llama and most causal LMs) that the loss is already scaled,
-    # and with gradient_accumulation_steps=k the gradient and the logged loss came out k times too large.
+    # The Trainer divides compute_loss's value by the number of micro-batches in the accumulation
+    # window: the preference term is a mean over triples per micro-batch, and the NLL term is scaled
+    # in compute_loss so that this division leaves the token mean over the window. (Left at None,
+    # transformers would infer from model.accepts_loss_kwargs that the loss is already scaled.)
     loss_is_scaled_for_ga = False
 
     def __init__(self, model, args: CLOConfig, train_dataset: list[dict], processing_class=None, **kwargs):
@@ -227,16 +310,29 @@ class CLOTrainer(Trainer):
         pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
         kwargs.setdefault("data_collator", CLOCollator(pad_id))
         examples = list(train_dataset)
+        prepare_mixed_precision(model, args)
+        if args.disable_dropout:
+            disable_dropout(model)
         super().__init__(model=model, args=args, train_dataset=None, processing_class=processing_class, **kwargs)
         self._logits_to_keep_works = True  # set False once a model rejects or ignores the mask
         self.reference_forward_batches = 0  # counted so tests and logs can see a cache hit
         self.reference_seeds_computed = 0
         self.reference_cache_path: Path | None = None
+        self._nll_window_tokens: torch.Tensor | None = None  # target tokens of this accumulation window, all processes
         if "ref_logps" not in examples[0]:
             ref = self.compute_reference_logps(examples)
             examples = [{**ex, "ref_logps": ref[ex["index"]].tolist()} for ex in examples]
         self.train_dataset = Dataset.from_list(examples)
         self._stored_metrics: dict[str, list[float]] = defaultdict(list)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        from .batching import LengthGroupedSeedSampler, seed_lengths
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return LengthGroupedSeedSampler(seed_lengths(dataset["input_ids"]), self.args.train_batch_size, seed=seed)
 
     # -- reference pass
     def compute_reference_logps(self, examples: list[dict]) -> torch.Tensor:
@@ -247,7 +343,7 @@ class CLOTrainer(Trainer):
         3,200 of the 6,400) compute each seed's reference pass once.
         """
         self._check_whole_weights()
-        model_key = model_fingerprint(self.model)
+        model_key = model_fingerprint(self.model) + "|" + self.reference_conditions()
         keys = [cache_key(REFERENCE_CACHE_VERSION, model_key, ex["input_ids"], ex["labels"]) for ex in examples]
         self.reference_cache_path = Path(self.args.ref_cache_dir or default_cache_dir() / "ref_logps") / "ref_logps.sqlite"
         with DiskCache(self.reference_cache_path) as store:
@@ -266,6 +362,15 @@ class CLOTrainer(Trainer):
             raise RuntimeError("reference pass left seeds without log-probs")
         return ref
 
+    def reference_conditions(self) -> str:
+        """What changes the reference log-probs besides weights and tokens, for the cache key: the
+        autocast dtype, the device type, the attention implementation and the library versions."""
+        import transformers
+
+        attn = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
+        return (f"mixed_precision={self.accelerator.mixed_precision}|device={self.accelerator.device.type}|"
+                f"attn={attn}|torch={torch.__version__}|transformers={transformers.__version__}")
+
     def _reference_pass(self, todo: list[dict], ref: torch.Tensor) -> None:
         """Fill ref[index] for the seeds in `todo` with the starting model (adapters off for LoRA)."""
         # Longest first and similar lengths together: little compute goes to padding.
@@ -276,8 +381,11 @@ class CLOTrainer(Trainer):
         self._place_for_reference_pass()
         was_training = self.model.training
         self.model.eval()
-        adapters_off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else _nullcontext()
-        with torch.no_grad(), adapters_off:
+        adapters_off = (self.model.disable_adapter() if hasattr(self.model, "disable_adapter")
+                        else contextlib.nullcontext())
+        # The training forward runs under accelerate's autocast (bf16 on the GPU profile); the
+        # reference runs under the same one, so that policy and reference agree at step 0.
+        with torch.no_grad(), adapters_off, self.accelerator.autocast():
             for batch in loader:
                 (logps, _), _ = self._response_logps(self.model, batch)
                 logps = logps.view(-1, len(SEQUENCE_ORDER))
@@ -299,7 +407,7 @@ class CLOTrainer(Trainer):
         chosen_counts = counts[:, [0, 2]].reshape(-1)
         is_target = torch.tensor([False, True] * n_seeds, device=logps.device)
         nll = response_nll(chosen, chosen_counts, is_target, self.args.nll_on)
-        nll = self._token_mean_across_processes(nll, chosen_counts, is_target)
+        nll = self._nll_over_window(nll, chosen_counts, is_target)
         loss, metrics = clo_loss(chosen, rejected, ref_chosen, ref_rejected, nll, beta=self.args.beta,
                                  lam=self.args.lam, directions=["en", "tgt"] * n_seeds)
         if self._any_process(not torch.isfinite(loss).item()):
@@ -342,6 +450,7 @@ class CLOTrainer(Trainer):
         # already all-reduced, so every process sees the same; DeepSpeed/FSDP keep their own grads.)
         if not self.accelerator.sync_gradients:  # checked once per optimizer step, on the summed gradients
             return loss
+        self._nll_window_tokens = None  # the window is complete
         grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
         # One fused pass (the per-tensor norms clip_grad_norm_ computes too), not one isfinite per tensor.
         if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
@@ -388,16 +497,34 @@ class CLOTrainer(Trainer):
             log.info("reference pass: moving the model from %s to %s", first.device, device)
             self.model.to(device)
 
-    def _token_mean_across_processes(self, nll, counts, is_target):
-        """With several processes, rescale so that the average of the per-process losses (what DDP
-        optimises) is the token-mean NLL over the global batch, not a mean of per-process means."""
-        world = self.accelerator.num_processes
-        if world == 1:
+    def _nll_target_tokens(self, labels: torch.Tensor) -> torch.Tensor:
+        """Tokens that the NLL term averages over in a collated batch (target chosen, or every chosen)."""
+        counts = (labels[:, 1:] != -100).sum(-1).view(-1, len(SEQUENCE_ORDER))
+        cols = [2] if self.args.nll_on == "target" else [0, 2]
+        return counts[:, cols].sum()
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer's micro-batches of one optimizer step, and the NLL's token count over all of
+        them on every process: the denominator of the token mean over the global batch."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        tokens = sum((self._nll_target_tokens(b["labels"]) for b in batch_samples), torch.tensor(0))
+        tokens = tokens.to(self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            tokens = self.accelerator.reduce(tokens, reduction="sum")
+        self._nll_window_tokens = tokens
+        return batch_samples, num_items_in_batch
+
+    def _nll_over_window(self, nll, counts, is_target):
+        """Rescale the micro-batch's token-mean NLL so that what the optimizer sees (the Trainer divides
+        by the window's micro-batches, DDP averages over processes) is the token mean over the global
+        batch: sum of log-probs / all its target tokens, however the batch is split. Outside a
+        training window (a direct compute_loss call) the micro-batch's own mean is kept."""
+        if self._nll_window_tokens is None or not self.model.training:
             return nll
         keep = is_target if self.args.nll_on == "target" else torch.ones_like(is_target)
         local = counts[keep].sum().float()
-        total = self.accelerator.reduce(local.detach().clone(), reduction="sum")
-        return nll * local * world / total
+        scale = local * self.current_gradient_accumulation_steps * self.accelerator.num_processes
+        return nll * scale / self._nll_window_tokens.float().clamp(min=1)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._stored_metrics:  # training logs: add the CLO terms averaged since last log
@@ -407,20 +534,11 @@ class CLOTrainer(Trainer):
             if self.accelerator.num_processes > 1:
                 # Every process holds the same number of triples per step, so the mean of the
                 # per-process means is the global mean (for nll_loss: the rescaled per-process terms
-                # average to the global token mean, see _token_mean_across_processes). Without this
-                # the log showed process 0's numbers only. log() runs on every process.
+                # average to the global token mean, see _nll_over_window). log() runs on every process.
                 means = self.accelerator.reduce(means, reduction="mean")
             logs.update({k: float(v) for k, v in zip(names, means.tolist())})
             self._stored_metrics.clear()
         super().log(logs, start_time)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 class PeakMemoryCallback(TrainerCallback):
@@ -441,17 +559,58 @@ class PeakMemoryCallback(TrainerCallback):
                             seconds_per_step=seconds / max(state.global_step, 1), steps=state.global_step)
 
 
+class TrainableChangeCallback(TrainerCallback):
+    """Records `trainable_changed_fraction` into `summary`: the share of trainable elements whose value
+    differs from the start of training, and warns when it is near zero (weights that never move, as
+    with bf16 weights stepped in place). The snapshot costs one copy of the trainable parameters in
+    host memory."""
+
+    def __init__(self, warn_below: float = 0.01):
+        self.summary: dict[str, float | None] = {}
+        self.warn_below = warn_below
+        self._start: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def _trainable(model):
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                t = p.detach()
+                yield name, (t.to_local() if hasattr(t, "to_local") else t)  # FSDP2: this process's shard
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._start = {name: t.to("cpu", copy=True) for name, t in self._trainable(model)}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        changed = total = 0
+        for name, t in self._trainable(model):
+            if name in self._start and self._start[name].shape == t.shape:
+                changed += int((t.cpu() != self._start[name]).sum())
+                total += t.numel()
+        self._start = {}
+        fraction = changed / total if total else None  # None: no local elements (ZeRO-3 partitions)
+        self.summary["trainable_changed_fraction"] = fraction
+        if fraction is not None and state.global_step > 0 and fraction < self.warn_below:
+            log.warning("after %d optimizer steps only %.4f%% of the trainable elements differ from the start: the "
+                        "weights barely learn (bf16 weights without fp32 master copies? a learning rate of 0?)",
+                        state.global_step, 100 * fraction)
+
+
+def _summary_callbacks() -> tuple[PeakMemoryCallback, TrainableChangeCallback]:
+    return PeakMemoryCallback(), TrainableChangeCallback()
+
+
 # --------------------------------------------------------------------------- entry points
 
 
 def train_clo(model, tokenizer, pairs: list[dict], config: CLOConfig, callbacks: list | None = None):
     """Tokenise the cross-lingual pairs, run CLO, return (trainer, summary)."""
     examples, token_stats = tokenize_clo_pairs(pairs, tokenizer, config.max_length)
-    memory = PeakMemoryCallback()
+    memory, change = _summary_callbacks()
     trainer = CLOTrainer(model=model, args=config, train_dataset=examples, processing_class=tokenizer,
-                         callbacks=[memory, *(callbacks or [])])
+                         callbacks=[memory, change, *(callbacks or [])])
     trainer.train(resume_from_checkpoint=_resume_arg(config))
-    summary = {**token_stats, **memory.summary, "reference_forward_batches": trainer.reference_forward_batches,
+    summary = {**token_stats, **memory.summary, **change.summary,
+               "reference_forward_batches": trainer.reference_forward_batches,
                "reference_seeds_computed": trainer.reference_seeds_computed}
     return trainer, summary
 
@@ -474,41 +633,36 @@ def sft_config(output_dir: str, max_length: int = 1024, device: str = "auto", **
     return SFTConfig(**kwargs)
 
 
+def tokenize_sft_rows(rows: list[dict], tokenizer, max_length: int | None) -> list[dict]:
+    """TRL pre-tokenised rows {"input_ids", "labels"} from `build_sft_rows`, tokenised like CLO's
+    sequences (`tokenize_prompt_response`): every method's labels end the same way."""
+    out, too_long = [], []
+    for row in rows:
+        ids, labels = tokenize_prompt_response(tokenizer, row["prompt"], row["completion"])
+        if max_length is not None and len(ids) > max_length:
+            too_long.append(row.get("seed_id", len(out)))
+        out.append({"input_ids": ids, "labels": labels})
+    _refuse_too_long(too_long, len(out), max_length, "SFT rows")
+    return out
+
+
 def train_sft(model, tokenizer, sft_rows: list[dict], config, callbacks: list | None = None):
     """The SFT baseline with TRL's SFTTrainer on rows from `build_sft_rows` (both / en / tgt).
 
-    The model arrives with its trainable subset already chosen (`select_trainable`), so SFT and
-    CLO update the same parameters.
+    TRL gets the rows pre-tokenised by `tokenize_sft_rows`, so its labels are CLO's: the same
+    response ending, the loss on the response only. The model arrives with its trainable subset
+    already chosen (`select_trainable`), so SFT and CLO update the same parameters.
     """
     from datasets import Dataset
     from trl import SFTTrainer
 
-    rows, dropped = drop_too_long(tokenizer, list(sft_rows), ("completion",), getattr(config, "max_length", None), "SFT rows")
-    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-    memory = PeakMemoryCallback()
+    dataset = Dataset.from_list(tokenize_sft_rows(list(sft_rows), tokenizer, getattr(config, "max_length", None)))
+    prepare_mixed_precision(model, config)
+    memory, change = _summary_callbacks()
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[memory, *(callbacks or [])])
+                         callbacks=[memory, change, *(callbacks or [])])
     trainer.train(resume_from_checkpoint=_resume_arg(config))
-    return trainer, {"rows": len(dataset), "dropped_too_long": dropped, **memory.summary}
-
-
-def drop_too_long(tokenizer, rows: list[dict], sides: tuple[str, ...], max_length: int | None, what: str):
-    """(rows whose prompt + each of `sides` fits max_length tokens, number dropped).
-
-    TRL truncates longer sequences silently, which cuts the response and its EOS; CLO drops such a
-    seed instead (tokenize_clo_pairs), so the baselines drop too and never train on a cut copy.
-    Lengths use CLO's tokenisation (the chat template, EOS appended when the template has none).
-    """
-    if max_length is None:
-        return rows, 0
-    kept = [r for r in rows if all(len(tokenize_prompt_response(tokenizer, r["prompt"], r[side])[0]) <= max_length
-                                   for side in sides)]
-    dropped = len(rows) - len(kept)
-    if not kept:
-        raise ValueError(f"no {what} left to train on: all {len(rows)} are longer than max_length={max_length} tokens")
-    if dropped:
-        log.warning("dropped %d of %d %s longer than max_length=%d tokens", dropped, len(rows), what, max_length)
-    return kept, dropped
+    return trainer, {"rows": len(dataset), **memory.summary, **change.summary}
 
 
 def dpo_config(output_dir: str, beta: float = 0.1, max_length: int = 1024, device: str = "auto", **overrides):
@@ -521,17 +675,61 @@ def dpo_config(output_dir: str, beta: float = 0.1, max_length: int = 1024, devic
     return DPOConfig(**kwargs)
 
 
-def train_dpo(model, tokenizer, pairs: list[dict], config, callbacks: list | None = None):
-    """DPO with TRL's DPOTrainer on the same cross-lingual pairs (the second stage of SFT+DPO)."""
-    from datasets import Dataset
+def tokenize_dpo_pairs(pairs: list[dict], tokenizer, max_length: int | None) -> list[dict]:
+    """TRL pre-tokenised preference rows {"prompt_ids", "chosen_ids", "rejected_ids"}, tokenised
+    like CLO's sequences (`tokenize_prompt_response`)."""
+    out, too_long = [], []
+    for pair in pairs:
+        chosen, labels = tokenize_prompt_response(tokenizer, pair["prompt"], pair["chosen"])
+        rejected, _ = tokenize_prompt_response(tokenizer, pair["prompt"], pair["rejected"])
+        n_prompt = next(i for i, x in enumerate(labels) if x != -100)
+        if max_length is not None and max(len(chosen), len(rejected)) > max_length:
+            too_long.append(pair.get("seed_id", len(out)))
+        out.append({"prompt_ids": chosen[:n_prompt], "chosen_ids": chosen[n_prompt:],
+                    "rejected_ids": rejected[n_prompt:]})
+    _refuse_too_long(too_long, len(out), max_length, "preference pairs")
+    return out
+
+
+def _pretokenized_dpo_trainer():
+    """TRL's DPOTrainer on rows from `tokenize_dpo_pairs`: its own tokenisation is skipped."""
     from trl import DPOTrainer
 
-    pairs, dropped = drop_too_long(tokenizer, list(pairs), ("chosen", "rejected"), getattr(config, "max_length", None),
-                                   "preference pairs")
-    dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
-                                 for p in pairs])
-    memory = PeakMemoryCallback()
-    trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[memory, *(callbacks or [])])
+    class PreTokenizedDPOTrainer(DPOTrainer):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset
+
+    return PreTokenizedDPOTrainer
+
+
+def _fsdp_enabled(config) -> bool:
+    """FSDP requested by the training arguments or by `accelerate launch` (its environment)."""
+    import os
+
+    return bool(getattr(config, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def train_dpo(model, tokenizer, pairs: list[dict], config, callbacks: list | None = None):
+    """DPO with TRL's DPOTrainer on the same cross-lingual pairs (the second stage of SFT+DPO).
+
+    The reference is the model as it arrives (the SFT model). Without FSDP, TRL takes it from the
+    policy itself; under FSDP, TRL would reload the config's `_name_or_path` (the untouched base),
+    so a frozen copy is passed as `ref_model`, used for the precomputed log-probs, then released.
+    """
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(tokenize_dpo_pairs(list(pairs), tokenizer, getattr(config, "max_length", None)))
+    prepare_mixed_precision(model, config)
+    ref_model = None
+    if _fsdp_enabled(config):
+        if not getattr(config, "precompute_ref_log_probs", False):
+            raise ValueError("SFT+DPO under FSDP needs precompute_ref_log_probs=True (dpo_config's default): the "
+                             "reference is the SFT model, passed once for the precomputed log-probs")
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    memory, change = _summary_callbacks()
+    trainer = _pretokenized_dpo_trainer()(model=model, ref_model=ref_model, args=config, train_dataset=dataset,
+                                          processing_class=tokenizer, callbacks=[memory, change, *(callbacks or [])])
+    if ref_model is not None:  # the log-probs are precomputed: the copy is no longer needed
+        trainer.ref_model = None
     trainer.train(resume_from_checkpoint=_resume_arg(config))
-    return trainer, {"pairs": len(dataset), "dropped_too_long": dropped, **memory.summary}
+    return trainer, {"pairs": len(dataset), **memory.summary, **change.summary}

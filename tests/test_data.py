@@ -1,5 +1,5 @@
-"""clo_utils.data: loaders and their errors, the OASST1 reduction, cleaning, nested sampling,
-translate-and-filter rounds, the data folder, and notebook 01 under papermill."""
+"""clo_utils.sources and clo_utils.seeds: loaders and their errors, the OASST1 reduction, cleaning, nested
+sampling, translate-and-filter rounds, the data folder, and notebook 01 under papermill."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from clo_utils.data import (COLUMN_PRESETS, DATA_FILES, build_cross_lingual_pairs, build_sft_rows, check_seed_rows,
-                            default_data_source, drop_exact_duplicates, file_sha256, filter_by_token_length,
-                            load_english_sft, make_seed_row, prepare_english_rows, read_jsonl, reduce_oasst_messages,
-                            repo_root, run_path, select_seeds, translate_and_filter, write_data_folder)
+from clo_utils.data import build_cross_lingual_pairs, build_sft_rows, check_seed_rows, make_seed_row
+from clo_utils.runfiles import file_sha256, read_jsonl
+from clo_utils.sources import (COLUMN_PRESETS, DATA_FILES, default_data_source, drop_exact_duplicates,
+                               filter_by_token_length, load_english_sft, prepare_english_rows, reduce_oasst_messages,
+                               resolve_columns, select_seeds, translate_and_filter, write_data_folder)
 from clo_utils.translate import Translator
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SHARED_SFT = REPO.parent / "shared" / "data" / "english_sft.jsonl"
+BUNDLED_SFT = REPO / "data" / "english_sft.jsonl"
 sys.path.insert(0, str(HERE))
 
 
@@ -53,19 +54,106 @@ def test_smoke_set_is_packaged_and_well_formed():
         with_input["instruction"] + "\n\n" + with_input["input"]
 
 
-@pytest.mark.skipif(not SHARED_SFT.exists(), reason="../shared/data/english_sft.jsonl not beside the checkout")
-def test_shared_english_sft_is_read_in_place():
-    assert default_data_source() == str(SHARED_SFT)
-    rows = load_english_sft(SHARED_SFT)
+@pytest.mark.skipif(not BUNDLED_SFT.exists(), reason="data/english_sft.jsonl not in this checkout")
+def test_default_source_is_the_english_sft_set_in_the_repository():
+    assert default_data_source() == str(BUNDLED_SFT)
+    rows = load_english_sft(default_data_source())
     assert len(rows) == 2481 and {r["source"] for r in rows} == {"dolly", "lima"}
-    for folder in ("", "clo_utils", "clo_utils/assets", "notebooks", "tests", "docs", "params"):
-        assert not (REPO / folder / "english_sft.jsonl").exists()  # read in place, never copied
+
+
+def test_default_source_outside_a_checkout_is_a_clear_error(monkeypatch):
+    from clo_utils import sources
+
+    monkeypatch.setattr(sources, "repo_root", lambda: None)
+    with pytest.raises(FileNotFoundError, match=r"expected at <repository>/data/english_sft\.jsonl.*data_source.*"
+                                                r"\.jsonl/\.json/\.csv/\.parquet file or hub dataset id"):
+        default_data_source()
+    assert "shared" not in Path(sources.__file__).read_text(encoding="utf-8")  # nothing reads ../shared
 
 
 def test_jsonl_broken_line_names_file_and_line(tmp_path):
     path = _write(tmp_path / "data.jsonl", '{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": }\n')
-    with pytest.raises(ValueError, match=r"data\.jsonl line 3: invalid JSON"):
+    with pytest.raises(ValueError, match=r"data\.jsonl line 3: invalid JSON \(Expecting value at column 32\)"):
         load_english_sft(path)
+
+
+def test_jsonl_error_at_the_end_of_a_line_names_that_line_and_column(tmp_path):
+    # json.loads on the line with its line break reports "column 1" (of the line break's next line).
+    path = _write(tmp_path / "data.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n')
+    with pytest.raises(ValueError, match=r"data\.jsonl line 2: invalid JSON \(Expecting value at column 32\)"):
+        load_english_sft(path)
+
+
+def test_a_utf8_bom_is_accepted(tmp_path):
+    for suffix, text in (("jsonl", '{"instruction": "Què?", "output": "Res."}\n'),
+                         ("json", '[{"instruction": "Què?", "output": "Res."}]'),
+                         ("csv", "instruction,output\nQuè?,Res.\n")):
+        path = tmp_path / f"bom.{suffix}"
+        path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+        rows = load_english_sft(path)
+        assert [(r["prompt"], r["response"]) for r in rows] == [("Què?", "Res.")], suffix
+
+
+@pytest.mark.parametrize("record,suggested", [
+    ({"prompt": "Name a colour.", "completion": "Blue."}, {"instruction": "prompt", "output": "completion"}),
+    ({"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Bleu."}, {"instruction": "prompt", "output": "chosen"}),
+    ({"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]},
+     {"instruction": "messages", "output": "messages"}),
+])
+def test_trl_columns_get_a_column_map_that_notebook_01_and_recipes_can_pass(tmp_path, record, suggested):
+    path = _write(tmp_path / "trl.jsonl", json.dumps(record) + "\n")
+    with pytest.raises(ValueError) as error:
+        load_english_sft(path)
+    message = str(error.value)
+    assert "trl.jsonl line 1: missing field 'instruction'" in message
+    assert "notebook 01 parameter `column_map`" in message and "recipe key `data.column_map`" in message
+    assert f"column_map='{json.dumps(suggested)}'" in message
+    rows = load_english_sft(path, column_map=json.dumps(suggested))  # the suggestion, passed as a JSON string
+    assert [(r["prompt"], r["response"]) for r in rows] == [("Name a colour.", "Blue.")]
+
+
+def test_column_map_accepts_a_json_object_string():
+    assert resolve_columns('{"output": "answer"}')["output"] == "answer"
+    assert resolve_columns("dolly")["input"] == "context"
+    assert resolve_columns("") == resolve_columns(None) == resolve_columns({})  # an unset notebook parameter
+    with pytest.raises(ValueError, match=r"column_map .* is not a valid JSON object"):
+        resolve_columns('{"output": answer}')
+    with pytest.raises(ValueError, match=r"column_map keys must be among"):
+        resolve_columns('{"answer": "output"}')
+
+
+def test_a_source_that_is_neither_a_file_nor_a_hub_id_fails_at_once(monkeypatch):
+    import time
+
+    import datasets
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub must not be tried")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    start = time.perf_counter()
+    for name in ("english_sft", "my data.jsonl.bak", "a/b/c"):
+        with pytest.raises(FileNotFoundError, match=r"neither an existing file nor a hub dataset id \(org/name\)"):
+            load_english_sft(name)
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("datasets_offline", [True, False])  # False: the variable set after datasets was imported
+def test_a_hub_id_offline_fails_at_once_with_a_clear_message(monkeypatch, tmp_path, datasets_offline):
+    import time
+
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", datasets_offline)
+    if not datasets_offline:  # datasets would go online: it must not be called
+        monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub must not be tried"))
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=r"'someorg/not-cached' is a hub dataset id, but HF_HUB_OFFLINE is set "
+                                                r"and it is not in the local cache"):
+        load_english_sft("someorg/not-cached")
+    assert time.perf_counter() - start < 10
 
 
 def test_jsonl_missing_field_names_field_file_and_line(tmp_path):
@@ -81,7 +169,7 @@ def test_jsonl_empty_file_and_wrong_types(tmp_path):
         load_english_sft(_write(tmp_path / "empty.jsonl", "\n  \n"))
     with pytest.raises(ValueError, match=r"list\.jsonl line 1: expected a JSON object, got list"):
         load_english_sft(_write(tmp_path / "list.jsonl", "[1, 2]\n"))
-    with pytest.raises(ValueError, match=r"num\.jsonl line 1: field 'output' must be a string, got list"):
+    with pytest.raises(ValueError, match=r"num\.jsonl line 1: field 'output' must be a string or a list of "):
         load_english_sft(_write(tmp_path / "num.jsonl", '{"instruction": "a", "output": ["b"]}\n'))
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_english_sft(tmp_path / "nope.jsonl")
@@ -316,9 +404,12 @@ def test_existing_pair_and_sft_builders_are_unchanged():
     assert len(build_sft_rows(seeds, "both")) == 4 and len(build_sft_rows(seeds, "en")) == 2
 
 
-def test_paths_resolve_from_the_repository():
-    assert repo_root() == REPO
-    assert run_path("runs/x") == REPO / "runs" / "x" and run_path("/abs/x") == Path("/abs/x")
+def test_names_moved_out_of_data_still_import_from_it():
+    from clo_utils import data, runfiles, seeds, sources
+
+    assert data.select_seeds is sources.select_seeds and data.write_data_folder is seeds.write_data_folder
+    assert data.examples_table is sources.examples_table and data.run_path is runfiles.run_path
+    assert not hasattr(data, "SEED_ROW_FIELDS")
 
 
 # ------------------------------------------------------------------------------------------------

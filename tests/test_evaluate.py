@@ -169,9 +169,12 @@ def test_fidelity_report_keys_and_shares():
     prompts = ["Descriu la biblioteca del poble, si us plau, amb detall."] * 4
     answers = [SENTENCES["ca"], SENTENCES["en"], "Sí.", prompts[0] + " " + SENTENCES["ca"]]
     report = ev.fidelity_report(prompts, answers, "ca")
-    assert list(report) == ["n_prompts", "fidelity", "too_short", "wrong_language", "echo", "repetition"]
+    assert list(report) == ["n_prompts", "fidelity", "too_short", "wrong_language", "echo", "repetition",
+                            "fidelity_clean", "line_pass", "n_clean", "n_line_judged"]
+    # The headline leaves out the too-short answer and the echoed one: Catalan on 1 of the 2 left.
     assert report == {"n_prompts": 4, "fidelity": 2 / 3, "too_short": 0.25, "wrong_language": 1 / 3,
-                      "echo": 0.25, "repetition": 0.0}
+                      "echo": 0.25, "repetition": 0.0, "fidelity_clean": 0.5, "n_clean": 2,
+                      "line_pass": 2 / 3, "n_line_judged": 3}
 
 
 # --------------------------------------------------------------------------- reference scores

@@ -66,3 +66,30 @@ def test_parallel_stages_convert_the_embedded_model_once(tmp_path):
     assert {out.strip() for out, _ in results} == {str(target)}
     assert (target / "model.safetensors").exists() and (target / "config.json").exists()
     assert not (tmp_path / "models" / "smollm2-135m-instruct.partial").exists()
+
+
+def test_gpt2_conv1d_attention_projections_train_alone_and_take_lora():
+    from tiny_models import make_model as make
+
+    model, report = select_trainable(make("gpt2"), "attention")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".attn.c_attn." in n or ".attn.c_proj." in n for n in trainable), trainable
+    assert len(attention_module_names(model)) == 2 * model.config.n_layer  # mlp.c_proj is not attention
+    lora, _ = select_trainable(make("gpt2"), "lora", lora_r=2)
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n and ".attn." in n for n in names)
+    out = lora(input_ids=torch.tensor([[1, 2, 3]]))
+    assert out.logits.shape[-1] == lora.config.vocab_size
+
+
+def test_gemma3_multimodal_trains_the_text_towers_projections_only():
+    from tiny_models import make_gemma3_multimodal
+
+    model, _ = select_trainable(make_gemma3_multimodal(), "attention")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".language_model." in n and ".self_attn." in n for n in trainable), trainable
+    assert not any("vision_tower" in n for n in trainable)
+    assert len(attention_module_names(model)) == 4 * model.config.text_config.num_hidden_layers
+    lora, _ = select_trainable(make_gemma3_multimodal(), "lora", lora_r=2)
+    adapters = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert adapters and not any("vision_tower" in n for n in adapters)

@@ -8,7 +8,8 @@ process or 2 + 2 on two. What is checked, on a tiny random Llama saved to disk:
   float tolerance, over several optimizer steps (so the all-reduced gradients agree too);
 - the four sequences of a seed (both triples) stay on one process, and per epoch the seeds seen by
   the two processes are disjoint and together complete;
-- CLOTrainer._token_mean_across_processes: the mean of the per-process (rescaled) NLL terms is the
+- 1 process with gradient accumulation 2 gives the same losses as the doubled batch;
+- CLOTrainer._nll_over_window: the mean of the per-process (rescaled) NLL terms is the
   global token-mean NLL of the 1-process run, which a mean of per-process token means is not.
 
 Sample order: the Trainer's sampler is accelerate's SeedableRandomSampler, seeded with `seed` (no
@@ -85,9 +86,11 @@ rows = seed_rows(8)
 model, _ = select_trainable(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), "full")
 examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, 256)
 config = CLOConfig(output_dir=os.path.join(out, "clo"), per_device_train_batch_size=args["per_device"],
-                   max_steps=args["steps"], learning_rate=5e-3, logging_steps=1, save_strategy="no",
+                   gradient_accumulation_steps=args["ga"], max_steps=args["steps"], learning_rate=5e-3,
+                   logging_steps=1, save_strategy="no",
                    use_cpu=True, seed=0, ref_cache_dir=os.path.join(out, "ref"), report_to="none",
-                   disable_tqdm=True, lr_scheduler_type="constant")
+                   disable_tqdm=True, lr_scheduler_type="constant",
+                   train_sampling_strategy="random")  # the Trainer's sampler: the same seeds per global step
 trainer = Recording(model, config, examples, processing_class=tok)
 world = trainer.accelerator.num_processes
 rank = trainer.accelerator.process_index
@@ -99,6 +102,7 @@ clo_history = trainer.state.log_history
 sft_model, _ = select_trainable(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), "full")
 cfg = sft_config(os.path.join(out, "sft"), max_length=256, device="cpu", max_steps=args["steps"],
                  learning_rate=5e-3, per_device_train_batch_size=args["per_device"], save_strategy="no",
+                 gradient_accumulation_steps=args["ga"],
                  logging_steps=1, disable_tqdm=True, seed=0, lr_scheduler_type="constant")
 sft_trainer, _ = train_sft(sft_model, tok, build_sft_rows(rows, "both"), cfg)
 
@@ -132,24 +136,29 @@ def runs(tmp_path_factory):
     script.write_text(LAUNCHER)
     steps = 4  # 8 seeds, 4 per global batch: two epochs
 
-    def args(out, per_device, world):
+    def args(out, per_device, world, ga=1):
         return json.dumps({"model_dir": str(root / "model"), "out": str(out), "per_device": per_device,
-                           "steps": steps, "expect_world": world})
+                           "steps": steps, "expect_world": world, "ga": ga})
 
-    one, two = root / "one", root / "two"
-    one.mkdir(), two.mkdir()
+    one, two, accumulated = root / "one", root / "two", root / "ga2"
+    one.mkdir(), two.mkdir(), accumulated.mkdir()
     single = subprocess.Popen([sys.executable, str(script), args(one, 4, 1)], env=_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ga2 = subprocess.Popen([sys.executable, str(script), args(accumulated, 2, 1, ga=2)], env=_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--config_file", str(CPU_2PROC), "--main_process_port", str(_free_port()),
            str(script), args(two, 2, 2)]
     double = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
     out_single = single.communicate(timeout=240)[0]
     assert single.returncode == 0, out_single[-4000:]
+    out_ga2 = ga2.communicate(timeout=240)[0]
+    assert ga2.returncode == 0, out_ga2[-4000:]
     assert double.returncode == 0, (double.stdout + double.stderr)[-4000:]
     one_rank = json.loads((one / "rank0.json").read_text())
     two_ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in range(2)]
-    return {"one": one_rank, "two": two_ranks, "steps": steps}
+    ga2_rank = json.loads((accumulated / "rank0.json").read_text())
+    return {"one": one_rank, "two": two_ranks, "ga2": ga2_rank, "steps": steps}
 
 
 def _losses(history, key="loss"):
@@ -171,6 +180,18 @@ def test_clo_losses_match_one_process_at_the_same_global_batch(runs):
     # The run really trained (otherwise equal losses would prove little).
     losses = [x for _, x in _losses(one)]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("method", ["clo", "sft"])
+def test_one_process_with_accumulation_matches_the_same_global_batch(runs, method):
+    """1 process x GA 2 x 2 seeds == 1 process x GA 1 x 4 seeds (== 2 processes x GA 1, above): the
+    NLL is the token mean over the accumulated batch, not a mean of per-micro-batch means."""
+    keys = ("loss", "nll_loss", "cl_loss", "rewards/margins") if method == "clo" else ("loss",)
+    for key in keys:
+        a, b = _losses(runs["one"][f"{method}_history"], key), _losses(runs["ga2"][f"{method}_history"], key)
+        assert len(a) == runs["steps"] and [s for s, _ in a] == [s for s, _ in b], key
+        for (step, x), (_, y) in zip(a, b):
+            assert y == pytest.approx(x, rel=1e-5, abs=1e-6), f"{method} {key} at step {step}: GA 1 {x}, GA 2 {y}"
 
 
 def test_both_triples_of_a_seed_stay_on_one_process_and_seeds_are_disjoint_and_complete(runs):
@@ -203,7 +224,7 @@ def test_both_triples_of_a_seed_stay_on_one_process_and_seeds_are_disjoint_and_c
 
 
 def test_token_mean_nll_across_processes_is_the_global_token_mean(runs):
-    """The claim in CLOTrainer._token_mean_across_processes, on the recorded numbers."""
+    """The claim in CLOTrainer._nll_over_window, on the recorded numbers."""
     one = {rec["step"]: rec for rec in runs["one"]["clo_steps"]}
     per_rank = [{rec["step"]: rec for rec in r["clo_steps"]} for r in runs["two"]]
     differs = False

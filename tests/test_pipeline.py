@@ -5,14 +5,19 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from clo_utils import pipeline
+from clo_utils.languages import PAPER_LANGUAGES
 from clo_utils.pipeline import load_recipe, plan_stages, split_method
+from clo_utils.recipe import preflight, uses_only_offline_models
 from tiny_models import make_model, make_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +37,7 @@ def test_recipe_key_typo_names_the_file_line_and_key(tmp_path):
     with pytest.raises(ValueError, match=r"line 6: train\.learnig_rate is not a parameter"):
         load_recipe(path)
     path.write_text("name: x\nlanguages: [xx]\n")
-    with pytest.raises(ValueError, match="unknown language code 'xx'"):
+    with pytest.raises(ValueError, match=r"r\.yaml, line 2: unknown language code 'xx'"):
         load_recipe(path)
     path.write_text("name: x\nlanguages: [ca]\nbudgets: [4]\nmethods: [clo_dpo]\n")
     with pytest.raises(ValueError, match="unknown method 'clo_dpo'"):
@@ -74,6 +79,272 @@ def test_the_judge_baseline_is_trained_and_evaluated_before_the_runs_judged_agai
     recipe["evaluate"]["judge_baseline"] = "sft-6400"
     with pytest.raises(ValueError, match=r"r\.yaml, line \d+: judge_baseline 'sft-6400' is not a run of this recipe"):
         load_recipe(_write(tmp_path / "r.yaml", recipe))
+
+
+# --------------------------------------------------------------------------- pre-flight probes
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    tok = make_tokenizer()
+    make_model("llama", vocab_size=len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    return model_dir
+
+
+TINY_YAML = """name: probe
+languages: [ca]
+budgets: [4, 8]
+methods: [sft, clo]
+seed: 0
+
+data:
+  data_source: smoke
+  n_eval: 8
+  translator: apertium
+  tokenizer_id: {model}
+  max_prompt_tokens: 256
+  max_response_tokens: 256
+
+train:
+  model_id: {model}
+  batch_seeds: 4
+  device: cpu
+
+evaluate:
+  base_model_id: {model}
+"""
+
+# (probe, edit of TINY_YAML, the one-line message it gets)
+PROBES = [
+    ("budgets: [0, 100]", ("budgets: [4, 8]", "budgets: [0, 100]"),
+     r"line 3: budgets: expected a list of positive integers, e\.g\. \[50, 100\], got 0 at budgets\[0\]"),
+    ("duplicated seed", ("seed: 0\n", "seed: 0\nseed: 1\n"),
+     r"line 6: duplicate key 'seed' \(also at line 5\)"),
+    ("batch_seeds: four", ("batch_seeds: 4", "batch_seeds: four"),
+     r"line 17: train\.batch_seeds: expected an integer, got 'four' \(int parameter of 02_sft_baseline\)"),
+    ("unknown embedded id", ("  model_id: {model}", "  model_id: embedded:smollm2"),
+     r"line 16: train\.model_id: unknown embedded model 'embedded:smollm2'; known: embedded:smollm2-135m-instruct"),
+    ("translator: deepl", ("translator: apertium", "translator: deepl"),
+     r"line 10: data\.translator 'deepl' cannot translate English -> ca: unknown translation backend 'deepl'; "
+     r"known backends: apertium, m2m100"),
+    ("languages: [de] with Apertium", ("languages: [ca]", "languages: [de]"),
+     r"line 10: data\.translator 'apertium' cannot translate English -> de: no Apertium pair English -> German"),
+    ("budgets beyond the data", ("budgets: [4, 8]", "budgets: [4, 5000]"),
+     r"line 3: the data holds too few rows: smoke has \d+ rows after dedup and the token-length filter "
+     r"\(max_prompt_tokens=256, .*\); the recipe needs 5,000 training \(largest budget\) \+ 8 held-out"),
+    ("budgets: [50, 1OO]", ("budgets: [4, 8]", "budgets: [50, 1OO]"),
+     r"line 3: budgets: expected a list of positive integers, e\.g\. \[50, 100\], got '1OO' at budgets\[1\]"),
+    ("budgets: 100", ("budgets: [4, 8]", "budgets: 100"), r"line 3: budgets: expected a list of positive integers"),
+    ("a tab", ("  batch_seeds: 4", "\tbatch_seeds: 4"),
+     r"probe\.yaml, line 17, column 1: YAML syntax error: a tab character: YAML indents with spaces only"),
+    ("languages: ca", ("languages: [ca]", "languages: ca"),
+     r"line 2: languages: expected a list of language codes, e\.g\. \[ca, es\], got the string 'ca'; write \[ca\]"),
+    ("data source not a file", ("data_source: smoke", "data_source: no_such_file.jsonl"),
+     r"line 8: data\.data_source: no such file: .*no_such_file\.jsonl"),
+]
+
+
+@pytest.mark.parametrize("edit,expected", [p[1:] for p in PROBES], ids=[p[0] for p in PROBES])
+def test_each_recipe_probe_is_one_line_naming_file_line_and_key_before_any_stage(tmp_path, tiny_model_dir, capsys,
+                                                                                  edit, expected):
+    if "apertium" in edit[0] + edit[1] and shutil.which("apertium") is None:
+        pytest.skip("Debian's apertium is not installed")
+    text = TINY_YAML.replace(*edit).replace("{model}", str(tiny_model_dir))
+    path = tmp_path / "probe.yaml"
+    path.write_text(text)
+    for args in (["--dry-run"], []):
+        assert pipeline.main([str(path), "--runs-root", str(tmp_path / "runs"), *args]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith(f"error: {path}, line "), err
+        assert re.search(expected, err), err
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_a_hub_model_offline_fails_at_once_saying_how_to_get_it(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    recipe = load_recipe(_write(tmp_path / "r.yaml", {"name": "t", "languages": ["ca"], "budgets": [4],
+                                                       "methods": ["clo"], "train": {"model_id": "org/not-cached"}}))
+    with pytest.raises(ValueError, match=r"r\.yaml, line \d+: train\.model_id: 'org/not-cached' is a hub id and "
+                                         r"the hub cannot be used \(HF_HUB_OFFLINE is set\).*`hf download org/not-"):
+        preflight(recipe, needs=("train",))
+
+
+def test_the_hub_probe_answers_within_seconds_without_network(monkeypatch):
+    from clo_utils import recipe as rc
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    silent = socket.socket()  # accepts connections (the backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    rc.hub_unreachable.cache_clear()
+    try:
+        start = time.perf_counter()
+        reason = rc.hub_unreachable(timeout=1.0)
+        assert reason and "127.0.0.1" in reason and time.perf_counter() - start < 3
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        rc.hub_unreachable.cache_clear()
+        assert rc.hub_unreachable() == "HF_HUB_OFFLINE is set"
+    finally:
+        silent.close()
+        rc.hub_unreachable.cache_clear()
+
+
+def test_only_local_models_let_the_runner_go_offline():
+    assert uses_only_offline_models(load_recipe(REPO / "params" / "demo.yaml"))
+    assert not uses_only_offline_models(load_recipe(REPO / "params" / "paper.yaml"))
+
+
+def test_paths_resolve_from_the_repository_root_whatever_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("params/demo.yaml")
+    assert Path(recipe["_path"]) == REPO / "params" / "demo.yaml"
+    stages = plan_stages(recipe)
+    assert stages[0].workdir == REPO / "runs" / "demo" / "ca" / "data"
+
+
+def test_one_paper_recipe_with_a_language_override(tmp_path):
+    recipe = load_recipe(REPO / "params" / "paper.yaml", languages=["sw"])
+    stages = plan_stages(recipe, runs_root=str(tmp_path))
+    assert {s.lang for s in stages} == {"sw"} and stages[0].workdir == tmp_path / "paper" / "sw" / "data"
+    assert stages[0].parameters["translator"] == "m2m100"
+    assert sorted(load_recipe(REPO / "params" / "paper.yaml")["languages"]) == sorted(PAPER_LANGUAGES)
+    with pytest.raises(ValueError, match=r"--language: unknown language code 'xx'"):
+        load_recipe(REPO / "params" / "paper.yaml", languages=["xx"])
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def _complete(stage) -> None:
+    """What run_stage leaves behind, without running the notebook."""
+    stage.workdir.mkdir(parents=True, exist_ok=True)
+    stage.done_file.write_text("{}")
+    (stage.workdir / "output.txt").write_text(stage.fingerprint)
+    pipeline.write_record(stage, complete=True)
+
+
+def _planned(tmp_path, recipe: dict, reuse_stale: bool = False):
+    loaded = load_recipe(_write(tmp_path / "r.yaml", recipe))
+    stages = plan_stages(loaded, runs_root=str(tmp_path / "runs"))
+    pipeline.assess_stages(stages, reuse_stale=reuse_stale)
+    return {s.key: s for s in stages}
+
+
+TINY = {"name": "t", "languages": ["ca"], "budgets": [4], "methods": ["sft", "clo"],
+        "train": {"learning_rate": 1.0e-4}, "evaluate": {"max_new_tokens": 8}}
+
+
+def test_a_changed_parameter_makes_its_stage_and_every_reader_stale_and_nothing_else(tmp_path):
+    stages = _planned(tmp_path, TINY)
+    assert {s.state for s in stages.values()} == {"missing"}
+    for stage in stages.values():
+        _complete(stage)
+    assert {s.state for s in _planned(tmp_path, TINY).values()} == {"complete"}
+    # jobs (thread counts) and the runs folder do not determine outputs
+    assert {s.state for s in _planned(tmp_path, {**TINY, "jobs": 2}).values()} == {"complete"}
+
+    changed = _planned(tmp_path, {**TINY, "train": {"learning_rate": 2.0e-4}})
+    states = {k: s.state for k, s in changed.items()}
+    assert states == {"ca/data": "complete", "ca/base-0 eval": "complete", "ca/sft-4 train": "stale",
+                      "ca/sft-4 eval": "stale", "ca/clo-4 train": "stale", "ca/clo-4 eval": "stale"}
+    assert "learning_rate: 0.0001 -> 0.0002" in changed["ca/clo-4 train"].why
+    assert "input changed: ca/clo-4 train" in changed["ca/clo-4 eval"].why
+
+    data_changed = _planned(tmp_path, {**TINY, "data": {"translator": "m2m100"}})
+    assert {s.state for s in data_changed.values()} == {"stale"}
+    # --reuse-stale keeps the data: what reads it is then complete against the data it really read
+    reused = _planned(tmp_path, {**TINY, "data": {"translator": "m2m100"}}, reuse_stale=True)
+    assert reused["ca/data"].state == "stale"
+    assert {s.state for k, s in reused.items() if k != "ca/data"} == {"complete"}
+
+
+def test_a_completion_record_written_before_the_output_is_not_complete(tmp_path):
+    stages = _planned(tmp_path, TINY)
+    stage = stages["ca/clo-4 train"]
+    stage.workdir.mkdir(parents=True)
+    pipeline.write_record(stage, complete=False)  # the runner writes this when the stage starts
+    assert _planned(tmp_path, TINY)["ca/clo-4 train"].state == "missing"
+    assert _planned(tmp_path, TINY)["ca/clo-4 train"].why == "interrupted: resumes"
+    # interrupted with other parameters: its partial output must not be resumed
+    assert _planned(tmp_path, {**TINY, "train": {"learning_rate": 3e-4}})["ca/clo-4 train"].state == "stale"
+
+
+def test_a_stale_stage_keeps_its_old_outputs_aside_until_the_new_ones_are_complete(tmp_path):
+    for stage in _planned(tmp_path, TINY).values():
+        _complete(stage)
+    stages = _planned(tmp_path, {**TINY, "train": {"learning_rate": 2.0e-4}})
+    train, evaluation = stages["ca/clo-4 train"], stages["ca/clo-4 eval"]
+    old = (train.workdir / "output.txt").read_text()
+    assert old != train.fingerprint
+    pipeline.set_aside(train)
+    assert not train.workdir.exists() and (train.aside / "train.json").exists()
+    pipeline.set_aside(evaluation)  # its outputs went aside with the run folder
+    # killed here and run again: the aside (the last complete output) is kept, the partial output dropped
+    train.workdir.mkdir()
+    (train.workdir / "partial").write_text("x")
+    pipeline.set_aside(train)
+    assert not train.workdir.exists() and (train.aside / "output.txt").exists()
+    train.workdir.mkdir()
+    _complete(train)
+    pipeline.drop_aside(train)
+    assert not train.aside.exists() and (train.workdir / "output.txt").read_text() == train.fingerprint
+    # an evaluation alone goes aside file by file: the trained model next to it stays
+    for stage in _planned(tmp_path, {**TINY, "train": {"learning_rate": 2.0e-4}}).values():
+        _complete(stage)
+    evaluation = _planned(tmp_path, {**TINY, "train": {"learning_rate": 2.0e-4},
+                                     "evaluate": {"max_new_tokens": 9}})["ca/clo-4 eval"]
+    assert evaluation.state == "stale"
+    pipeline.set_aside(evaluation)
+    assert (evaluation.aside / "metrics.json").exists() and (evaluation.workdir / "train.json").exists()
+
+
+def test_analysis_refuses_to_mix_runs_made_on_different_data(tmp_path):
+    for stage in _planned(tmp_path, TINY).values():
+        _complete(stage)
+    root = tmp_path / "runs" / "t"
+    pipeline.check_one_data_version(root)
+    data = _planned(tmp_path, {**TINY, "data": {"n_eval": 9}})["ca/data"]
+    _complete(data)  # the data stage reran; the runs still record the old data
+    with pytest.raises(pipeline.StageFailed, match=r"analysis refuses to mix runs made on different data: .*sft-4"):
+        pipeline.check_one_data_version(root)
+
+
+def test_dry_run_lists_complete_stale_and_missing_with_the_reason(tmp_path, tiny_model_dir, capsys):
+    if shutil.which("apertium") is None:
+        pytest.skip("Debian's apertium is not installed")
+    text = TINY_YAML.replace("{model}", str(tiny_model_dir)).replace("budgets: [4, 8]", "budgets: [4]")
+    path = tmp_path / "probe.yaml"
+    path.write_text(text)
+    recipe = load_recipe(path)
+    stages = plan_stages(recipe, runs_root=str(tmp_path / "runs"))
+    pipeline.assess_stages(stages)
+    for stage in stages[:3]:  # data, base-0 eval, sft-4 train
+        _complete(stage)
+    path.write_text(text.replace("  device: cpu", "  device: cpu\n  learning_rate: 0.001"))
+    assert pipeline.main([str(path), "--runs-root", str(tmp_path / "runs"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "check  train.model_id: " in out and "check  data:" not in out  # the data stage will not run
+    assert re.search(r"ca +data +01_translate_data +complete\n", out)
+    assert re.search(r"ca +sft-4 train .* stale \(learning_rate: 5e-05 -> 0\.001\)", out)
+    assert re.search(r"ca +clo-4 train +03_clo_training +missing\n", out)
+
+
+def test_a_run_trained_by_hand_with_the_recipe_parameters_is_adopted(tmp_path):
+    stages = _planned(tmp_path, TINY)
+    train = stages["ca/clo-4 train"]
+    train.workdir.mkdir(parents=True)
+    train.done_file.write_text("{}")
+    executed = {"cells": [], "metadata": {"papermill": {"parameters": {**train.parameters}, "duration": 3.0}}}
+    (train.workdir / "03_clo_training.ipynb").write_text(json.dumps(executed))
+    assert _planned(tmp_path, TINY)["ca/clo-4 train"].state == "complete"
+    executed["metadata"]["papermill"]["parameters"]["learning_rate"] = 5e-5
+    (train.workdir / "03_clo_training.ipynb").write_text(json.dumps(executed))
+    stale = _planned(tmp_path, TINY)["ca/clo-4 train"]
+    assert stale.state == "stale" and "learning_rate: 5e-05 -> 0.0001" in stale.why
 
 
 @pytest.mark.slow

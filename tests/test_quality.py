@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from clo_utils.quality import (DROP_REASONS, drop_reason, filter_translated_seeds, identify_language,
-                               language_detector, language_id_coverage, prose, word_count)
+                               language_id_coverage, prose, word_count)
+from clo_utils.text import count_words, language_detector
 
 GOOD = {
     "id": "s0", "lang": "ca", "source": "test",
@@ -73,8 +74,24 @@ def test_registry_ratio_bounds_apply_and_can_be_overridden():
 
 
 def test_detector_is_built_once_per_language_and_unknown_codes_fail():
-    assert language_detector("ca") is language_detector("ca")
+    assert language_detector("ca") is language_detector("ca") is language_detector("en", "ca")
     assert identify_language("El gat dorm a la cadira calenta del menjador.", "ca") == "ca"
     assert identify_language("The cat sleeps on the warm chair in the dining room.", "ca") == "en"
     with pytest.raises(ValueError, match="unknown language code 'xx'"):
         filter_translated_seeds([GOOD], "xx")
+    with pytest.raises(ValueError, match="must not be English"):
+        filter_translated_seeds([GOOD], "en")
+
+
+def test_chinese_sides_are_counted_by_the_metric_word_counter_and_judged():
+    # Chinese writes no spaces: a whitespace split sees one "word" and would never judge the side.
+    row = {"id": "z0", "lang": "zh", "source": "test",
+           "prompt_en": "What should I pack for a three-day hiking trip in the mountains?",
+           "response_en": "Pack a tent, a warm sleeping bag, enough food for every meal and a rain jacket.",
+           "prompt_tgt": "去山里徒步旅行三天，我应该带些什么？",
+           "response_tgt": "带上帐篷、保暖的睡袋、足够每顿饭吃的食物和一件雨衣。"}
+    assert word_count(row["prompt_tgt"]) == count_words(row["prompt_tgt"]) == 16  # one per Han character
+    assert language_id_coverage([row]) == {"min_words": 5, "judged": 2, "too_short_to_judge": 0}
+    assert drop_reason(row, "zh") is None
+    english = {**row, "response_tgt": "Pack a tent and a warm sleeping bag for the trip."}
+    assert drop_reason(english, "zh", char_ratio=(0.1, 3.0)) == "not_target_language"

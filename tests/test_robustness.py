@@ -175,17 +175,6 @@ def test_a_model_without_known_attention_modules(tok):
             select_trainable(make_model("llama", len(tok)), mode, attention_modules=("self_attn.qkv",))
 
 
-def test_recipe_key_typo_names_the_file_line_and_key(tmp_path):
-    from clo_utils.pipeline import load_recipe
-
-    path = _write(tmp_path / "demo.yaml", "name: demo\nlanguages: [ca]\nbudgtes: [100]\nmethods: [clo]\n")
-    with pytest.raises(ValueError, match=r"demo\.yaml, line 3: unknown key 'budgtes'; known keys: .*budgets"):
-        load_recipe(path)
-    _write(path, "name: demo\nlanguages: [xx]\n")
-    with pytest.raises(ValueError, match=r"demo\.yaml, line 2: unknown language code 'xx'"):
-        load_recipe(path)
-
-
 def test_a_missing_chat_template_is_named_at_load_and_at_tokenisation(tmp_path, tok):
     from clo_utils.models import load_tokenizer
 

@@ -9,9 +9,9 @@ import torch
 from clo_utils.data import build_cross_lingual_pairs
 from clo_utils.losses import response_positions, sequence_logps
 from clo_utils.models import select_trainable
-from clo_utils.train import (CLOTrainer, tokenize_clo_pairs, tokenize_prompt_response,
-                             train_clo)
-from tiny_models import BOS_TEMPLATE, clo_config, make_model, make_tokenizer, seed_rows
+from clo_utils.train import (CLOTrainer, seeds_within_max_length, tokenize_clo_pairs, tokenize_dpo_pairs,
+                             tokenize_prompt_response, tokenize_sft_rows, train_clo)
+from tiny_models import BOS_TEMPLATE, clo_config, make_model, make_tokenizer, make_turn_end_tokenizer, seed_rows
 
 
 _config = clo_config
@@ -42,16 +42,54 @@ def test_eos_is_appended_when_the_template_has_none():
     assert labels[-1] == tok.eos_token_id
 
 
-def test_over_long_seeds_are_dropped_and_counted(tok):
-    rows = seed_rows(4)
-    rows[2]["response_tgt"] = "molt " * 200
-    examples, stats = tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, max_length=96)
-    assert stats["dropped_too_long"] == 1 and stats["seeds_kept"] == 3
-    assert "s2" not in {e["seed_id"] for e in examples}
-    for e in examples:
-        assert all(any(x != -100 for x in lab) for lab in e["labels"])  # never empty labels
-    with pytest.raises(ValueError, match="no seed left"):
-        tokenize_clo_pairs(build_cross_lingual_pairs(rows[2:3]), tok, max_length=96)
+def _distinct_seeds(n):
+    return [{**r, "prompt_en": f"{r['prompt_en']} {i}", "prompt_tgt": f"{r['prompt_tgt']} {i}"}
+            for i, r in enumerate(seed_rows(n))]
+
+
+def _sequence_lengths(tok, row):
+    """The four CLO sequences' lengths, rendered independently with the chat template (+ EOS when the
+    rendered answer has none: the tiny template's answer ends with EOS)."""
+    def length(prompt, response):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+                                      return_dict=True)["input_ids"]
+        return len(ids) + (tok.eos_token_id not in ids)
+    return [length(row["prompt_en"], row["response_en"]), length(row["prompt_en"], row["response_tgt"]),
+            length(row["prompt_tgt"], row["response_tgt"]), length(row["prompt_tgt"], row["response_en"])]
+
+
+def test_seeds_within_max_length_keeps_a_seed_only_when_all_four_sequences_fit(tok):
+    rows = _distinct_seeds(4)
+    rows[1]["response_en"] = "fine " * 40  # too long: en chosen and tgt rejected, not the target SFT row
+    rows[2]["response_tgt"] = "molt " * 40
+    limit = max(max(_sequence_lengths(tok, r)) for i, r in enumerate(rows) if i in (0, 3))
+    assert all(max(_sequence_lengths(tok, r)) > limit for r in rows[1:3])
+    kept, dropped = seeds_within_max_length(rows, tok, limit)
+    assert [r["id"] for r in kept] == ["s0", "s3"] and dropped == ["s1", "s2"]
+    assert seeds_within_max_length(rows, tok, limit - 1)[0] != kept  # the limit is inclusive and exact
+    with pytest.raises(ValueError, match="no seed fits"):
+        seeds_within_max_length(rows[1:3], tok, limit)
+
+
+def test_every_method_trains_on_the_kept_seeds_and_refuses_a_longer_row(tok):
+    from clo_utils.data import build_sft_rows
+
+    rows = _distinct_seeds(4)
+    rows[1]["response_en"] = "fine " * 40
+    kept, dropped = seeds_within_max_length(rows, tok, 96)
+    assert dropped == ["s1"]
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(kept), tok, 96)
+    sft = tokenize_sft_rows(build_sft_rows(kept, "both"), tok, 96)
+    dpo = tokenize_dpo_pairs(build_cross_lingual_pairs(kept), tok, 96)
+    assert [e["seed_id"] for e in examples] == ["s0", "s2", "s3"] and len(sft) == 6 and len(dpo) == 6
+    # Fed the unfiltered seeds, no method drops rows on its own: each refuses, naming the fix.
+    for tokenize, data in ((tokenize_clo_pairs, build_cross_lingual_pairs(rows)),
+                           (tokenize_dpo_pairs, build_cross_lingual_pairs(rows)),
+                           (tokenize_sft_rows, build_sft_rows(rows, "en"))):
+        with pytest.raises(ValueError, match=r"\['s1'\].*seeds_within_max_length"):
+            tokenize(data, tok, 96)
+    # SFT-tgt alone would fit seed s1's target row, yet it is not trained on: the filter is per seed.
+    assert "s1" not in {r["seed_id"] for r in build_sft_rows(kept, "tgt")}
 
 
 def test_missing_chat_template_is_a_clear_error(tok):
@@ -330,3 +368,173 @@ def test_chatml_for_base_models_renders_bos_once_and_only_when_there_is_one():
     tok.bos_token = None  # e.g. Qwen2.5 base: no BOS token, nothing rendered in its place
     text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     assert text.startswith("<|im_start|>user")
+
+
+def _trl_cfg(kind, tmp_path, **overrides):
+    from clo_utils.train import dpo_config, sft_config
+
+    make = {"sft": sft_config, "dpo": dpo_config}[kind]
+    base = dict(max_length=256, device="cpu", max_steps=1, learning_rate=1e-2, per_device_train_batch_size=2,
+                save_strategy="no", logging_steps=1, disable_tqdm=True)
+    return make(str(tmp_path / kind), **{**base, **overrides})
+
+
+def test_sft_dpo_and_clo_responses_end_identically_when_the_turn_end_is_not_eos(tmp_path):
+    from clo_utils.data import build_sft_rows
+    from clo_utils.train import train_dpo, train_sft
+
+    tok = make_turn_end_tokenizer()
+    turn_end, eos = tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id
+    assert turn_end != eos
+    seeds = seed_rows(1)
+    sft, _ = train_sft(make_model("llama", len(tok)), tok, build_sft_rows(seeds, "tgt"), _trl_cfg("sft", tmp_path))
+    sft_batch = next(iter(sft.get_train_dataloader()))
+    sft_response = [int(t) for t in sft_batch["labels"][0] if t != -100]
+    pairs = [p for p in build_cross_lingual_pairs(seeds) if p["direction"] == "tgt"]
+    dpo, _ = train_dpo(make_model("llama", len(tok)), tok, pairs, _trl_cfg("dpo", tmp_path))
+    dpo_batch = next(iter(dpo.get_train_dataloader()))
+    dpo_chosen = [int(t) for t, m in zip(dpo_batch["input_ids"][0], dpo_batch["completion_mask"][0]) if m]
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(seeds), tok, 256)
+    clo_response = [t for t in examples[0]["labels"][2] if t != -100]  # tgt chosen
+    assert sft_response == dpo_chosen == clo_response
+    assert tok.decode(clo_response[:-3]) == seeds[0]["response_tgt"]
+    assert clo_response[-3:] == [turn_end, tok.convert_tokens_to_ids("Ċ"), eos]
+
+
+def test_an_overfit_sft_model_stops_at_the_turn_end(tmp_path):
+    from clo_utils.data import build_sft_rows
+    from clo_utils.evaluate import generate_answers
+    from clo_utils.models import end_of_turn_token_ids
+    from clo_utils.train import train_sft
+
+    tok = make_turn_end_tokenizer()
+    model = make_model("llama", len(tok))
+    model.config.eos_token_id = model.generation_config.eos_token_id = tok.eos_token_id  # a base model's config
+    assert tok.convert_tokens_to_ids("<|im_end|>") in end_of_turn_token_ids(tok, model)
+    seed = seed_rows(3)[2]
+    train_sft(model, tok, build_sft_rows([seed], "tgt"),
+              _trl_cfg("sft", tmp_path, max_steps=40, per_device_train_batch_size=1, lr_scheduler_type="constant"))
+    out = generate_answers(model, tok, [seed["prompt_tgt"]], max_new_tokens=40, progress=False)
+    assert out == [seed["response_tgt"]]
+
+
+def _losses(trainer):
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def test_bf16_weights_learn_at_the_paper_lr_and_track_fp32(tmp_path, tok):
+    """The GPU profile's dtype (bf16 weights, bf16 autocast) at lr 8e-6: the trainable weights move
+    (fp32 master copies) and the loss stays within 2% of an fp32 run from the same weights."""
+    pairs = build_cross_lingual_pairs(seed_rows(4))
+    bf16_model, _ = select_trainable(make_model("llama", len(tok), dtype=torch.bfloat16), "attention")
+    fp32_model, _ = select_trainable(copy.deepcopy(bf16_model).float(), "attention")
+    frozen = {n: p.detach().clone() for n, p in bf16_model.named_parameters() if not p.requires_grad}
+    start = {n: p.detach().float().clone() for n, p in bf16_model.named_parameters() if p.requires_grad}
+    common = dict(max_steps=4, learning_rate=8e-6, lr_scheduler_type="constant")
+    bf16_trainer, bf16_summary = train_clo(bf16_model, tok, pairs, _config(tmp_path / "bf16", bf16=True, **common))
+    fp32_trainer, fp32_summary = train_clo(fp32_model, tok, pairs, _config(tmp_path / "fp32", **common))
+    assert bf16_summary["trainable_changed_fraction"] > 0.9 and fp32_summary["trainable_changed_fraction"] > 0.9
+    moved = [n for n, p in bf16_model.named_parameters() if p.requires_grad and not torch.equal(p.float(), start[n])]
+    assert sorted(moved) == sorted(start)
+    assert all(p.dtype == torch.float32 for p in bf16_model.parameters() if p.requires_grad)
+    for n, p in bf16_model.named_parameters():  # frozen weights stay bf16 and untouched
+        if not p.requires_grad:
+            assert p.dtype == torch.bfloat16 and torch.equal(p, frozen[n]), n
+    assert _losses(bf16_trainer) == pytest.approx(_losses(fp32_trainer), rel=2e-2)
+
+
+def test_bf16_weights_without_mixed_precision_are_a_clear_error(tmp_path, tok):
+    model, _ = select_trainable(make_model("llama", len(tok), dtype=torch.bfloat16), "attention")
+    with pytest.raises(ValueError, match="half precision.*training_profile"):
+        train_clo(model, tok, build_cross_lingual_pairs(seed_rows(2)), _config(tmp_path))
+
+
+def test_weights_that_never_move_are_reported_and_warned_about(tmp_path, tok, caplog):
+    model, _ = select_trainable(make_model("llama", len(tok)), "attention")
+    _, summary = train_clo(model, tok, build_cross_lingual_pairs(seed_rows(2)), _config(tmp_path, learning_rate=0.0))
+    assert summary["trainable_changed_fraction"] == 0.0
+    assert "barely learn" in caplog.text
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_step0_policy_equals_reference_under_each_profile(tmp_path, tok, bf16):
+    """fp32 weights: the CPU profile (no autocast) and bf16 autocast (the GPU profile's compute)."""
+    model, _ = select_trainable(make_model("llama", len(tok)), "attention")
+    trainer, _ = train_clo(model, tok, build_cross_lingual_pairs(seed_rows(2)),
+                           _config(tmp_path, bf16=bf16, max_steps=1, per_device_train_batch_size=2))
+    first = trainer.state.log_history[0]
+    # Same weights, tokens and compute dtype: equal up to batch-composition float noise, which is far
+    # below the bf16-vs-fp32 gap of a reference computed outside autocast (about 1e-4 here).
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert abs(first[key]) < 1e-6, (key, first[key])
+    assert first["cl_loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_reference_cache_key_covers_autocast_and_attention_implementation(tmp_path, tok):
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(seed_rows(2)), tok, 256)
+    model = make_model("llama", len(tok))
+    first = CLOTrainer(copy.deepcopy(model), _config(tmp_path), examples, processing_class=tok)
+    assert first.reference_forward_batches > 0
+    cached = CLOTrainer(copy.deepcopy(model), _config(tmp_path), examples, processing_class=tok)
+    assert cached.reference_forward_batches == 0
+    autocast = CLOTrainer(copy.deepcopy(model), _config(tmp_path, bf16=True), examples, processing_class=tok)
+    assert autocast.reference_forward_batches > 0
+    assert "mixed_precision=bf16" in autocast.reference_conditions() and "device=cpu" in first.reference_conditions()
+    sdpa = copy.deepcopy(model)
+    sdpa.config._attn_implementation = "sdpa"
+    assert CLOTrainer(sdpa, _config(tmp_path), examples, processing_class=tok).reference_forward_batches > 0
+
+
+def test_dropout_is_disabled_so_step0_policy_equals_reference(tmp_path, tok):
+    model, _ = select_trainable(make_model("llama", len(tok), attention_dropout=0.5), "attention")
+    trainer, _ = train_clo(model, tok, build_cross_lingual_pairs(seed_rows(2)), _config(tmp_path, max_steps=1))
+    assert trainer.state.log_history[0]["cl_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert all(m.attention_dropout == 0.0 for m in model.modules() if hasattr(m, "attention_dropout"))
+
+
+def _one_sgd_step(tmp_path, tok, rows, batch, ga, lam):
+    model, _ = select_trainable(make_model("llama", len(tok)), "attention")
+    cfg = _config(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=ga,
+                  optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", lam=lam, max_grad_norm=0.0)
+    trainer, _ = train_clo(model, tok, build_cross_lingual_pairs(rows), cfg)
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, trainer
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.5])
+def test_target_nll_is_the_token_mean_over_the_accumulated_batch(tmp_path, tok, lam):
+    """1 process x GA 2 x 1 seed == 1 process x GA 1 x 2 seeds, with target responses of very
+    different lengths (a mean of per-micro-batch means would weigh the short one's tokens more)."""
+    rows = seed_rows(2)
+    rows[1]["response_tgt"] = "El mar és blau i ample. " * 4
+    accumulated, acc_trainer = _one_sgd_step(tmp_path / "ga2", tok, rows, batch=1, ga=2, lam=lam)
+    doubled, dbl_trainer = _one_sgd_step(tmp_path / "ga1", tok, rows, batch=2, ga=1, lam=lam)
+    for name in doubled:
+        assert torch.allclose(accumulated[name], doubled[name], atol=1e-6, rtol=1e-4), name
+    assert _losses(acc_trainer)[0] == pytest.approx(_losses(dbl_trainer)[0], rel=1e-5)
+    assert acc_trainer.state.log_history[0]["nll_loss"] == pytest.approx(dbl_trainer.state.log_history[0]["nll_loss"],
+                                                                         rel=1e-5)
+
+
+def test_sft_dpo_under_fsdp_takes_the_sft_model_as_reference(tmp_path, tok, monkeypatch):
+    """Under FSDP TRL would reload the config's _name_or_path (the base); train_dpo passes the model
+    it is given (the SFT model) instead. FSDP itself needs several devices: the switch is forced."""
+    import clo_utils.train as train_module
+    from clo_utils.train import train_dpo
+
+    monkeypatch.setattr(train_module, "_fsdp_enabled", lambda config: True)
+    sft_model, _ = select_trainable(make_model("llama", len(tok), seed=3), "attention")
+    sft_model.config._name_or_path = str(tmp_path / "the-base-model-that-must-not-be-loaded")
+    pairs = build_cross_lingual_pairs(seed_rows(2))
+    expected = torch.stack([_logps(sft_model, tok, p, "chosen") for p in pairs]).squeeze(-1)
+    trainer, _ = train_dpo(sft_model, tok, pairs, _trl_cfg("dpo", tmp_path, per_device_train_batch_size=4))
+    assert trainer.ref_model is None  # released once the reference log-probs are computed
+    got = torch.tensor(trainer.train_dataset["ref_chosen_logps"])
+    assert torch.allclose(got, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="precompute_ref_log_probs"):
+        train_dpo(sft_model, tok, pairs, _trl_cfg("dpo", tmp_path, precompute_ref_log_probs=False))
+
+
+def _logps(model, tok, pair, side):
+    ids, labels = tokenize_prompt_response(tok, pair["prompt"], pair[side])
+    with torch.no_grad():
+        return sequence_logps(model(input_ids=torch.tensor([ids])).logits, torch.tensor([labels]))[0]

@@ -45,9 +45,18 @@ def make_tokenizer(template: str = CHATML) -> PreTrainedTokenizerFast:
     return fast
 
 
-def make_model(arch: str = "llama", vocab_size: int = 512, seed: int = 0):
+def make_turn_end_tokenizer() -> PreTrainedTokenizerFast:
+    """ChatML whose turn end `<|im_end|>` is a special token other than EOS (`<|endoftext|>`), as in
+    Qwen2.5 base: stopping at EOS alone runs past the end of the answer."""
+    tok = make_tokenizer()
+    tok.add_special_tokens({"eos_token": "<|endoftext|>"})
+    return tok
+
+
+def make_model(arch: str = "llama", vocab_size: int = 512, seed: int = 0, dtype: torch.dtype = torch.float32,
+               **config_overrides):
     """A 2-layer random model of the named architecture (real config class, real modules)."""
-    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import GPT2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -57,11 +66,32 @@ def make_model(arch: str = "llama", vocab_size: int = 512, seed: int = 0):
         "qwen2": lambda: Qwen2Config(**common),
         "mistral": lambda: MistralConfig(**common, sliding_window=None),
         "gemma3": lambda: Gemma3TextConfig(**common, head_dim=8, sliding_window=64),
+        "gpt2": lambda: GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                                   pad_token_id=0, bos_token_id=1, eos_token_id=3),
     }
     torch.manual_seed(seed)
     config = configs[arch]()
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
     config._attn_implementation = "eager"
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def make_gemma3_multimodal(vocab_size: int = 512, seed: int = 0):
+    """A tiny Gemma 3 image-text model: a SigLIP vision tower and a Gemma 3 text tower, both with
+    self_attn.q/k/v/o projections."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    text = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=64,
+                            max_position_embeddings=256)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                image_size=32, patch_size=8)
+    torch.manual_seed(seed)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          image_token_index=vocab_size - 1, boi_token_index=vocab_size - 2,
+                          eoi_token_index=vocab_size - 3)
+    return Gemma3ForConditionalGeneration(config)
 
 
 def seed_rows(n: int = 4, lang: str = "ca") -> list[dict]:

@@ -1,0 +1,1 @@
+"""The kit's benchmarks: `python -m benchmarks` runs benchmarks/bench.py."""

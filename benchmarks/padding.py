@@ -1,0 +1,200 @@
+"""Padding waste: the share of computed token positions that are padding, per stage.
+
+  CLO training batches     CLOTrainer's own DataLoader over one epoch, with the Trainer's random sampler
+                           and with the kit's default (seeds of similar length grouped, clo_utils.batching);
+  TRL SFT and DPO batches  the baselines' DataLoaders, random and train_sampling_strategy="group_by_length";
+  the reference pass       CLOTrainer._reference_pass's batches (seeds sorted by length);
+  generation               clo_utils.evaluate.generate_answers: left padding of the prompts plus the
+                           positions a row still computes after its EOS while others in its batch go on.
+
+A computed position is one row x one column of a padded batch; a real one is a token of the data
+(prompt and response; in generation, the prompt and the answer up to its EOS).
+"""
+
+from __future__ import annotations
+
+from benchmarks.harness import Context, fresh_model, quiet
+
+NAME = "padding"
+TARGETS = {
+    "padding_clo_training": ("<=", 0.10, "CLO training batches: padding share of computed positions"),
+    "padding_clo_training_random": (None, None, "the same with the Trainer's random sampler"),
+    "padding_reference_pass": ("<=", 0.10, "CLO reference pass: padding share"),
+    # what grouping cannot remove: each seed's four sequences (en and tgt sides differ) share one width
+    "padding_clo_seed_floor": (None, None, "CLO: padding if every batch held seeds of one length (intra-seed)"),
+    "padding_reference_by_sequence": (None, None, "reference pass with sequences, not seeds, sorted and batched "
+                                                            "(clo_utils.batching.sequence_batches)"),
+    "padding_sft_training": (None, None, "TRL SFT batches (random / grouped by length)"),
+    "padding_dpo_training": (None, None, "TRL DPO batches (random / grouped by length)"),
+    "padding_generation": (None, None, "generation: left padding + positions after EOS"),
+}
+
+
+def mask_counts(batches) -> tuple[int, int]:
+    """(computed positions, real tokens) of batches carrying an attention mask."""
+    computed = real = 0
+    for batch in batches:
+        mask = batch["attention_mask"]
+        computed += mask.numel()
+        real += int(mask.sum())
+    return computed, real
+
+
+def counts_of(lengths_per_item: list[list[int]], batches: list[list[int]]) -> tuple[int, int]:
+    """(computed, real) positions when each batch pads its items' rows to its longest row."""
+    computed = real = 0
+    for batch in batches:
+        rows = [n for i in batch for n in lengths_per_item[i]]
+        computed += len(rows) * max(rows)
+        real += sum(rows)
+    return computed, real
+
+
+def share(computed: int, real: int) -> float:
+    return 1.0 - real / computed if computed else 0.0
+
+
+def generation_tokens(mask, output, eos_ids) -> dict:
+    """Token accounting of one left-padded generate call: per row (real prompt tokens, new tokens up to
+    and including EOS), and the positions computed (every row runs until the last row stops)."""
+    width, steps = mask.shape[1], output.shape[1] - mask.shape[1]
+    rows = []
+    for prompt_len, new in zip(mask.sum(-1).tolist(), output[:, width:].tolist()):
+        stop = next((i + 1 for i, t in enumerate(new) if t in eos_ids), len(new))
+        rows.append((int(prompt_len), stop))
+    computed = len(rows) * (width + max(steps - 1, 0))  # the last new token is never fed back
+    real = sum(p + n - 1 for p, n in rows)
+    return {"rows": rows, "computed": computed, "real": real}
+
+
+def clo_batches(trainer, strategy: str) -> list[dict]:
+    trainer.args.train_sampling_strategy = strategy
+    return list(trainer.get_train_dataloader())
+
+
+def reference_batches(trainer) -> list[dict]:
+    """The batches CLOTrainer._reference_pass builds, the model not run (zeros returned)."""
+    import torch
+
+    examples = [dict(ex) for ex in trainer.train_dataset]
+    seen = []
+
+    def record(model, batch):
+        seen.append(batch)
+        rows = batch["input_ids"].shape[0]
+        return (torch.zeros(rows), torch.ones(rows)), None
+
+    trainer._response_logps = record
+    try:
+        trainer._reference_pass(examples, torch.zeros(len(examples), 4))
+    finally:
+        del trainer._response_logps
+    return seen
+
+
+def trl_batches(trainer, strategy: str, lengths: list[int] | None = None) -> list[dict]:
+    """One epoch of a TRL trainer's batches; `lengths` feeds group_by_length where the dataset has no
+    input_ids column (DPO keeps prompt_ids / chosen_ids / rejected_ids)."""
+    trainer.args.train_sampling_strategy = strategy
+    dataset = trainer.train_dataset
+    if lengths is not None and "length" not in dataset.column_names:
+        trainer.train_dataset = dataset.add_column("length", lengths)
+        trainer._set_signature_columns_if_needed()
+        trainer._signature_columns = [*trainer._signature_columns, "length"]
+    return list(trainer.get_train_dataloader())
+
+
+def run(ctx: Context) -> None:
+    import torch
+    from datasets import Dataset
+    from trl import DPOTrainer, SFTTrainer
+
+    from clo_utils.batching import sequence_batches
+    from clo_utils.data import build_cross_lingual_pairs, build_sft_rows
+    from clo_utils.evaluate import _eos_token_ids, generate_answers
+    from clo_utils.train import CLOConfig, CLOTrainer, dpo_config, sft_config, tokenize_clo_pairs, training_profile
+
+    args, results = ctx.args, ctx.results
+    B = args.padding_batch_seeds
+    seeds = ctx.seeds(args.padding_seeds)
+    model, tok, _ = fresh_model(args.model, "attention")
+    pairs = build_cross_lingual_pairs(seeds)
+    examples, stats = tokenize_clo_pairs(pairs, tok, args.max_length)
+    examples = [{**ex, "ref_logps": [0.0] * 4} for ex in examples]  # no reference pass: batches only
+    common = dict(save_strategy="no", disable_tqdm=True, seed=0, report_to="none", **training_profile())
+    cfg = CLOConfig(output_dir=str(ctx.work / "pad-clo"), per_device_train_batch_size=B, max_length=args.max_length,
+                    **common)
+    clo = CLOTrainer(model, cfg, examples, processing_class=tok)
+    section = {"seeds": len(examples), "batch_seeds": B}
+    figures = {}
+    for strategy in ("random", "group_by_length"):
+        figures[f"clo_{strategy}"] = mask_counts(clo_batches(clo, strategy))
+    figures["reference_pass"] = mask_counts(reference_batches(clo))
+    lengths = [[len(ids) for ids in ex["input_ids"]] for ex in examples]
+    figures["clo_seed_floor"] = counts_of(lengths, [[i] for i in range(len(lengths))])
+    per_batch = 4 * clo.args.precompute_ref_batch_size
+    rows = sequence_batches(lengths, per_batch)
+    figures["reference_by_sequence"] = counts_of([[lengths[i][c] for i, c in batch] for batch in rows],
+                                                 [[k] for k in range(len(rows))])
+
+    rows = build_sft_rows(seeds, "both")
+    trl_common = {k: v for k, v in common.items() if k not in training_profile()}  # sft/dpo_config add the profile
+    sft_cfg = sft_config(str(ctx.work / "pad-sft"), max_length=args.max_length, per_device_train_batch_size=2 * B,
+                         **trl_common)
+    with quiet():
+        sft = SFTTrainer(model=model, args=sft_cfg, processing_class=tok,
+                         train_dataset=Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]}
+                                                          for r in rows]))
+    dpo_cfg = dpo_config(str(ctx.work / "pad-dpo"), max_length=args.max_length, per_device_train_batch_size=2 * B,
+                         precompute_ref_log_probs=False, **trl_common)
+    with quiet():
+        dpo = DPOTrainer(model=model, args=dpo_cfg, processing_class=tok,
+                         train_dataset=Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")}
+                                                          for p in pairs]))
+    dpo_lengths = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in dpo.train_dataset]
+    for strategy in ("random", "group_by_length"):
+        torch.manual_seed(0)  # transformers' samplers draw from the global generator the Trainer seeds
+        figures[f"sft_{strategy}"] = mask_counts(trl_batches(sft, strategy))
+        torch.manual_seed(0)
+        figures[f"dpo_{strategy}"] = mask_counts(trl_batches(dpo, strategy, dpo_lengths))
+
+    prompts = [s["prompt_tgt"] for s in seeds][: args.gen_prompts]
+    eos = _eos_token_ids(model, tok)
+    calls = []
+    original = model.generate
+
+    def recorded(*a, **k):
+        out = original(*a, **k)
+        calls.append(generation_tokens(k["attention_mask"].cpu(), out.cpu(), eos))
+        return out
+
+    model.generate = recorded
+    try:
+        generate_answers(model, tok, prompts, max_new_tokens=args.gen_tokens, batch_size=args.gen_batch,
+                         progress=False)
+    finally:
+        del model.generate
+    figures["generation"] = (sum(c["computed"] for c in calls), sum(c["real"] for c in calls))
+
+    section["positions"] = {k: {"computed": c, "real": r, "padding_share": share(c, r)}
+                            for k, (c, r) in figures.items()}
+    for name, (computed, real) in figures.items():
+        print(f"  {name:24s} {computed:8d} positions computed, {real:8d} real, padding {share(computed, real):.1%}")
+    pct = {k: share(*v) for k, v in figures.items()}
+    results.add(TARGETS, "padding_clo_training", pct["clo_group_by_length"],
+                f"{len(examples)} seeds, {B} per batch, grouped by length (the default); random sampler "
+                f"{pct['clo_random']:.1%}")
+    results.add(TARGETS, "padding_clo_training_random", pct["clo_random"], "train_sampling_strategy='random'")
+    results.add(TARGETS, "padding_reference_pass", pct["reference_pass"],
+                f"{clo.args.precompute_ref_batch_size} seeds per batch, sorted by length")
+    results.add(TARGETS, "padding_clo_seed_floor", pct["clo_seed_floor"],
+                "each seed padded to its own longest sequence only")
+    results.add(TARGETS, "padding_reference_by_sequence", pct["reference_by_sequence"],
+                f"{per_batch} sequences per batch, sorted by length")
+    results.add(TARGETS, "padding_sft_training", pct["sft_random"],
+                f"{2 * B} rows per batch; group_by_length {pct['sft_group_by_length']:.1%}")
+    results.add(TARGETS, "padding_dpo_training", pct["dpo_random"],
+                f"{2 * B} pairs per batch; group_by_length {pct['dpo_group_by_length']:.1%}")
+    results.add(TARGETS, "padding_generation", pct["generation"],
+                f"{len(prompts)} prompts, batch {args.gen_batch}, {args.gen_tokens} new tokens at most")
+    results.sections["padding"] = section

@@ -1,0 +1,137 @@
+"""The figures' shared look: one seaborn theme, one colour per method (from clo_utils.methods),
+axis labels with units, captions from the runs' labels, and a figure-level legend.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from clo_utils.methods import FALLBACK_COLOUR_INDICES, METHODS, PALETTE, method_label
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary of the figures
+# --------------------------------------------------------------------------------------------
+
+DIRECTION_LABELS = {"tgt": "target-language prompts", "en": "English prompts"}
+DIRECTION_SHORT = {"tgt": "target prompts", "en": "English prompts"}
+
+_PALETTE = sns.color_palette(PALETTE, 10)
+# One colour per method in every figure, so CLO is always the same orange.
+METHOD_COLOURS = {name: _PALETTE[method.colour_index] for name, method in METHODS.items()}
+_FALLBACK_COLOURS = tuple(_PALETTE[i] for i in FALLBACK_COLOUR_INDICES)
+
+# (axis label, unit) per metric; units are what the axes print.
+METRIC_AXES = {
+    "fidelity": ("fidelity", "share of answers"),
+    "wrong_language": ("wrong-language share", "share of answers"),
+    "chrf": ("chrF++", "chrF++"),
+    "nll": ("held-out NLL", "nats/token"),
+    "peak_memory_mb": ("peak training memory", "MB"),
+    "judge_win_rate": ("judge win rate", "share of comparisons"),
+}
+HISTORY_AXES = {
+    "loss": ("training loss", "nats"),
+    "nll_loss": ("target NLL", "nats/token"),
+    "rewards_en/margins": ("margin, English triples", "β-scaled nats"),
+    "rewards_tgt/margins": ("margin, target triples", "β-scaled nats"),
+}
+
+
+def method_palette(methods: Sequence[str]) -> dict[str, Any]:
+    unknown = iter(_FALLBACK_COLOURS * (len(methods) + 1))
+    return {method: METHOD_COLOURS.get(method) or next(unknown) for method in methods}
+
+
+def direction_rows(frame: pd.DataFrame, direction: str) -> pd.DataFrame:
+    return frame[frame["direction"] == direction]
+
+
+def has_values(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame and frame[column].notna().any()
+
+
+# --------------------------------------------------------------------------------------------
+# Figure scaffolding: one theme, captions from run.labels, a figure-level legend
+# --------------------------------------------------------------------------------------------
+
+_THEME_APPLIED = False
+
+
+def apply_theme() -> None:
+    """Set the kit's seaborn theme once per process (seaborn themes are global rcParams)."""
+    global _THEME_APPLIED
+    if not _THEME_APPLIED:
+        sns.set_theme(style="whitegrid", context="paper")
+        _THEME_APPLIED = True
+
+
+def new_figure(nrows: int, ncols: int, panel_size: tuple[float, float] = (3.0, 2.3)) -> tuple[Figure, Any]:
+    apply_theme()
+    width, height = panel_size
+    # A bare Figure (not pyplot) so building many figures never piles up open windows.
+    figure = Figure(figsize=(width * ncols + 1.8, height * nrows + 0.6), layout="constrained")
+    axes = figure.subplots(nrows, ncols, squeeze=False)
+    return figure, axes
+
+
+def caption_for(frame: pd.DataFrame) -> str:
+    """The model and data labels of the runs in `frame`, e.g. 'SmolLM2-135M · Apertium MT · tiny budget'."""
+    labels: list[str] = []
+    for run_labels in frame.drop_duplicates("run_dir")["labels"]:
+        labels += [label for label in run_labels if label not in labels]
+    if not labels:  # runs written without labels: fall back to what the run block says
+        model_column = "model_label" if has_values(frame, "model_label") else "model_id"
+        for column in (model_column, "translator"):
+            values = frame[column].dropna().unique() if column in frame else []
+            labels += [f"{column}: {value}" for value in values]
+    recipes = ", ".join(sorted(frame["recipe"].dropna().unique()))
+    return " · ".join([*labels, f"recipe {recipes}", "numbers from metrics.json"])
+
+
+def add_caption(figure: Figure, caption: str) -> None:
+    # Just below the figure area; savefig(bbox_inches="tight") grows the canvas to include it.
+    figure.text(0.0, -0.01, caption, ha="left", va="top", fontsize=7, color="0.3")
+
+
+def add_legend(figure: Figure, handles: list[Any]) -> None:
+    figure.legend(handles=handles, loc="outside right upper", frameon=False)
+
+
+def method_handles(methods: Sequence[str], palette: dict[str, Any]) -> list[Patch]:
+    return [Patch(color=palette[method], label=method_label(method)) for method in methods]
+
+
+def axis_label(metric: str) -> str:
+    name, unit = METRIC_AXES[metric]
+    return f"{name} ({unit})" if name != unit else name
+
+
+def bar_panel(ax: Axes, data: pd.DataFrame, x: str, y: str, hue: str, order: list[str],
+               hue_order: list[str], palette: dict[str, Any]) -> None:
+    # One row per bar by construction, so no error bars: each bar is one run's measured value.
+    # saturation=1 keeps bar colours identical to the legend patches and the line plots.
+    sns.barplot(data=data, x=x, y=y, hue=hue, order=order, hue_order=hue_order, palette=palette,
+                errorbar=None, legend=False, saturation=1.0, ax=ax)
+    ax.set_xlabel("")
+
+
+def label_grid(axes: Any, row_labels: Sequence[str], column_titles: Sequence[str], xlabel: str) -> None:
+    """Row labels on the first column, titles on the top row, x label on the bottom row only."""
+    nrows, ncols = axes.shape
+    for row in range(nrows):
+        for col in range(ncols):
+            ax = axes[row, col]
+            ax.set_ylabel(row_labels[row] if col == 0 else "")
+            ax.set_title(column_titles[col] if row == 0 else "", fontsize=9)
+            ax.set_xlabel(xlabel if row == nrows - 1 else "")
+
+
+def limit_share_axis(ax: Axes, metric: str) -> None:
+    if metric in ("fidelity", "wrong_language", "judge_win_rate"):
+        ax.set_ylim(0, 1.05)

@@ -93,7 +93,8 @@ def saved_for_backward(trainer) -> dict:
         (logps, _), _ = trainer._response_logps(model, batch)
     del logps
     sizes["total"] = sum(sizes.values())
-    sizes["batch"] = f"{tuple(batch['input_ids'].shape)} positions, {int(batch['attention_mask'].sum())} real tokens"
+    real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()  # packed
+    sizes["batch"] = f"{tuple(batch['input_ids'].shape)} positions, {real} real tokens"
     return sizes
 
 

@@ -138,9 +138,14 @@ class HeadCounter:
 
 
 def batch_flops(costs: FlopCosts, batch: dict, head_positions: int, train: bool) -> tuple[float, int]:
-    """(useful FLOPs, real tokens) of one batch of right- or left-padded rows."""
+    """(useful FLOPs, real tokens) of one batch of right- or left-padded rows, or of sequences packed in a row."""
     mask = batch.get("attention_mask")
-    lengths = mask.sum(-1).tolist() if mask is not None else [batch["input_ids"].shape[1]] * len(batch["input_ids"])
+    if "segment_ids" in batch:  # padding-free: each sequence attends to itself only
+        lengths = batch["segment_ids"].flatten().bincount().tolist()
+    elif mask is not None:
+        lengths = mask.sum(-1).tolist()
+    else:
+        lengths = [batch["input_ids"].shape[1]] * len(batch["input_ids"])
     flops = sum(costs.sequence(int(n), 0, train) for n in lengths)
     flops += head_positions * (costs.head_forward + (costs.head_backward if train else 0))
     return flops, int(sum(lengths))
@@ -352,7 +357,7 @@ def run(ctx: Context) -> None:
         batch = clo._prepare_inputs(trainers["clo"]["batch"](idx))
         from clo_utils.losses import response_positions
 
-        real = int(batch["attention_mask"].sum())
+        real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         heads = int(response_positions(batch["labels"]).sum())
         matmul_flops = real * (c.stack_forward + c.stack_backward) + heads * (c.head_forward + c.head_backward)
         section["profile_clo_step"] = profile_step(clo, batch, matmul_flops, median(steps["clo"]["gemm"]))

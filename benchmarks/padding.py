@@ -1,14 +1,18 @@
 """Padding waste: the share of computed token positions that are padding, per stage.
 
-  CLO training batches     CLOTrainer's own DataLoader over one epoch, with the Trainer's random sampler
-                           and with the kit's default (seeds of similar length grouped, clo_utils.batching);
-  TRL SFT and DPO batches  the baselines' DataLoaders, random and train_sampling_strategy="group_by_length";
-  the reference pass       CLOTrainer._reference_pass's batches (seeds sorted by length);
+  CLO training batches     CLOTrainer's own DataLoader over one epoch with the kit's defaults (seeds of similar
+                           length grouped, clo_utils.batching; the sequences of a batch packed into one row
+                           where the model allows it, CLOConfig.padding_free), and padded batches with the
+                           grouped and with the Trainer's random sampler;
+  TRL SFT and DPO batches  the baselines as train_sft / train_dpo build them (pre-tokenised rows), with
+                           train_sampling_strategy="group_by_length" (the kit's default) and "random";
+  the reference pass       CLOTrainer._reference_pass's batches (single sequences sorted by length);
   generation               clo_utils.evaluate.generate_answers: left padding of the prompts plus the
                            positions a row still computes after its EOS while others in its batch go on.
 
 A computed position is one row x one column of a padded batch; a real one is a token of the data
-(prompt and response; in generation, the prompt and the answer up to its EOS).
+(prompt and response; in generation, the prompt and the answer up to its EOS). A packed batch computes
+its real tokens only.
 """
 
 from __future__ import annotations
@@ -17,26 +21,34 @@ from benchmarks.harness import Context, fresh_model, quiet
 
 NAME = "padding"
 TARGETS = {
-    "padding_clo_training": ("<=", 0.10, "CLO training batches: padding share of computed positions"),
-    "padding_clo_training_random": (None, None, "the same with the Trainer's random sampler"),
+    "padding_clo_training": ("<=", 0.10, "CLO training batches (the kit's defaults): padding share of computed "
+                                         "positions"),
+    "padding_clo_training_padded": (None, None, "CLO training, padded batches of seeds grouped by length"),
+    "padding_clo_training_random": (None, None, "CLO training, padded batches with the Trainer's random sampler"),
     "padding_reference_pass": ("<=", 0.10, "CLO reference pass: padding share"),
-    # what grouping cannot remove: each seed's four sequences (en and tgt sides differ) share one width
-    "padding_clo_seed_floor": (None, None, "CLO: padding if every batch held seeds of one length (intra-seed)"),
-    "padding_reference_by_sequence": (None, None, "reference pass with sequences, not seeds, sorted and batched "
-                                                            "(clo_utils.batching.sequence_batches)"),
-    "padding_sft_training": (None, None, "TRL SFT batches (random / grouped by length)"),
-    "padding_dpo_training": (None, None, "TRL DPO batches (random / grouped by length)"),
+    # what grouping cannot remove from padded batches: each seed's four sequences (en and tgt sides differ)
+    # share one width
+    "padding_clo_seed_floor": (None, None, "CLO padded: padding if every batch held seeds of one length "
+                                           "(intra-seed)"),
+    "padding_reference_by_seed": (None, None, "reference pass with seeds, not sequences, sorted and batched"),
+    "padding_sft_training": (None, None, "TRL SFT batches (grouped by length, the kit's default / random)"),
+    "padding_dpo_training": (None, None, "TRL DPO batches (grouped by length, the kit's default / random)"),
     "padding_generation": (None, None, "generation: left padding + positions after EOS"),
 }
 
 
 def mask_counts(batches) -> tuple[int, int]:
-    """(computed positions, real tokens) of batches carrying an attention mask."""
+    """(computed positions, real tokens) of batches carrying an attention mask; a batch without one
+    (packed, padding-free) computes its real tokens only."""
     computed = real = 0
     for batch in batches:
-        mask = batch["attention_mask"]
-        computed += mask.numel()
-        real += int(mask.sum())
+        mask = batch.get("attention_mask")
+        if mask is None:
+            computed += batch["input_ids"].numel()
+            real += batch["input_ids"].numel()
+        else:
+            computed += mask.numel()
+            real += int(mask.sum())
     return computed, real
 
 
@@ -67,9 +79,18 @@ def generation_tokens(mask, output, eos_ids) -> dict:
     return {"rows": rows, "computed": computed, "real": real}
 
 
-def clo_batches(trainer, strategy: str) -> list[dict]:
+def clo_batches(trainer, strategy: str, padded: bool = False) -> list[dict]:
+    """One epoch of CLOTrainer's batches: its own collator (packed where the model allows it), or padded."""
+    from clo_utils.train import CLOCollator
+
     trainer.args.train_sampling_strategy = strategy
-    return list(trainer.get_train_dataloader())
+    collator = trainer.data_collator
+    if padded:
+        trainer.data_collator = CLOCollator(trainer.pad_token_id, padding_free=False)
+    try:
+        return list(trainer.get_train_dataloader())
+    finally:
+        trainer.data_collator = collator
 
 
 def reference_batches(trainer) -> list[dict]:
@@ -92,27 +113,21 @@ def reference_batches(trainer) -> list[dict]:
     return seen
 
 
-def trl_batches(trainer, strategy: str, lengths: list[int] | None = None) -> list[dict]:
-    """One epoch of a TRL trainer's batches; `lengths` feeds group_by_length where the dataset has no
-    input_ids column (DPO keeps prompt_ids / chosen_ids / rejected_ids)."""
+def trl_batches(trainer, strategy: str) -> list[dict]:
+    """One epoch of a TRL trainer's batches under `strategy`."""
     trainer.args.train_sampling_strategy = strategy
-    dataset = trainer.train_dataset
-    if lengths is not None and "length" not in dataset.column_names:
-        trainer.train_dataset = dataset.add_column("length", lengths)
-        trainer._set_signature_columns_if_needed()
-        trainer._signature_columns = [*trainer._signature_columns, "length"]
     return list(trainer.get_train_dataloader())
 
 
 def run(ctx: Context) -> None:
     import torch
     from datasets import Dataset
-    from trl import DPOTrainer, SFTTrainer
+    from trl import SFTTrainer
 
-    from clo_utils.batching import sequence_batches
     from clo_utils.data import build_cross_lingual_pairs, build_sft_rows
     from clo_utils.evaluate import _eos_token_ids, generate_answers
-    from clo_utils.train import CLOConfig, CLOTrainer, dpo_config, sft_config, tokenize_clo_pairs, training_profile
+    from clo_utils.train import (CLOConfig, CLOTrainer, _pretokenized_dpo_trainer, dpo_config, sft_config,
+                                 tokenize_clo_pairs, tokenize_dpo_pairs, tokenize_sft_rows, training_profile)
 
     args, results = ctx.args, ctx.results
     B = args.padding_batch_seeds
@@ -125,38 +140,34 @@ def run(ctx: Context) -> None:
     cfg = CLOConfig(output_dir=str(ctx.work / "pad-clo"), per_device_train_batch_size=B, max_length=args.max_length,
                     **common)
     clo = CLOTrainer(model, cfg, examples, processing_class=tok)
-    section = {"seeds": len(examples), "batch_seeds": B}
-    figures = {}
+    section = {"seeds": len(examples), "batch_seeds": B, "padding_free": clo.padding_free}
+    figures = {"clo_training": mask_counts(clo_batches(clo, "group_by_length"))}
     for strategy in ("random", "group_by_length"):
-        figures[f"clo_{strategy}"] = mask_counts(clo_batches(clo, strategy))
+        figures[f"clo_{strategy}"] = mask_counts(clo_batches(clo, strategy, padded=True))
     figures["reference_pass"] = mask_counts(reference_batches(clo))
     lengths = [[len(ids) for ids in ex["input_ids"]] for ex in examples]
     figures["clo_seed_floor"] = counts_of(lengths, [[i] for i in range(len(lengths))])
-    per_batch = 4 * clo.args.precompute_ref_batch_size
-    rows = sequence_batches(lengths, per_batch)
-    figures["reference_by_sequence"] = counts_of([[lengths[i][c] for i, c in batch] for batch in rows],
-                                                 [[k] for k in range(len(rows))])
+    by_seed = sorted(range(len(lengths)), key=lambda i: -max(lengths[i]))
+    ref_seeds = clo.args.precompute_ref_batch_size
+    figures["reference_by_seed"] = counts_of(lengths, [by_seed[k: k + ref_seeds]
+                                                       for k in range(0, len(by_seed), ref_seeds)])
 
-    rows = build_sft_rows(seeds, "both")
     trl_common = {k: v for k, v in common.items() if k not in training_profile()}  # sft/dpo_config add the profile
     sft_cfg = sft_config(str(ctx.work / "pad-sft"), max_length=args.max_length, per_device_train_batch_size=2 * B,
                          **trl_common)
     with quiet():
-        sft = SFTTrainer(model=model, args=sft_cfg, processing_class=tok,
-                         train_dataset=Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]}
-                                                          for r in rows]))
+        sft = SFTTrainer(model=model, args=sft_cfg, processing_class=tok, train_dataset=Dataset.from_list(
+            tokenize_sft_rows(build_sft_rows(seeds, "both"), tok, args.max_length)))
     dpo_cfg = dpo_config(str(ctx.work / "pad-dpo"), max_length=args.max_length, per_device_train_batch_size=2 * B,
                          precompute_ref_log_probs=False, **trl_common)
     with quiet():
-        dpo = DPOTrainer(model=model, args=dpo_cfg, processing_class=tok,
-                         train_dataset=Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")}
-                                                          for p in pairs]))
-    dpo_lengths = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in dpo.train_dataset]
+        dpo = _pretokenized_dpo_trainer()(model=model, args=dpo_cfg, processing_class=tok,
+                                          train_dataset=Dataset.from_list(tokenize_dpo_pairs(pairs, tok, args.max_length)))
     for strategy in ("random", "group_by_length"):
         torch.manual_seed(0)  # transformers' samplers draw from the global generator the Trainer seeds
         figures[f"sft_{strategy}"] = mask_counts(trl_batches(sft, strategy))
         torch.manual_seed(0)
-        figures[f"dpo_{strategy}"] = mask_counts(trl_batches(dpo, strategy, dpo_lengths))
+        figures[f"dpo_{strategy}"] = mask_counts(trl_batches(dpo, strategy))
 
     prompts = [s["prompt_tgt"] for s in seeds][: args.gen_prompts]
     eos = _eos_token_ids(model, tok)
@@ -181,20 +192,24 @@ def run(ctx: Context) -> None:
     for name, (computed, real) in figures.items():
         print(f"  {name:24s} {computed:8d} positions computed, {real:8d} real, padding {share(computed, real):.1%}")
     pct = {k: share(*v) for k, v in figures.items()}
-    results.add(TARGETS, "padding_clo_training", pct["clo_group_by_length"],
-                f"{len(examples)} seeds, {B} per batch, grouped by length (the default); random sampler "
-                f"{pct['clo_random']:.1%}")
-    results.add(TARGETS, "padding_clo_training_random", pct["clo_random"], "train_sampling_strategy='random'")
+    layout = (f"{4 * B} sequences packed in one row (padding_free)" if clo.padding_free
+              else "padded batches (padding-free packing not proven for this model)")
+    results.add(TARGETS, "padding_clo_training", pct["clo_training"],
+                f"{len(examples)} seeds, {B} per batch, grouped by length, {layout}")
+    results.add(TARGETS, "padding_clo_training_padded", pct["clo_group_by_length"],
+                "padding_free=False, train_sampling_strategy='group_by_length'")
+    results.add(TARGETS, "padding_clo_training_random", pct["clo_random"],
+                "padding_free=False, train_sampling_strategy='random'")
     results.add(TARGETS, "padding_reference_pass", pct["reference_pass"],
-                f"{clo.args.precompute_ref_batch_size} seeds per batch, sorted by length")
+                f"{4 * ref_seeds} single sequences per batch, sorted by length")
     results.add(TARGETS, "padding_clo_seed_floor", pct["clo_seed_floor"],
                 "each seed padded to its own longest sequence only")
-    results.add(TARGETS, "padding_reference_by_sequence", pct["reference_by_sequence"],
-                f"{per_batch} sequences per batch, sorted by length")
-    results.add(TARGETS, "padding_sft_training", pct["sft_random"],
-                f"{2 * B} rows per batch; group_by_length {pct['sft_group_by_length']:.1%}")
-    results.add(TARGETS, "padding_dpo_training", pct["dpo_random"],
-                f"{2 * B} pairs per batch; group_by_length {pct['dpo_group_by_length']:.1%}")
+    results.add(TARGETS, "padding_reference_by_seed", pct["reference_by_seed"],
+                f"{ref_seeds} seeds per batch, sorted by their longest sequence")
+    results.add(TARGETS, "padding_sft_training", pct["sft_group_by_length"],
+                f"{2 * B} rows per batch; random sampler {pct['sft_random']:.1%}")
+    results.add(TARGETS, "padding_dpo_training", pct["dpo_group_by_length"],
+                f"{2 * B} pairs per batch; random sampler {pct['dpo_random']:.1%}")
     results.add(TARGETS, "padding_generation", pct["generation"],
                 f"{len(prompts)} prompts, batch {args.gen_batch}, {args.gen_tokens} new tokens at most")
     results.sections["padding"] = section

@@ -51,12 +51,18 @@ def response_positions(labels: torch.Tensor, ignore_index: int = -100) -> torch.
 
 
 def packed_sequence_logps(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor,
-                          chunk_tokens: int = 2048):
+                          chunk_tokens: int = 2048, segments: torch.Tensor | None = None,
+                          n_sequences: int | None = None):
     """`sequence_logps` for logits computed at the `keep` positions only.
 
     `logits` is (N, V) with N = keep.sum(), in row-major order of `keep` (what `hidden[keep]` gives);
     `keep` is `response_positions(labels)`. Returns the same two (B,) tensors as `sequence_logps`.
     The fp32 log-softmax runs over chunks of `chunk_tokens` rows (one fp32 copy at a time for bf16).
+
+    Padding-free batches hold several sequences in one row: `segments` (shaped like `labels`) says
+    which of the `n_sequences` sequences each position belongs to, and the sums and counts are per
+    sequence instead of per row. Each sequence's first label must be -100 (a prompt token), so no
+    position predicts across a boundary.
     """
     n_kept = int(keep.sum())
     if logits.ndim != 2 or logits.shape[0] != n_kept:
@@ -68,10 +74,17 @@ def packed_sequence_logps(logits: torch.Tensor, labels: torch.Tensor, keep: torc
     for chunk, chunk_targets in zip(logits.split(chunk_tokens), targets.split(chunk_tokens)):
         chunk = chunk.float()
         token_logps.append(chunk.gather(-1, chunk_targets.unsqueeze(-1)).squeeze(-1) - chunk.logsumexp(-1))
-    rows = keep.nonzero(as_tuple=True)[0]
     token_logps = torch.cat(token_logps) if token_logps else logits.new_zeros(0, dtype=torch.float32)
-    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=logits.device).index_add(0, rows, token_logps)
-    return sums, keep.sum(-1)
+    if segments is None:
+        rows, n_rows, counts = keep.nonzero(as_tuple=True)[0], labels.shape[0], keep.sum(-1)
+    else:
+        if segments.shape != labels.shape or n_sequences is None:
+            raise ValueError(f"segments {tuple(segments.shape)} should be shaped like labels {tuple(labels.shape)}, "
+                             "with n_sequences given")
+        rows, n_rows = segments[keep], n_sequences
+        counts = torch.bincount(rows, minlength=n_rows)
+    sums = torch.zeros(n_rows, dtype=torch.float32, device=logits.device).index_add(0, rows, token_logps)
+    return sums, counts
 
 
 def response_nll(chosen_logps: torch.Tensor, chosen_counts: torch.Tensor, is_target: torch.Tensor,

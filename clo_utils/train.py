@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 # Order of the four sequences of one seed inside a batch.
 SEQUENCE_ORDER = ("en_chosen", "en_rejected", "tgt_chosen", "tgt_rejected")
 REFERENCE_CACHE_VERSION = "clo-ref-v3"  # in every reference cache key: a changed computation never reuses old values
+# Where packed batches are proven equal to padded ones (tests/test_train.py, tiny models of each): the model
+# types whose transformers code builds its masks with masking_utils, and the attention implementations for
+# which masking_utils turns restarting position_ids into a block-diagonal mask.
+PADDING_FREE_MODEL_TYPES = ("llama", "qwen2", "mistral", "gemma3_text")
+PADDING_FREE_ATTENTION = ("eager", "sdpa")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -61,6 +66,10 @@ class CLOConfig(TrainingArguments):
     train_sampling_strategy: str = field(default="group_by_length", metadata={
         "help": "'group_by_length' (default): batches of seeds of similar length (clo_utils.batching), little "
                 "compute on padding; 'random', 'sequential': the Trainer's samplers."})
+    padding_free: bool = field(default=True, metadata={
+        "help": "Pack a batch's sequences into one row (position_ids restart at 0 per sequence, no attention "
+                "mask): no compute on padding. Used where it is proven equal to padded batches "
+                "(PADDING_FREE_MODEL_TYPES with eager or sdpa attention); other models get padded batches."})
     report_to: str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
 
     def __post_init__(self):
@@ -196,29 +205,53 @@ def _refuse_too_long(ids: list, n_total: int, max_length: int | None, what: str)
                          "every method trains on the same seeds")
 
 
+def pad_sequences(seqs: list[list[int]], labels: list[list[int]], pad_token_id: int) -> dict:
+    """(len(seqs), L) right-padded input_ids, attention_mask and labels (-100 on padding)."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
+    label_t = torch.full((len(seqs), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, (s, lab) in enumerate(zip(seqs, labels)):
+        input_ids[row, : len(s)] = torch.tensor(s)
+        label_t[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(s)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t}
+
+
+def pack_sequences(seqs: list[list[int]], labels: list[list[int]]) -> dict:
+    """The sequences end to end in one (1, T) row, T their total length: no padding.
+
+    `position_ids` restart at 0 with each sequence, and there is no attention mask: transformers then
+    builds a block-diagonal causal mask from the position_ids (masking_utils.find_packed_sequence_indices),
+    so each sequence attends to itself only, at the positions it has alone. `segment_ids` says which
+    sequence each position belongs to. Each sequence's first label is -100, so no position predicts
+    the next sequence's first token (a prompt token, never a label in CLO).
+    """
+    labels = [[-100, *lab[1:]] for lab in labels]
+    lengths = torch.tensor([len(s) for s in seqs])
+    return {"input_ids": torch.tensor([t for s in seqs for t in s]).unsqueeze(0),
+            "position_ids": torch.cat([torch.arange(n) for n in lengths.tolist()]).unsqueeze(0),
+            "labels": torch.tensor([t for lab in labels for t in lab]).unsqueeze(0),
+            "segment_ids": torch.repeat_interleave(torch.arange(len(seqs)), lengths).unsqueeze(0)}
+
+
 @dataclass
 class CLOCollator:
-    """Pads a batch of seeds into one (4 * n_seeds, L) batch, right-padded, labels -100 on padding.
+    """A batch of seeds as its 4 * n_seeds sequences (SEQUENCE_ORDER per seed): right-padded into a
+    (4 * n_seeds, L) batch, or with `padding_free` packed into one row (`pack_sequences`).
 
     The batching unit is the seed, so both triples of a seed always share a batch, on one process,
     whatever the shuffling.
     """
 
     pad_token_id: int
+    padding_free: bool = False
 
     def __call__(self, features: list[dict]) -> dict:
         seqs = [ids for f in features for ids in f["input_ids"]]
         labels = [lab for f in features for lab in f["labels"]]
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        label_t = torch.full((len(seqs), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, (s, lab) in enumerate(zip(seqs, labels)):
-            input_ids[row, : len(s)] = torch.tensor(s)
-            label_t[row, : len(lab)] = torch.tensor(lab)
-            mask[row, : len(s)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": mask, "labels": label_t,
-                 "seed_index": torch.tensor([f["index"] for f in features])}
+        batch = pack_sequences(seqs, labels) if self.padding_free else pad_sequences(seqs, labels, self.pad_token_id)
+        batch["seed_index"] = torch.tensor([f["index"] for f in features])
         if "ref_logps" in features[0]:
             batch["ref_logps"] = torch.tensor([f["ref_logps"] for f in features], dtype=torch.float32)
         return batch
@@ -280,6 +313,18 @@ def model_fingerprint(model) -> str:
 # --------------------------------------------------------------------------- trainer
 
 
+def padding_free_support(model) -> str | None:
+    """None when packed batches are proven for `model`, else why not (for the log)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    attn = getattr(config, "_attn_implementation", None)
+    if model_type not in PADDING_FREE_MODEL_TYPES:
+        return f"model type {model_type!r} is not among {PADDING_FREE_MODEL_TYPES}"
+    if attn not in PADDING_FREE_ATTENTION:
+        return f"attention implementation {attn!r} is not among {PADDING_FREE_ATTENTION}"
+    return None
+
+
 def peak_memory_mb() -> float:
     """Peak GPU memory allocated (CUDA) or peak resident memory of this process (CPU), in MB."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -308,7 +353,12 @@ class CLOTrainer(Trainer):
             raise TypeError("CLOTrainer needs a CLOConfig")
         tokenizer = processing_class
         pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
-        kwargs.setdefault("data_collator", CLOCollator(pad_id))
+        self.pad_token_id = pad_id
+        self.padding_free = args.padding_free
+        if args.padding_free and (why_not := padding_free_support(model)) is not None:
+            log.info("padded training batches: padding-free packing is not proven here (%s)", why_not)
+            self.padding_free = False
+        kwargs.setdefault("data_collator", CLOCollator(pad_id, padding_free=self.padding_free))
         examples = list(train_dataset)
         prepare_mixed_precision(model, args)
         if args.disable_dropout:
@@ -332,7 +382,10 @@ class CLOTrainer(Trainer):
 
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return LengthGroupedSeedSampler(seed_lengths(dataset["input_ids"]), self.args.train_batch_size, seed=seed)
+        # Grouped in units of the global batch: consecutive micro-batches (and accelerate's round-robin
+        # shards) cut that order, so one optimizer step sees the same seeds however it is split.
+        global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        return LengthGroupedSeedSampler(seed_lengths(dataset["input_ids"]), global_batch, seed=seed)
 
     # -- reference pass
     def compute_reference_logps(self, examples: list[dict]) -> torch.Tensor:
@@ -372,11 +425,27 @@ class CLOTrainer(Trainer):
                 f"attn={attn}|torch={torch.__version__}|transformers={transformers.__version__}")
 
     def _reference_pass(self, todo: list[dict], ref: torch.Tensor) -> None:
-        """Fill ref[index] for the seeds in `todo` with the starting model (adapters off for LoRA)."""
-        # Longest first and similar lengths together: little compute goes to padding.
-        todo = sorted(todo, key=lambda ex: -max(len(ids) for ids in ex["input_ids"]))
-        loader = torch.utils.data.DataLoader(todo, batch_size=self.args.precompute_ref_batch_size,
-                                             shuffle=False, collate_fn=self.data_collator)
+        """Fill ref[index] for the seeds in `todo` with the starting model (adapters off for LoRA).
+
+        Each sequence's log-prob depends on that sequence alone, so the pass batches single sequences,
+        not seeds: sorted by length (`batching.sequence_batches`), each row is padded only to rows of
+        nearly its own length, and each log-prob goes back to ref[seed, column].
+        """
+        from .batching import sequence_batches
+
+        rows_per_batch = len(SEQUENCE_ORDER) * self.args.precompute_ref_batch_size
+        batches = sequence_batches([[len(ids) for ids in ex["input_ids"]] for ex in todo], rows_per_batch)
+        rows = [{"index": todo[i]["index"], "column": c, "input_ids": todo[i]["input_ids"][c],
+                 "labels": todo[i]["labels"][c]} for batch in batches for i, c in batch]
+
+        def collate(features):
+            batch = pad_sequences([f["input_ids"] for f in features], [f["labels"] for f in features],
+                                  self.pad_token_id)
+            return {**batch, "index": torch.tensor([f["index"] for f in features]),
+                    "column": torch.tensor([f["column"] for f in features])}
+
+        # Every batch but the last is full, so the loader cuts `rows` back into `batches`.
+        loader = torch.utils.data.DataLoader(rows, batch_size=rows_per_batch, shuffle=False, collate_fn=collate)
         loader = self.accelerator.prepare(loader)
         self._place_for_reference_pass()
         was_training = self.model.training
@@ -388,11 +457,10 @@ class CLOTrainer(Trainer):
         with torch.no_grad(), adapters_off, self.accelerator.autocast():
             for batch in loader:
                 (logps, _), _ = self._response_logps(self.model, batch)
-                logps = logps.view(-1, len(SEQUENCE_ORDER))
-                index, logps = self.accelerator.gather_for_metrics((batch["seed_index"], logps))
-                ref[index.cpu()] = logps.float().cpu()
+                index, column, logps = self.accelerator.gather_for_metrics((batch["index"], batch["column"], logps))
+                ref[index.cpu(), column.cpu()] = logps.float().cpu()
                 self.reference_forward_batches += 1
-                self.reference_seeds_computed += len(index)
+        self.reference_seeds_computed += len(todo)
         self.model.train(was_training)
 
     # -- loss
@@ -425,7 +493,13 @@ class CLOTrainer(Trainer):
         response positions only (`logits_to_keep` mask): prompt and padding rows of the (T, V)
         logits, and their gradient, are never built."""
         keep = response_positions(batch["labels"])
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        segments = batch.get("segment_ids")  # present in packed batches (CLOCollator with padding_free)
+        if segments is None:
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+            per_sequence = {}
+        else:  # no attention mask: transformers derives the block-diagonal one from position_ids
+            inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+            per_sequence = {"segments": segments, "n_sequences": len(SEQUENCE_ORDER) * batch["seed_index"].numel()}
         out = None
         if self._logits_to_keep_works:
             try:
@@ -436,10 +510,12 @@ class CLOTrainer(Trainer):
                 log.warning("%s has no logits_to_keep argument: computing logits at every position",
                             type(model).__name__)
             if out is not None and out.logits.ndim == 2:
-                return packed_sequence_logps(out.logits, batch["labels"], keep), out
+                return packed_sequence_logps(out.logits, batch["labels"], keep, **per_sequence), out
             self._logits_to_keep_works = False  # rejected, or accepted and ignored (logits at every position)
         if out is None:
             out = model(**inputs)
+        if segments is not None:
+            return packed_sequence_logps(out.logits[keep], batch["labels"], keep, **per_sequence), out
         return sequence_logps(out.logits, batch["labels"]), out
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -497,9 +573,15 @@ class CLOTrainer(Trainer):
             log.info("reference pass: moving the model from %s to %s", first.device, device)
             self.model.to(device)
 
-    def _nll_target_tokens(self, labels: torch.Tensor) -> torch.Tensor:
+    def _nll_target_tokens(self, batch: dict) -> torch.Tensor:
         """Tokens that the NLL term averages over in a collated batch (target chosen, or every chosen)."""
-        counts = (labels[:, 1:] != -100).sum(-1).view(-1, len(SEQUENCE_ORDER))
+        keep = response_positions(batch["labels"])
+        if "segment_ids" in batch:  # packed: count per sequence, not per row
+            n_sequences = len(SEQUENCE_ORDER) * batch["seed_index"].numel()
+            counts = torch.bincount(batch["segment_ids"][keep], minlength=n_sequences)
+        else:
+            counts = keep.sum(-1)
+        counts = counts.view(-1, len(SEQUENCE_ORDER))
         cols = [2] if self.args.nll_on == "target" else [0, 2]
         return counts[:, cols].sum()
 
@@ -507,7 +589,7 @@ class CLOTrainer(Trainer):
         """The Trainer's micro-batches of one optimizer step, and the NLL's token count over all of
         them on every process: the denominator of the token mean over the global batch."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        tokens = sum((self._nll_target_tokens(b["labels"]) for b in batch_samples), torch.tensor(0))
+        tokens = sum((self._nll_target_tokens(b) for b in batch_samples), torch.tensor(0))
         tokens = tokens.to(self.accelerator.device)
         if self.accelerator.num_processes > 1:
             tokens = self.accelerator.reduce(tokens, reduction="sum")
@@ -569,6 +651,7 @@ class TrainableChangeCallback(TrainerCallback):
         self.summary: dict[str, float | None] = {}
         self.warn_below = warn_below
         self._start: dict[str, torch.Tensor] = {}
+        self._from_step = 0
 
     @staticmethod
     def _trainable(model):
@@ -578,6 +661,8 @@ class TrainableChangeCallback(TrainerCallback):
                 yield name, (t.to_local() if hasattr(t, "to_local") else t)  # FSDP2: this process's shard
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # A resumed run starts from its checkpoint: the fraction then counts from that step (recorded).
+        self._from_step = state.global_step
         self._start = {name: t.to("cpu", copy=True) for name, t in self._trainable(model)}
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -589,7 +674,8 @@ class TrainableChangeCallback(TrainerCallback):
         self._start = {}
         fraction = changed / total if total else None  # None: no local elements (ZeRO-3 partitions)
         self.summary["trainable_changed_fraction"] = fraction
-        if fraction is not None and state.global_step > 0 and fraction < self.warn_below:
+        self.summary["trainable_changed_from_step"] = self._from_step
+        if fraction is not None and state.global_step > self._from_step and fraction < self.warn_below:
             log.warning("after %d optimizer steps only %.4f%% of the trainable elements differ from the start: the "
                         "weights barely learn (bf16 weights without fp32 master copies? a learning rate of 0?)",
                         state.global_step, 100 * fraction)
@@ -624,11 +710,13 @@ def _resume_arg(config: TrainingArguments):
 
 
 def sft_config(output_dir: str, max_length: int = 1024, device: str = "auto", **overrides):
-    """TRL SFTConfig for the baseline: completion-only loss on conversational prompt-completion rows."""
+    """TRL SFTConfig for the baseline: completion-only loss on conversational prompt-completion rows, in
+    batches of rows of similar length (transformers' LengthGroupedSampler), as CLO's batches are."""
     from trl import SFTConfig
 
     kwargs = {"output_dir": output_dir, "max_length": max_length, "completion_only_loss": True,
-              "report_to": "none", "packing": False, **training_profile(device)}
+              "report_to": "none", "packing": False, "train_sampling_strategy": "group_by_length",
+              **training_profile(device)}
     kwargs.update(overrides)
     return SFTConfig(**kwargs)
 
@@ -666,18 +754,21 @@ def train_sft(model, tokenizer, sft_rows: list[dict], config, callbacks: list | 
 
 
 def dpo_config(output_dir: str, beta: float = 0.1, max_length: int = 1024, device: str = "auto", **overrides):
-    """TRL DPOConfig for the SFT+DPO baseline: sigmoid loss, reference log-probs precomputed."""
+    """TRL DPOConfig for the SFT+DPO baseline: sigmoid loss, reference log-probs precomputed, batches of
+    pairs of similar length (the rows' `length` column, see `tokenize_dpo_pairs`)."""
     from trl import DPOConfig
 
     kwargs = {"output_dir": output_dir, "beta": beta, "max_length": max_length, "loss_type": ["sigmoid"],
-              "precompute_ref_log_probs": True, "report_to": "none", **training_profile(device)}
+              "precompute_ref_log_probs": True, "report_to": "none", "train_sampling_strategy": "group_by_length",
+              **training_profile(device)}
     kwargs.update(overrides)
     return DPOConfig(**kwargs)
 
 
 def tokenize_dpo_pairs(pairs: list[dict], tokenizer, max_length: int | None) -> list[dict]:
     """TRL pre-tokenised preference rows {"prompt_ids", "chosen_ids", "rejected_ids"}, tokenised
-    like CLO's sequences (`tokenize_prompt_response`)."""
+    like CLO's sequences (`tokenize_prompt_response`), and the padded width each pair asks for
+    ("length": prompt plus the longer completion), read by group_by_length sampling."""
     out, too_long = [], []
     for pair in pairs:
         chosen, labels = tokenize_prompt_response(tokenizer, pair["prompt"], pair["chosen"])
@@ -686,18 +777,25 @@ def tokenize_dpo_pairs(pairs: list[dict], tokenizer, max_length: int | None) -> 
         if max_length is not None and max(len(chosen), len(rejected)) > max_length:
             too_long.append(pair.get("seed_id", len(out)))
         out.append({"prompt_ids": chosen[:n_prompt], "chosen_ids": chosen[n_prompt:],
-                    "rejected_ids": rejected[n_prompt:]})
+                    "rejected_ids": rejected[n_prompt:], "length": max(len(chosen), len(rejected))})
     _refuse_too_long(too_long, len(out), max_length, "preference pairs")
     return out
 
 
 def _pretokenized_dpo_trainer():
-    """TRL's DPOTrainer on rows from `tokenize_dpo_pairs`: its own tokenisation is skipped."""
+    """TRL's DPOTrainer on rows from `tokenize_dpo_pairs`: its own tokenisation is skipped, and the
+    rows' `length` column survives the removal of unused columns (group_by_length sampling reads it;
+    TRL's collator ignores it)."""
     from trl import DPOTrainer
 
     class PreTokenizedDPOTrainer(DPOTrainer):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if "length" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "length"]
 
     return PreTokenizedDPOTrainer
 

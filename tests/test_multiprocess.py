@@ -67,13 +67,19 @@ class Recording(CLOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs["labels"][:, 1:]
-        counts = (labels != -100).sum(-1).view(-1, 4)
+        labels, segments = inputs["labels"][:, 1:], inputs.get("segment_ids")
+        n_seqs = 4 * len(inputs["seed_index"])
+        if segments is None:  # padded: one row per sequence
+            counts = (labels != -100).sum(-1).view(-1, 4)
+            seqs = list(inputs["input_ids"])
+        else:  # packed (padding_free): the sequences of one row, told apart by segment_ids
+            counts = segments[:, 1:][labels != -100].bincount(minlength=n_seqs).view(-1, 4)
+            seqs = [inputs["input_ids"][segments == k] for k in range(n_seqs)]
         self.steps.append({
             "step": self.state.global_step + 1,
             "seeds": [self.train_dataset[int(i)]["seed_id"] for i in inputs["seed_index"]],
-            # The four rows of a seed, decoded: they must all belong to that seed (checked by the test).
-            "texts": [tok.decode(row, skip_special_tokens=True) for row in inputs["input_ids"]],
+            # The four sequences of a seed, decoded: they must all belong to that seed (checked by the test).
+            "texts": [tok.decode(seq, skip_special_tokens=True) for seq in seqs],
             "loss": float(loss.detach()),
             "nll": self._stored_metrics["nll_loss"][-1],
             "cl": self._stored_metrics["cl_loss"][-1],
@@ -89,8 +95,7 @@ config = CLOConfig(output_dir=os.path.join(out, "clo"), per_device_train_batch_s
                    gradient_accumulation_steps=args["ga"], max_steps=args["steps"], learning_rate=5e-3,
                    logging_steps=1, save_strategy="no",
                    use_cpu=True, seed=0, ref_cache_dir=os.path.join(out, "ref"), report_to="none",
-                   disable_tqdm=True, lr_scheduler_type="constant",
-                   train_sampling_strategy="random")  # the Trainer's sampler: the same seeds per global step
+                   disable_tqdm=True, lr_scheduler_type="constant")  # length-grouped seeds, the default
 trainer = Recording(model, config, examples, processing_class=tok)
 world = trainer.accelerator.num_processes
 rank = trainer.accelerator.process_index

@@ -9,7 +9,7 @@ import torch
 from clo_utils.data import build_cross_lingual_pairs
 from clo_utils.losses import response_positions, sequence_logps
 from clo_utils.models import select_trainable
-from clo_utils.train import (CLOTrainer, seeds_within_max_length, tokenize_clo_pairs, tokenize_dpo_pairs,
+from clo_utils.train import (CLOCollator, CLOTrainer, seeds_within_max_length, tokenize_clo_pairs, tokenize_dpo_pairs,
                              tokenize_prompt_response, tokenize_sft_rows, train_clo)
 from tiny_models import BOS_TEMPLATE, clo_config, make_model, make_tokenizer, make_turn_end_tokenizer, seed_rows
 
@@ -98,12 +98,27 @@ def test_missing_chat_template_is_a_clear_error(tok):
         tokenize_prompt_response(tok, [{"role": "user", "content": "a"}], [{"role": "assistant", "content": "b"}])
 
 
-def test_both_triples_of_a_seed_share_a_batch_under_shuffling(tmp_path, tok):
+def _sequences(batch) -> list[list[int]]:
+    """The token ids of each sequence of a collated batch, padded or packed."""
+    if "segment_ids" in batch:
+        ids, seg = batch["input_ids"][0], batch["segment_ids"][0]
+        return [ids[seg == k].tolist() for k in range(int(seg.max()) + 1)]
+    return [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+
+
+def _padded(trainer, batch) -> dict:
+    """The padded batch of the same seeds as `batch` (which may be packed)."""
+    return CLOCollator(trainer.pad_token_id)([trainer.train_dataset[int(i)] for i in batch["seed_index"]])
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_both_triples_of_a_seed_share_a_batch_under_shuffling(tmp_path, tok, padding_free):
     rows = seed_rows(8)
-    trainer = CLOTrainer(make_model("llama", len(tok)), _config(tmp_path), tokenize_clo_pairs(
-        build_cross_lingual_pairs(rows), tok, 256)[0], processing_class=tok)
+    trainer = CLOTrainer(make_model("llama", len(tok)), _config(tmp_path, padding_free=padding_free),
+                         tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, 256)[0], processing_class=tok)
     for batch in trainer.get_train_dataloader():
-        texts = tok.batch_decode(batch["input_ids"], skip_special_tokens=True)
+        assert ("segment_ids" in batch) == padding_free
+        texts = tok.batch_decode(_sequences(batch), skip_special_tokens=True)
         for k, idx in enumerate(batch["seed_index"].tolist()):
             seed = rows[[r["id"] for r in rows].index(trainer.train_dataset[idx]["seed_id"])]
             en_c, en_r, tgt_c, tgt_r = texts[4 * k: 4 * k + 4]
@@ -124,9 +139,10 @@ def test_nll_target_only_sees_no_english_response(tmp_path, tok):
     for nll_on, cols in (("target", [2]), ("both", [0, 2])):
         trainer = CLOTrainer(model, _config(tmp_path, lam=1.0, nll_on=nll_on), examples, processing_class=tok)
         loss, batch = _loss_on_first_batch(trainer)
+        padded = _padded(trainer, batch)
         with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logps, counts = sequence_logps(logits, batch["labels"])
+            logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+        logps, counts = sequence_logps(logits, padded["labels"])
         rows = [4 * s + c for s in range(batch["seed_index"].numel()) for c in cols]
         expected = -logps[rows].sum() / counts[rows].sum()
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5), nll_on
@@ -138,9 +154,10 @@ def test_lm_head_runs_on_response_positions_only_and_log_probs_are_unchanged(tmp
     examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(seed_rows(2)), tok, 256)
     trainer = CLOTrainer(model, _config(tmp_path, lam=1.0, nll_on="both"), examples, processing_class=tok)
     batch = next(iter(trainer.get_train_dataloader()))
+    padded = _padded(trainer, batch)
     with torch.no_grad():
-        full = sequence_logps(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                              batch["labels"])[0]
+        full = sequence_logps(model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits,
+                              padded["labels"])[0]
     # reference pass (run in __init__) and policy pass both took the packed path
     ref = torch.tensor([trainer.train_dataset[int(i)]["ref_logps"] for i in batch["seed_index"]]).view(-1)
     assert torch.allclose(ref, full, atol=1e-4)
@@ -152,7 +169,7 @@ def test_lm_head_runs_on_response_positions_only_and_log_probs_are_unchanged(tmp
     assert head_inputs == [torch.Size([int(keep.sum()), model.config.hidden_size])]
     assert keep.sum() < keep.numel()  # prompts and padding were skipped
     chosen = [4 * s + c for s in range(batch["seed_index"].numel()) for c in (0, 2)]
-    counts = (batch["labels"][:, 1:] != -100).sum(-1)
+    counts = (padded["labels"][:, 1:] != -100).sum(-1)
     assert loss.item() == pytest.approx((-full[chosen].sum() / counts[chosen].sum()).item(), rel=1e-5)
 
 
@@ -167,14 +184,95 @@ def test_a_model_without_logits_to_keep_gets_full_logits(tmp_path, tok):
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask, use_cache=False):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=use_cache)
 
+    assert "segment_ids" in batch  # the packed batch: full logits are split per sequence too
     with torch.no_grad():
-        (packed, _), _ = trainer._response_logps(model, batch)
+        (kept, _), _ = trainer._response_logps(model, batch)
         (fallback, _), out = trainer._response_logps(OldStyle(model), batch)
-    assert out.logits.ndim == 3 and torch.allclose(packed, fallback, atol=1e-4)
+        (padded, _), _ = trainer._response_logps(OldStyle(model), _padded(trainer, batch))
+    assert out.logits.ndim == 3 and torch.allclose(kept, fallback, atol=1e-4)
+    assert torch.allclose(padded, fallback, atol=1e-4)
     assert trainer._logits_to_keep_works is False
+
+
+def test_reference_pass_batches_single_sequences_and_equals_per_seed_batching(tmp_path, tok):
+    model = make_model("llama", len(tok))
+    rows = seed_rows(4)
+    rows[1]["response_tgt"] = "El mar és blau i ample. " * 3  # a long target side: its seed's rows differ in length
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, 256)
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+                                           with_kwargs=True)
+    trainer = CLOTrainer(model, _config(tmp_path, precompute_ref_batch_size=1), examples, processing_class=tok)
+    hook.remove()
+    lengths = sorted((len(ids) for ex in examples for ids in ex["input_ids"]), reverse=True)
+    # 16 sequences, 4 per batch (one seed's worth), longest first: each batch as wide as its longest sequence
+    assert shapes == [(4, lengths[k]) for k in range(0, 16, 4)]
+    assert trainer.reference_seeds_computed == 4
+    expected = []
+    with torch.no_grad():
+        for ex in examples:  # per-seed batching: the seed's own four sequences padded together
+            b = CLOCollator(tok.pad_token_id)([ex])
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            expected.append(sequence_logps(logits, b["labels"])[0])
+    torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_logps"]), torch.stack(expected),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma3"])
+def test_padding_free_batch_gives_the_padded_batchs_loss_log_probs_and_gradients(tmp_path, tok, arch, attn):
+    """A sliding window shorter than the sequences but longer than their prompts (mistral, gemma3) runs the
+    sliding-window masks too, on windows that would reach into the previous sequence."""
+    model = make_model(arch, len(tok), **({"sliding_window": 24} if arch in ("mistral", "gemma3") else {}))
+    model.config._attn_implementation = attn
+    rows = seed_rows(4)
+    rows[1]["response_tgt"] = "El mar és blau i ample. " * 3
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, 256)
+    generator = torch.Generator().manual_seed(0)
+    examples = [{**ex, "ref_logps": (-30 * torch.rand(4, generator=generator)).tolist()} for ex in examples]
+    trainer = CLOTrainer(model, _config(tmp_path, lam=0.5), examples, processing_class=tok)
+    assert trainer.padding_free
+    features = [trainer.train_dataset[i] for i in range(4)]
+    packed, padded = trainer.data_collator(features), CLOCollator(trainer.pad_token_id)(features)
+    lengths = [len(ids) for f in features for ids in f["input_ids"]]
+    assert packed["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in packed
+    assert int(padded["attention_mask"].sum()) == sum(lengths) < padded["input_ids"].numel()
+    results = []
+    for batch in (packed, padded):
+        model.zero_grad()
+        with torch.no_grad():
+            (logps, counts), _ = trainer._response_logps(model, batch)
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logps, counts, loss.detach(), grads))
+    (logps, counts, loss, grads), (logps_pad, counts_pad, loss_pad, grads_pad) = results
+    assert torch.equal(counts, counts_pad) and logps.shape == (16,)
+    torch.testing.assert_close(logps, logps_pad, rtol=1e-5, atol=1e-4)
+    with torch.no_grad():  # not vacuous: with positions that do not restart, the sequences see each other
+        joined = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1]).unsqueeze(0)}
+        assert not torch.allclose(trainer._response_logps(model, joined)[0][0], logps, atol=1e-2)
+    torch.testing.assert_close(loss, loss_pad, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == grads_pad.keys() and len(grads) == len(list(model.parameters()))
+    assert any(g.abs().sum() > 0 for g in grads.values())
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_pad[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_padding_free_falls_back_to_padded_batches_where_it_is_not_proven(tmp_path, tok, caplog):
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(seed_rows(2)), tok, 256)
+    examples = [{**ex, "ref_logps": [0.0] * 4} for ex in examples]
+    flex = make_model("llama", len(tok))
+    flex.config._attn_implementation = "flex_attention"
+    for model, why in ((make_model("gpt2", len(tok)), "model type 'gpt2'"), (flex, "'flex_attention'")):
+        with caplog.at_level("INFO", logger="clo_utils.train"):
+            trainer = CLOTrainer(model, _config(tmp_path), examples, processing_class=tok)
+        assert not trainer.padding_free and why in caplog.text
+        assert "attention_mask" in next(iter(trainer.get_train_dataloader()))
 
 
 def _snapshot(model):
@@ -344,6 +442,11 @@ def test_sft_baseline_uses_trl_completion_only_and_the_same_trainable_subset(tmp
     for name, p in model.named_parameters():
         moved = not torch.equal(p, before[name])
         assert moved == ("self_attn" in name), name
+    # batches of rows of similar length, as CLO's: the sampler reads the rows' token counts
+    sampler = trainer._get_train_sampler()
+    assert type(sampler).__name__ == "LengthGroupedSampler"
+    rows = tokenize_sft_rows(build_sft_rows(seed_rows(2), "tgt"), tok, 256)
+    assert sorted(sampler.lengths) == sorted(len(r["input_ids"]) for r in rows)
 
 
 def test_dpo_baseline_runs_on_the_cross_lingual_pairs(tmp_path, tok):
@@ -355,6 +458,14 @@ def test_dpo_baseline_runs_on_the_cross_lingual_pairs(tmp_path, tok):
     trainer, summary = train_dpo(model, tok, build_cross_lingual_pairs(seed_rows(2)), cfg)
     assert summary["pairs"] == 4 and summary["steps"] == 2
     assert trainer.state.log_history[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)
+    # batches of pairs of similar length: the `length` column (prompt + longer completion) reaches the sampler
+    expected = []
+    for pair in build_cross_lingual_pairs(seed_rows(2)):
+        expected.append(max(len(tokenize_prompt_response(tok, pair["prompt"], pair[side])[0])
+                            for side in ("chosen", "rejected")))
+    sampler = trainer._get_train_sampler()
+    assert type(sampler).__name__ == "LengthGroupedSampler" and sampler.lengths == expected
+    assert "length" in trainer._remove_unused_columns(trainer.train_dataset).column_names
 
 
 def test_chatml_for_base_models_renders_bos_once_and_only_when_there_is_one():
@@ -492,10 +603,11 @@ def test_dropout_is_disabled_so_step0_policy_equals_reference(tmp_path, tok):
     assert all(m.attention_dropout == 0.0 for m in model.modules() if hasattr(m, "attention_dropout"))
 
 
-def _one_sgd_step(tmp_path, tok, rows, batch, ga, lam):
+def _one_sgd_step(tmp_path, tok, rows, batch, ga, lam, **overrides):
     model, _ = select_trainable(make_model("llama", len(tok)), "attention")
     cfg = _config(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=ga,
-                  optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", lam=lam, max_grad_norm=0.0)
+                  optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", lam=lam, max_grad_norm=0.0,
+                  **overrides)
     trainer, _ = train_clo(model, tok, build_cross_lingual_pairs(rows), cfg)
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, trainer
 
@@ -513,6 +625,19 @@ def test_target_nll_is_the_token_mean_over_the_accumulated_batch(tmp_path, tok, 
     assert _losses(acc_trainer)[0] == pytest.approx(_losses(dbl_trainer)[0], rel=1e-5)
     assert acc_trainer.state.log_history[0]["nll_loss"] == pytest.approx(dbl_trainer.state.log_history[0]["nll_loss"],
                                                                          rel=1e-5)
+
+
+def test_a_packed_training_step_with_accumulation_equals_a_padded_one(tmp_path, tok):
+    rows = seed_rows(2)
+    rows[1]["response_tgt"] = "El mar és blau i ample. " * 4
+    packed, packed_trainer = _one_sgd_step(tmp_path / "packed", tok, rows, batch=1, ga=2, lam=0.5, padding_free=True)
+    padded, padded_trainer = _one_sgd_step(tmp_path / "padded", tok, rows, batch=1, ga=2, lam=0.5, padding_free=False)
+    assert packed_trainer.padding_free and not padded_trainer.padding_free
+    for name in padded:
+        assert torch.allclose(packed[name], padded[name], atol=1e-6, rtol=1e-4), name
+    for key in ("loss", "nll_loss", "cl_loss"):
+        assert packed_trainer.state.log_history[0][key] == pytest.approx(padded_trainer.state.log_history[0][key],
+                                                                         rel=1e-5), key
 
 
 def test_sft_dpo_under_fsdp_takes_the_sft_model_as_reference(tmp_path, tok, monkeypatch):

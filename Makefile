@@ -11,7 +11,7 @@ RECIPE ?= params/demo.yaml
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo demo-gemma test bench apertium clean-runs lock
+.PHONY: demo demo-gemma test lint bench apertium clean-runs lock
 
 $(STAMP): pyproject.toml constraints.txt requirements-embedded.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ demo-gemma: $(STAMP) apertium
 # notebooks/, as JupyterLab does; each notebook reads what the one before wrote under runs/smoke).
 test: $(STAMP) apertium
 	$(PY) -m pytest -q tests notebooks --nbval-lax --nbval-current-env
+
+# ruff lint and format check (configured in pyproject.toml, TRL's line length 119); CI runs it.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 bench: $(STAMP) apertium
 	$(PY) benchmarks/bench.py

@@ -40,8 +40,12 @@ WORKERS = {memory.NAME: memory.worker}
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out", nargs="?", default=str(harness.REPO / "runs" / "bench.json"),
-                   help="JSON results (default runs/bench.json)")
+    p.add_argument(
+        "out",
+        nargs="?",
+        default=str(harness.REPO / "runs" / "bench.json"),
+        help="JSON results (default runs/bench.json)",
+    )
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections among {tuple(SECTIONS)}")
     p.add_argument("--model", default=harness.MODEL_ID, help="model under test (hub id, folder or embedded: id)")
     p.add_argument("--threads", type=int, default=2)
@@ -51,8 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=3, help="timed training rounds after the warm-up")
     p.add_argument("--max-length", type=int, default=320)
     p.add_argument("--mem-batch-seeds", type=int, default=4, help="seeds per step in the memory workers")
-    p.add_argument("--mem-steps", type=int, default=2,
-                   help="CLO steps per memory worker (Adam state exists from step 1)")
+    p.add_argument(
+        "--mem-steps", type=int, default=2, help="CLO steps per memory worker (Adam state exists from step 1)"
+    )
     p.add_argument("--mfu-batch-seeds", type=int, default=4, help="seeds per step in the mfu section (the demo's)")
     p.add_argument("--gemm-size", type=int, default=None, help="N of the N^3 GEMM (default 1024 CPU, 8192 GPU)")
     p.add_argument("--padding-seeds", type=int, default=48, help="seeds in the padding section (48: the smoke set)")
@@ -67,8 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--gen-batch", type=int, default=25, help="the demo's evaluate.batch_size")
     p.add_argument("--gen-tokens", type=int, default=40, help="the demo's evaluate.max_new_tokens")
     p.add_argument("--recipe", default="demo", help="end_to_end: runs/<recipe> (default demo)")
-    p.add_argument("--run-dir", default=None,
-                   help="end_to_end: a run folder holding timings.json (overrides --recipe)")
+    p.add_argument(
+        "--run-dir", default=None, help="end_to_end: a run folder holding timings.json (overrides --recipe)"
+    )
     p.add_argument("--_worker", dest="worker", nargs=2, metavar=("SECTION", "ARG"), help=argparse.SUPPRESS)
     p.add_argument("--seeds-file", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
@@ -112,9 +118,12 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"--only: unknown sections {sorted(unknown)}; known: {tuple(SECTIONS)}")
     start = time.perf_counter()
-    results = harness.Results(device=harness.device_description(), load_average_start=harness.load_average(),
-                              model=args.model, settings={k: v for k, v in vars(args).items()
-                                                          if k not in ("worker", "seeds_file", "work")})
+    results = harness.Results(
+        device=harness.device_description(),
+        load_average_start=harness.load_average(),
+        model=args.model,
+        settings={k: v for k, v in vars(args).items() if k not in ("worker", "seeds_file", "work")},
+    )
     print(f"device: {results.device}; load average {results.load_average_start}")
     with tempfile.TemporaryDirectory(prefix="clo-bench-") as tmp:
         ctx = harness.Context(args, Path(tmp), results)

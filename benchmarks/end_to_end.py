@@ -19,21 +19,46 @@ from benchmarks.harness import REPO, Context
 NAME = "end_to_end"
 TARGETS = {
     "end_to_end_wall_minutes": (None, None, "pipeline wall time, minutes (a run without SFT+DPO)"),
-    "end_to_end_wall_minutes_with_sft_dpo": ("<=", 60.0, "pipeline wall time with SFT+DPO, minutes (install adds "
-                                                         "its own minutes)"),
+    "end_to_end_wall_minutes_with_sft_dpo": (
+        "<=",
+        60.0,
+        "pipeline wall time with SFT+DPO, minutes (install adds its own minutes)",
+    ),
     "end_to_end_compute_share": (None, None, "share of summed stage time in model compute"),
 }
+
+
+def _calls(*names: str) -> str:
+    """A pattern matching a call of any of `names` (regular expressions themselves)."""
+    return r"\b(" + "|".join(names) + r")\s*\("
+
+
 # (category, is compute, pattern of a call in the cell), first match wins
 CATEGORIES = (
     ("install", False, r"pip\W+install"),
-    ("train", True, r"\b(train_clo|train_sft|train_dpo|trainer\.train)\s*\("),
-    ("evaluate", True, r"\b(evaluate_run|evaluate_model|generate_answers|reference_nll|judge_runs|"
-                       r"run_knowledge)\s*\("),
-    ("translate", True, r"\b(translate_and_filter|translate|translate_with_stats)\s*\("),
-    ("model load", False, r"\b(load_model_and_tokenizer|load_run_model|from_pretrained)\s*\("),
-    ("data and tokenising", False, r"\b(prepare_english_rows|select_seeds|load_train_seeds|build_sft_rows|"
-                                   r"build_cross_lingual_pairs|load_tokenizer|tokenize_\w+|load_eval_seeds)\s*\("),
-    ("writing", False, r"\b(save_run|write_\w+|update_metrics|build_all_figures|savefig)\s*\("),
+    ("train", True, _calls("train_clo", "train_sft", "train_dpo", r"trainer\.train")),
+    (
+        "evaluate",
+        True,
+        _calls("evaluate_run", "evaluate_model", "generate_answers", "reference_nll", "judge_runs", "run_knowledge"),
+    ),
+    ("translate", True, _calls("translate_and_filter", "translate", "translate_with_stats")),
+    ("model load", False, _calls("load_model_and_tokenizer", "load_run_model", "from_pretrained")),
+    (
+        "data and tokenising",
+        False,
+        _calls(
+            "prepare_english_rows",
+            "select_seeds",
+            "load_train_seeds",
+            "build_sft_rows",
+            "build_cross_lingual_pairs",
+            "load_tokenizer",
+            r"tokenize_\w+",
+            "load_eval_seeds",
+        ),
+    ),
+    ("writing", False, _calls("save_run", r"write_\w+", "update_metrics", "build_all_figures", "savefig")),
     ("setup", False, r"^\s*(import|from)\s|\bset_seed\s*\(|\bset_threads\s*\("),
 )
 OUTSIDE_CELLS = "process and kernel start"
@@ -69,8 +94,14 @@ def stage_breakdown(root: Path, stage: dict) -> dict:
     """{category: seconds} of one stage, the compute seconds, and where the numbers come from."""
     seconds = float(stage.get("seconds", 0.0))
     path = stage_notebook(root, stage)
-    out = {"lang": stage.get("lang", ""), "stage": stage.get("stage", "?"), "seconds": seconds,
-           "notebook": str(path) if path else None, "categories": {}, "compute_seconds": 0.0}
+    out = {
+        "lang": stage.get("lang", ""),
+        "stage": stage.get("stage", "?"),
+        "seconds": seconds,
+        "notebook": str(path) if path else None,
+        "categories": {},
+        "compute_seconds": 0.0,
+    }
     if path is None:
         out["categories"][NO_NOTEBOOK] = seconds
         return out
@@ -109,9 +140,15 @@ def breakdown(root: Path) -> dict:
         for k, v in s["categories"].items():
             totals[k] = totals.get(k, 0.0) + v
     stage_sum = sum(s["seconds"] for s in stages)
-    return {"path": str(path), "stages": stages, "categories": totals, "stage_seconds": stage_sum,
-            "compute_seconds": sum(s["compute_seconds"] for s in stages),
-            "wall_seconds": timings.get("wall_seconds"), "invocations": len(timings.get("invocations", []))}
+    return {
+        "path": str(path),
+        "stages": stages,
+        "categories": totals,
+        "stage_seconds": stage_sum,
+        "compute_seconds": sum(s["compute_seconds"] for s in stages),
+        "wall_seconds": timings.get("wall_seconds"),
+        "invocations": len(timings.get("invocations", [])),
+    }
 
 
 def print_breakdown(data: dict) -> None:
@@ -119,15 +156,23 @@ def print_breakdown(data: dict) -> None:
         share = s["compute_seconds"] / s["seconds"] if s["seconds"] else 0.0
         ranked = sorted(s["categories"].items(), key=lambda kv: -kv[1])
         parts = ", ".join(f"{k} {v:.0f}" for k, v in ranked if v >= 0.5)
-        print(f"  {s['lang']:4s} {s['stage']:26s} {s['seconds']:7.0f} s  compute {share:4.0%}  "
-              + (f"({parts})" if s["notebook"] else "(no executed notebook)"))
+        print(
+            f"  {s['lang']:4s} {s['stage']:26s} {s['seconds']:7.0f} s  compute {share:4.0%}  "
+            + (f"({parts})" if s["notebook"] else "(no executed notebook)")
+        )
     total = data["stage_seconds"]
-    print(f"  stage times add up to {total:.0f} s ({total / 60:.1f} min; languages may run side by side); by "
-          "category: " + ", ".join(f"{k} {v / total:.0%}" for k, v in
-                                   sorted(data["categories"].items(), key=lambda kv: -kv[1]) if total))
+    print(
+        f"  stage times add up to {total:.0f} s ({total / 60:.1f} min; languages may run side by side); by "
+        "category: "
+        + ", ".join(
+            f"{k} {v / total:.0%}" for k, v in sorted(data["categories"].items(), key=lambda kv: -kv[1]) if total
+        )
+    )
     if data["wall_seconds"] is not None:
-        print(f"  wall time {data['wall_seconds']:.0f} s ({data['wall_seconds'] / 60:.1f} min) over "
-              f"{data['invocations']} invocation(s)")
+        print(
+            f"  wall time {data['wall_seconds']:.0f} s ({data['wall_seconds'] / 60:.1f} min) over "
+            f"{data['invocations']} invocation(s)"
+        )
 
 
 def run(ctx: Context) -> None:
@@ -142,9 +187,17 @@ def run(ctx: Context) -> None:
     has_dpo = any(s["stage"].startswith("sft_dpo") for s in data["stages"])
     if data["wall_seconds"] is not None:
         name = "end_to_end_wall_minutes_with_sft_dpo" if has_dpo else "end_to_end_wall_minutes"
-        ctx.results.add(TARGETS, name, data["wall_seconds"] / 60,
-                        f"{root.name}: {data['invocations']} invocation(s), "
-                        + ("SFT+DPO included" if has_dpo else "without SFT+DPO, install not included"))
+        ctx.results.add(
+            TARGETS,
+            name,
+            data["wall_seconds"] / 60,
+            f"{root.name}: {data['invocations']} invocation(s), "
+            + ("SFT+DPO included" if has_dpo else "without SFT+DPO, install not included"),
+        )
     if data["stage_seconds"]:
-        ctx.results.add(TARGETS, "end_to_end_compute_share", data["compute_seconds"] / data["stage_seconds"],
-                        f"{data['compute_seconds']:.0f} of {data['stage_seconds']:.0f} stage-seconds")
+        ctx.results.add(
+            TARGETS,
+            "end_to_end_compute_share",
+            data["compute_seconds"] / data["stage_seconds"],
+            f"{data['compute_seconds']:.0f} of {data['stage_seconds']:.0f} stage-seconds",
+        )

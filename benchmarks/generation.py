@@ -26,8 +26,9 @@ def run(ctx: Context) -> None:
     source = "clo_utils.evaluate.generate_answers"
 
     def run(batch_size):
-        return generate_answers(model, tok, prompts, max_new_tokens=args.gen_tokens, batch_size=batch_size,
-                                progress=False)
+        return generate_answers(
+            model, tok, prompts, max_new_tokens=args.gen_tokens, batch_size=batch_size, progress=False
+        )
 
     run(len(prompts[:2]))  # warm-up
     timing = {}
@@ -37,26 +38,43 @@ def run(ctx: Context) -> None:
         synchronize()
         seconds = time.perf_counter() - t0
         new_tokens = sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers)
-        timing[label] = {"seconds": seconds, "batch_size": batch_size, "prompts": len(prompts),
-                         "answer_tokens": new_tokens}
+        timing[label] = {
+            "seconds": seconds,
+            "batch_size": batch_size,
+            "prompts": len(prompts),
+            "answer_tokens": new_tokens,
+        }
     one, bat = timing["one_at_a_time"], timing["batched"]
-    print(f"  {source}: {len(prompts)} prompts, max_new_tokens {args.gen_tokens}: "
-          f"one at a time {one['seconds']:.1f} s "
-          f"({one['answer_tokens']} answer tokens), batch {args.gen_batch}: {bat['seconds']:.1f} s "
-          f"({bat['answer_tokens']} answer tokens)")
+    print(
+        f"  {source}: {len(prompts)} prompts, max_new_tokens {args.gen_tokens}: "
+        f"one at a time {one['seconds']:.1f} s "
+        f"({one['answer_tokens']} answer tokens), batch {args.gen_batch}: {bat['seconds']:.1f} s "
+        f"({bat['answer_tokens']} answer tokens)"
+    )
     results.sections["generation"] = section = {"source": source, **timing}
-    results.add(TARGETS, "generate_batched_speedup", one["seconds"] / bat["seconds"],
-                f"{len(prompts) / one['seconds']:.2f} vs {len(prompts) / bat['seconds']:.2f} prompts/s, "
-                f"batch {args.gen_batch}")
+    results.add(
+        TARGETS,
+        "generate_batched_speedup",
+        one["seconds"] / bat["seconds"],
+        f"{len(prompts) / one['seconds']:.2f} vs {len(prompts) / bat['seconds']:.2f} prompts/s, "
+        f"batch {args.gen_batch}",
+    )
     section["decode_step"] = ceiling = decode_step_ceiling(model, tok, args.gen_batch, steps=args.gen_tokens)
-    results.add(TARGETS, "generate_decode_step_ceiling", ceiling["ceiling"],
-                f"one decode step: {ceiling['ms_per_step_batch_1']:.0f} ms at batch 1, "
-                f"{ceiling['ms_per_step_batched']:.0f} ms at batch {args.gen_batch}")
+    results.add(
+        TARGETS,
+        "generate_decode_step_ceiling",
+        ceiling["ceiling"],
+        f"one decode step: {ceiling['ms_per_step_batch_1']:.0f} ms at batch 1, "
+        f"{ceiling['ms_per_step_batched']:.0f} ms at batch {args.gen_batch}",
+    )
     if args.profile or results.status("generate_batched_speedup") == "MISS":
         first = prompts[: args.gen_batch]
         section["profile_batched"] = profile_call(
-            f"one batch of {len(first)} answers", lambda: generate_answers(
-                model, tok, first, max_new_tokens=args.gen_tokens, batch_size=len(first), progress=False))
+            f"one batch of {len(first)} answers",
+            lambda: generate_answers(
+                model, tok, first, max_new_tokens=args.gen_tokens, batch_size=len(first), progress=False
+            ),
+        )
 
 
 def decode_step_ceiling(model, tok, batch: int, prompt_tokens: int = 48, steps: int = 40) -> dict:
@@ -70,12 +88,21 @@ def decode_step_ceiling(model, tok, batch: int, prompt_tokens: int = 48, steps: 
         inputs = torch.tensor([ids] * rows, device=model.device)
         with torch.inference_mode():
             t0 = time.perf_counter()
-            model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=steps,
-                           min_new_tokens=steps, do_sample=False, pad_token_id=tok.pad_token_id or 0)
+            model.generate(
+                inputs,
+                attention_mask=torch.ones_like(inputs),
+                max_new_tokens=steps,
+                min_new_tokens=steps,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id or 0,
+            )
             synchronize()
             return (time.perf_counter() - t0) / steps
 
     one, many = seconds_per_step(1), seconds_per_step(batch)
-    return {"ms_per_step_batch_1": one * 1e3, "ms_per_step_batched": many * 1e3, "batch_size": batch,
-            "ceiling": batch * one / many}
-
+    return {
+        "ms_per_step_batch_1": one * 1e3,
+        "ms_per_step_batched": many * 1e3,
+        "batch_size": batch,
+        "ceiling": batch * one / many,
+    }

@@ -50,8 +50,10 @@ def device_description() -> str:
                 break
     except OSError:
         pass
-    return (f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()} "
-            f"(torch {torch.__version__})")
+    return (
+        f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()} "
+        f"(torch {torch.__version__})"
+    )
 
 
 def load_average() -> str:
@@ -112,8 +114,9 @@ def top_ops(events, n: int = 5) -> list[dict]:
     """The n profiler ops with the most self CPU time, with their share of the total."""
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:n]
-    return [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total}
-            for e in top]
+    return [
+        {"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total} for e in top
+    ]
 
 
 def profile_call(label: str, fn) -> list[dict]:
@@ -144,8 +147,14 @@ class Results:
     def add(self, targets: dict, name: str, value, detail: str) -> None:
         """Record `value` for the figure `name` of a section's `targets` ({name: (op, target, what)})."""
         op, target, what = targets[name]
-        self.ratios[name] = {"value": value, "target": target, "op": op, "status": verdict(op, target, value),
-                             "what": what, "detail": detail}
+        self.ratios[name] = {
+            "value": value,
+            "target": target,
+            "op": op,
+            "status": verdict(op, target, value),
+            "what": what,
+            "detail": detail,
+        }
 
     def status(self, name: str) -> str | None:
         return self.ratios.get(name, {}).get("status")
@@ -163,8 +172,9 @@ def verdict(op: str | None, target, value) -> str:
 
 def print_table(results: Results) -> None:
     print("\n" + "=" * 118)
-    print(f"device: {results.device}; load average at start {results.load_average_start}, "
-          f"end {results.load_average_end}")
+    print(
+        f"device: {results.device}; load average at start {results.load_average_start}, end {results.load_average_end}"
+    )
     print(f"{'measurement':34s} {'value':>8s} {'target':>8s} {'status':>6s}  detail")
     for name, r in results.ratios.items():
         value = r["value"]
@@ -227,8 +237,11 @@ class Context:
 
             want = max(self.args.seeds, self.args.gen_prompts, self.args.padding_seeds)
             self._seeds, label = bench_seeds(want, load_tokenizer(self.args.model), self.work)
-            self.results.sections["data"] = {"seeds": len(self._seeds), "translator": label,
-                                             "source": "clo_utils/assets/smoke_sft.jsonl"}
+            self.results.sections["data"] = {
+                "seeds": len(self._seeds),
+                "translator": label,
+                "source": "clo_utils/assets/smoke_sft.jsonl",
+            }
             print(f"  data: {len(self._seeds)} seeds (shortest of the smoke set), en -> {LANG} with {label}")
         return self._seeds if n is None else self._seeds[:n]
 
@@ -239,9 +252,16 @@ class Context:
 def run_workers(worker: str, jobs: dict[str, list[str]], env: dict | None = None) -> dict[str, dict]:
     """Run `bench.py --_worker WORKER ARGS` once per job, side by side, each in a fresh process (a
     peak is per process, so they do not mix); each prints one `BENCH_RESULT {json}` line."""
-    procs = {name: subprocess.Popen([sys.executable, str(BENCH_SCRIPT), "--_worker", worker, *argv],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for name, argv in jobs.items()}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, str(BENCH_SCRIPT), "--_worker", worker, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name, argv in jobs.items()
+    }
     out = {}
     for name, proc in procs.items():
         stdout, stderr = proc.communicate()

@@ -42,16 +42,33 @@ def worker(mode: str, args) -> None:
     model, tok, report = fresh_model(args.model, mode)
     loaded = rss_mb()
     examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(seeds), tok, args.max_length)
-    cfg = CLOConfig(output_dir=str(Path(args.work) / f"mem-{mode}"), per_device_train_batch_size=args.mem_batch_seeds,
-                    max_length=args.max_length, ref_cache_dir=str(Path(args.work) / "ref"), max_steps=args.mem_steps,
-                    learning_rate=1e-6, logging_steps=10_000, save_strategy="no", disable_tqdm=True, seed=0,
-                    report_to="none", **training_profile())
+    cfg = CLOConfig(
+        output_dir=str(Path(args.work) / f"mem-{mode}"),
+        per_device_train_batch_size=args.mem_batch_seeds,
+        max_length=args.max_length,
+        ref_cache_dir=str(Path(args.work) / "ref"),
+        max_steps=args.mem_steps,
+        learning_rate=1e-6,
+        logging_steps=10_000,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        report_to="none",
+        **training_profile(),
+    )
     trainer = CLOTrainer(model, cfg, examples, processing_class=tok)
     trainer.train()
-    out = {"mode": mode, "trainable_params": report["trainable_params"], "total_params": report["total_params"],
-           "rss_start_mb": before, "rss_after_imports_mb": import_rss, "rss_after_model_mb": loaded,
-           "peak_rss_mb": peak_rss_mb(), "reference_forward_batches": trainer.reference_forward_batches,
-           "saved_for_backward_mb": saved_for_backward(trainer)}
+    out = {
+        "mode": mode,
+        "trainable_params": report["trainable_params"],
+        "total_params": report["total_params"],
+        "rss_start_mb": before,
+        "rss_after_imports_mb": import_rss,
+        "rss_after_model_mb": loaded,
+        "peak_rss_mb": peak_rss_mb(),
+        "reference_forward_batches": trainer.reference_forward_batches,
+        "saved_for_backward_mb": saved_for_backward(trainer),
+    }
     if cuda:
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
         out["training_mb"] = out["cuda_max_allocated_mb"]
@@ -109,14 +126,33 @@ def memory_workers(args, work: Path, seeds_file: Path, heap_env: dict) -> dict:
     """One fresh process per mode, run side by side."""
     env = {k: v for k, v in os.environ.items() if k not in RETURN_FREED_MEMORY}
     env.update(heap_env, TOKENIZERS_PARALLELISM="false")
-    jobs = {mode: [mode, "--seeds-file", str(seeds_file), "--work", str(work), "--threads", "1",
-                   "--model", args.model, "--mem-batch-seeds", str(args.mem_batch_seeds),
-                   "--max-length", str(args.max_length), "--mem-steps", str(args.mem_steps)] for mode in MODES}
+    jobs = {
+        mode: [
+            mode,
+            "--seeds-file",
+            str(seeds_file),
+            "--work",
+            str(work),
+            "--threads",
+            "1",
+            "--model",
+            args.model,
+            "--mem-batch-seeds",
+            str(args.mem_batch_seeds),
+            "--max-length",
+            str(args.max_length),
+            "--mem-steps",
+            str(args.mem_steps),
+        ]
+        for mode in MODES
+    }
     modes = run_workers(NAME, jobs, env)
     for mode, m in modes.items():
-        print(f"  {mode:9s}: training memory {m['training_mb']:.0f} MB (peak RSS {m['peak_rss_mb']:.0f} MB, after "
-              f"imports {m['rss_after_imports_mb']:.0f} MB, after model load {m['rss_after_model_mb']:.0f} MB); "
-              f"trainable {m['trainable_params'] / 1e6:.1f}M of {m['total_params'] / 1e6:.1f}M")
+        print(
+            f"  {mode:9s}: training memory {m['training_mb']:.0f} MB (peak RSS {m['peak_rss_mb']:.0f} MB, after "
+            f"imports {m['rss_after_imports_mb']:.0f} MB, after model load {m['rss_after_model_mb']:.0f} MB); "
+            f"trainable {m['trainable_params'] / 1e6:.1f}M of {m['total_params'] / 1e6:.1f}M"
+        )
     return modes
 
 
@@ -132,19 +168,32 @@ def run(ctx: Context) -> None:
     modes = memory_workers(args, work, seeds_file, RETURN_FREED_MEMORY if glibc else {})
     results.sections["memory"] = modes
     saved = modes["attention"]["saved_for_backward_mb"]
-    print(f"  kept for backward in one CLO forward, attention-only ({saved['batch']}; weights not counted): "
-          + ", ".join(f"{k} {v:.0f} MB" for k, v in saved.items() if k != "batch"))
+    print(
+        f"  kept for backward in one CLO forward, attention-only ({saved['batch']}; weights not counted): "
+        + ", ".join(f"{k} {v:.0f} MB" for k, v in saved.items() if k != "batch")
+    )
     full = modes["full"]["training_mb"]
-    results.add(TARGETS, "memory_attention_vs_full", modes["attention"]["training_mb"] / full,
-                f"{modes['attention']['training_mb']:.0f} vs {full:.0f} MB ({label}); raw peak RSS ratio "
-                f"{modes['attention']['peak_rss_mb'] / modes['full']['peak_rss_mb']:.2f}")
-    results.add(TARGETS, "memory_lora_vs_full", modes["lora"]["training_mb"] / full,
-                f"{modes['lora']['training_mb']:.0f} vs {full:.0f} MB")
+    results.add(
+        TARGETS,
+        "memory_attention_vs_full",
+        modes["attention"]["training_mb"] / full,
+        f"{modes['attention']['training_mb']:.0f} vs {full:.0f} MB ({label}); raw peak RSS ratio "
+        f"{modes['attention']['peak_rss_mb'] / modes['full']['peak_rss_mb']:.2f}",
+    )
+    results.add(
+        TARGETS,
+        "memory_lora_vs_full",
+        modes["lora"]["training_mb"] / full,
+        f"{modes['lora']['training_mb']:.0f} vs {full:.0f} MB",
+    )
     if glibc:  # the same runs with glibc's default heap: what `top` shows during training
         print("  -- glibc's default heap (freed blocks kept):")
         heap = memory_workers(args, work, seeds_file, {})
         results.sections["memory_default_heap"] = heap
-        results.add(TARGETS, "memory_attention_vs_full_default_heap",
-                    heap["attention"]["training_mb"] / heap["full"]["training_mb"],
-                    f"{heap['attention']['training_mb']:.0f} vs {heap['full']['training_mb']:.0f} MB")
+        results.add(
+            TARGETS,
+            "memory_attention_vs_full_default_heap",
+            heap["attention"]["training_mb"] / heap["full"]["training_mb"],
+            f"{heap['attention']['training_mb']:.0f} vs {heap['full']['training_mb']:.0f} MB",
+        )
     print(f"  ({args.mem_steps} CLO step(s) of {args.mem_batch_seeds} seeds per mode)")

@@ -40,9 +40,11 @@ TARGETS = {
     "mfu_reference_pass": (None, None, "CLO reference pass (forward only): useful FLOP/s / GEMM FLOP/s"),
     "mfu_generation": (None, None, "batched generation: useful FLOP/s / GEMM FLOP/s"),
 }
-RULE = ("useful FLOPs: 2 x matmul params per real token forward + causal attention scores + LM head where "
-        "logits are computed; backward: +2 x params for each input gradient and each trainable weight "
-        "autograd computes, 2 x attention scores where q/k/v need a gradient; padding not counted")
+RULE = (
+    "useful FLOPs: 2 x matmul params per real token forward + causal attention scores + LM head where "
+    "logits are computed; backward: +2 x params for each input gradient and each trainable weight "
+    "autograd computes, 2 x attention scores where q/k/v need a gradient; padding not counted"
+)
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation", "aten::matmul")
 
 
@@ -65,8 +67,11 @@ class FlopCosts:
         pairs = n * (n + 1) / 2
         flops = n * self.stack_forward + head_positions * self.head_forward + 4 * pairs * self.attention_width
         if train:
-            flops += (n * self.stack_backward + head_positions * self.head_backward
-                      + 8 * pairs * self.attention_backward_width)
+            flops += (
+                n * self.stack_backward
+                + head_positions * self.head_backward
+                + 8 * pairs * self.attention_backward_width
+            )
         return flops
 
 
@@ -97,8 +102,11 @@ def flop_costs(model) -> FlopCosts:
 
     def attention_hook(module, args, kwargs, output):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
-        qkv_trainable = any(p.requires_grad for n, p in module.named_parameters()
-                            if not n.split(".")[0] in ("o_proj", "out_proj", "dense"))
+        qkv_trainable = any(
+            p.requires_grad
+            for n, p in module.named_parameters()
+            if n.split(".")[0] not in ("o_proj", "out_proj", "dense")
+        )
         costs.attention_width += width
         if (hidden is not None and hidden.requires_grad) or qkv_trainable:
             costs.attention_backward_width += width
@@ -272,8 +280,13 @@ def measure_generation(ctx: Context, model, tok, costs: FlopCosts) -> dict:
     gemm = peak_gemm(args, next(model.parameters()).dtype)
     model.generate = recorded
     try:
-        seconds = clock(*timed(lambda: generate_answers(model, tok, prompts, max_new_tokens=args.gen_tokens,
-                                                     batch_size=args.gen_batch, progress=False)))
+        seconds = clock(
+            *timed(
+                lambda: generate_answers(
+                    model, tok, prompts, max_new_tokens=args.gen_tokens, batch_size=args.gen_batch, progress=False
+                )
+            )
+        )
     finally:
         del model.generate
     flops = tokens = 0
@@ -302,11 +315,16 @@ def profile_step(trainer, batch, useful_matmul_flops: float, gemm: float) -> dic
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
     others = sorted((e for e in events if e.key not in MATMUL_OPS), key=lambda e: -e.self_cpu_time_total)[:6]
     rate = useful_matmul_flops / (matmul / 1e6) if matmul else 0.0
-    out = {"matmul_share": matmul / total, "matmul_rate_vs_gemm": rate / gemm,
-           "top_other_ops": [{"op": e.key, "share": e.self_cpu_time_total / total} for e in others]}
-    print(f"  profile of one CLO step: matmul kernels {out['matmul_share']:.0%} of op time, running at "
-          f"{out['matmul_rate_vs_gemm']:.2f} of the GEMM rate on the useful matmul FLOPs; the rest: "
-          + ", ".join(f"{o['op']} {o['share']:.0%}" for o in out["top_other_ops"]))
+    out = {
+        "matmul_share": matmul / total,
+        "matmul_rate_vs_gemm": rate / gemm,
+        "top_other_ops": [{"op": e.key, "share": e.self_cpu_time_total / total} for e in others],
+    }
+    print(
+        f"  profile of one CLO step: matmul kernels {out['matmul_share']:.0%} of op time, running at "
+        f"{out['matmul_rate_vs_gemm']:.2f} of the GEMM rate on the useful matmul FLOPs; the rest: "
+        + ", ".join(f"{o['op']} {o['share']:.0%}" for o in out["top_other_ops"])
+    )
     return out
 
 
@@ -325,33 +343,52 @@ def run(ctx: Context) -> None:
     costs = {name: flop_costs(entry["trainer"].model) for name, entry in trainers.items()}
     c = costs["clo"]
     cfg = trainers["clo"]["trainer"].model.config
-    print(f"  per token: forward {c.stack_forward / 1e6:.0f} MFLOP (stack) + {c.head_forward / 1e6:.0f} MFLOP "
-          f"(LM head, per logit position); backward (CLO's trainable set) {c.stack_backward / 1e6:.0f} + "
-          f"{c.head_backward / 1e6:.0f} MFLOP; attention width {c.attention_width} summed over layers")
+    print(
+        f"  per token: forward {c.stack_forward / 1e6:.0f} MFLOP (stack) + {c.head_forward / 1e6:.0f} MFLOP "
+        f"(LM head, per logit position); backward (CLO's trainable set) {c.stack_backward / 1e6:.0f} + "
+        f"{c.head_backward / 1e6:.0f} MFLOP; attention width {c.attention_width} summed over layers"
+    )
     peak = peak_gemm(args)
     rounds = [[(r * B + k) % len(seeds) for k in range(B)] for r in range(n_rounds)]
     tokens = trainers["clo"]["batch"](rounds[0])["input_ids"].numel()  # the rows x width of a CLO batch
     shape = gemm_rate(tokens, cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size))
     dtype = str(training_dtype()).replace("torch.", "")
-    print(f"  GEMM {args.gemm_size}^3 ({dtype}): {peak / 1e9:.1f} GFLOP/s; at the "
-          f"model's MLP shape ({tokens} x {cfg.hidden_size} x {getattr(cfg, 'intermediate_size', '?')}): "
-          f"{shape / 1e9:.1f} GFLOP/s ({shape / peak:.2f} of it)")
+    print(
+        f"  GEMM {args.gemm_size}^3 ({dtype}): {peak / 1e9:.1f} GFLOP/s; at the "
+        f"model's MLP shape ({tokens} x {cfg.hidden_size} x {getattr(cfg, 'intermediate_size', '?')}): "
+        f"{shape / 1e9:.1f} GFLOP/s ({shape / peak:.2f} of it)"
+    )
     steps = measure_steps(ctx, trainers, costs, rounds)
-    section = {"rule": RULE, "gemm_flops": peak, "gemm_model_shape_flops": shape, "gemm_dtype": dtype,
-               "costs": {k: v.__dict__ for k, v in costs.items()}, "steps": steps}
+    section = {
+        "rule": RULE,
+        "gemm_flops": peak,
+        "gemm_model_shape_flops": shape,
+        "gemm_dtype": dtype,
+        "costs": {k: v.__dict__ for k, v in costs.items()},
+        "steps": steps,
+    }
     for name, ratio in (("clo", "mfu_clo_step"), ("sft", "mfu_sft_step"), ("dpo_precomputed", "mfu_dpo_step")):
         s = steps[name]
         mfu = median([f / w / g for f, w, g in zip(s["flops"], s["seconds"], s["gemm"])])
         tok_s = sum(s["tokens"]) / sum(s["seconds"])
-        results.add(TARGETS, ratio, mfu, f"{median([f / w for f, w in zip(s['flops'], s['seconds'])]) / 1e9:.1f} vs "
-                                         f"{median(s['gemm']) / 1e9:.1f} GFLOP/s; {tok_s:.0f} real tokens/s; "
-                                         f"{B} seeds per step")
+        results.add(
+            TARGETS,
+            ratio,
+            mfu,
+            f"{median([f / w for f, w in zip(s['flops'], s['seconds'])]) / 1e9:.1f} vs "
+            f"{median(s['gemm']) / 1e9:.1f} GFLOP/s; {tok_s:.0f} real tokens/s; "
+            f"{B} seeds per step",
+        )
     clo = trainers["clo"]["trainer"]
     ref = measure_reference_pass(ctx, clo, costs["clo"])
     section["reference_pass"] = ref
-    results.add(TARGETS, "mfu_reference_pass", ref["flops"] / ref["seconds"] / ref["gemm"],
-                f"{ref['flops'] / ref['seconds'] / 1e9:.1f} vs {ref['gemm'] / 1e9:.1f} GFLOP/s; "
-                f"{ref['tokens'] / ref['seconds']:.0f} real tokens/s")
+    results.add(
+        TARGETS,
+        "mfu_reference_pass",
+        ref["flops"] / ref["seconds"] / ref["gemm"],
+        f"{ref['flops'] / ref['seconds'] / 1e9:.1f} vs {ref['gemm'] / 1e9:.1f} GFLOP/s; "
+        f"{ref['tokens'] / ref['seconds']:.0f} real tokens/s",
+    )
     if results.status("mfu_clo_step") == "MISS" or args.profile:
         idx = rounds[-1]
         batch = clo._prepare_inputs(trainers["clo"]["batch"](idx))
@@ -365,7 +402,11 @@ def run(ctx: Context) -> None:
     trainers.clear()
     gen = measure_generation(ctx, model, clo.processing_class, flop_costs(model))
     section["generation"] = gen
-    results.add(TARGETS, "mfu_generation", gen["flops"] / gen["seconds"] / gen["gemm"],
-                f"{gen['flops'] / gen['seconds'] / 1e9:.2f} vs {gen['gemm'] / 1e9:.1f} GFLOP/s; "
-                f"{gen['tokens'] / gen['seconds']:.0f} tokens/s; batch {args.gen_batch}, {args.gen_tokens} new tokens")
+    results.add(
+        TARGETS,
+        "mfu_generation",
+        gen["flops"] / gen["seconds"] / gen["gemm"],
+        f"{gen['flops'] / gen['seconds'] / 1e9:.2f} vs {gen['gemm'] / 1e9:.1f} GFLOP/s; "
+        f"{gen['tokens'] / gen['seconds']:.0f} tokens/s; batch {args.gen_batch}, {args.gen_tokens} new tokens",
+    )
     results.sections["mfu"] = section

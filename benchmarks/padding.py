@@ -21,15 +21,17 @@ from benchmarks.harness import Context, fresh_model, quiet
 
 NAME = "padding"
 TARGETS = {
-    "padding_clo_training": ("<=", 0.10, "CLO training batches (the kit's defaults): padding share of computed "
-                                         "positions"),
+    "padding_clo_training": (
+        "<=",
+        0.10,
+        "CLO training batches (the kit's defaults): padding share of computed positions",
+    ),
     "padding_clo_training_padded": (None, None, "CLO training, padded batches of seeds grouped by length"),
     "padding_clo_training_random": (None, None, "CLO training, padded batches with the Trainer's random sampler"),
     "padding_reference_pass": ("<=", 0.10, "CLO reference pass: padding share"),
     # what grouping cannot remove from padded batches: each seed's four sequences (en and tgt sides differ)
     # share one width
-    "padding_clo_seed_floor": (None, None, "CLO padded: padding if every batch held seeds of one length "
-                                           "(intra-seed)"),
+    "padding_clo_seed_floor": (None, None, "CLO padded: padding if every batch held seeds of one length (intra-seed)"),
     "padding_reference_by_seed": (None, None, "reference pass with seeds, not sequences, sorted and batched"),
     "padding_sft_training": (None, None, "TRL SFT batches (grouped by length, the kit's default / random)"),
     "padding_dpo_training": (None, None, "TRL DPO batches (grouped by length, the kit's default / random)"),
@@ -126,8 +128,17 @@ def run(ctx: Context) -> None:
 
     from clo_utils.data import build_cross_lingual_pairs, build_sft_rows
     from clo_utils.evaluate import _eos_token_ids, generate_answers
-    from clo_utils.train import (CLOConfig, CLOTrainer, _pretokenized_dpo_trainer, dpo_config, sft_config,
-                                 tokenize_clo_pairs, tokenize_dpo_pairs, tokenize_sft_rows, training_profile)
+    from clo_utils.train import (
+        CLOConfig,
+        CLOTrainer,
+        _pretokenized_dpo_trainer,
+        dpo_config,
+        sft_config,
+        tokenize_clo_pairs,
+        tokenize_dpo_pairs,
+        tokenize_sft_rows,
+        training_profile,
+    )
 
     args, results = ctx.args, ctx.results
     B = args.padding_batch_seeds
@@ -137,8 +148,9 @@ def run(ctx: Context) -> None:
     examples, stats = tokenize_clo_pairs(pairs, tok, args.max_length)
     examples = [{**ex, "ref_logps": [0.0] * 4} for ex in examples]  # no reference pass: batches only
     common = dict(save_strategy="no", disable_tqdm=True, seed=0, report_to="none", **training_profile())
-    cfg = CLOConfig(output_dir=str(ctx.work / "pad-clo"), per_device_train_batch_size=B, max_length=args.max_length,
-                    **common)
+    cfg = CLOConfig(
+        output_dir=str(ctx.work / "pad-clo"), per_device_train_batch_size=B, max_length=args.max_length, **common
+    )
     clo = CLOTrainer(model, cfg, examples, processing_class=tok)
     section = {"seeds": len(examples), "batch_seeds": B, "padding_free": clo.padding_free}
     figures = {"clo_training": mask_counts(clo_batches(clo, "group_by_length"))}
@@ -149,20 +161,35 @@ def run(ctx: Context) -> None:
     figures["clo_seed_floor"] = counts_of(lengths, [[i] for i in range(len(lengths))])
     by_seed = sorted(range(len(lengths)), key=lambda i: -max(lengths[i]))
     ref_seeds = clo.args.precompute_ref_batch_size
-    figures["reference_by_seed"] = counts_of(lengths, [by_seed[k: k + ref_seeds]
-                                                       for k in range(0, len(by_seed), ref_seeds)])
+    figures["reference_by_seed"] = counts_of(
+        lengths, [by_seed[k : k + ref_seeds] for k in range(0, len(by_seed), ref_seeds)]
+    )
 
     trl_common = {k: v for k, v in common.items() if k not in training_profile()}  # sft/dpo_config add the profile
-    sft_cfg = sft_config(str(ctx.work / "pad-sft"), max_length=args.max_length, per_device_train_batch_size=2 * B,
-                         **trl_common)
+    sft_cfg = sft_config(
+        str(ctx.work / "pad-sft"), max_length=args.max_length, per_device_train_batch_size=2 * B, **trl_common
+    )
     with quiet():
-        sft = SFTTrainer(model=model, args=sft_cfg, processing_class=tok, train_dataset=Dataset.from_list(
-            tokenize_sft_rows(build_sft_rows(seeds, "both"), tok, args.max_length)))
-    dpo_cfg = dpo_config(str(ctx.work / "pad-dpo"), max_length=args.max_length, per_device_train_batch_size=2 * B,
-                         precompute_ref_log_probs=False, **trl_common)
+        sft = SFTTrainer(
+            model=model,
+            args=sft_cfg,
+            processing_class=tok,
+            train_dataset=Dataset.from_list(tokenize_sft_rows(build_sft_rows(seeds, "both"), tok, args.max_length)),
+        )
+    dpo_cfg = dpo_config(
+        str(ctx.work / "pad-dpo"),
+        max_length=args.max_length,
+        per_device_train_batch_size=2 * B,
+        precompute_ref_log_probs=False,
+        **trl_common,
+    )
     with quiet():
-        dpo = _pretokenized_dpo_trainer()(model=model, args=dpo_cfg, processing_class=tok,
-                                          train_dataset=Dataset.from_list(tokenize_dpo_pairs(pairs, tok, args.max_length)))
+        dpo = _pretokenized_dpo_trainer()(
+            model=model,
+            args=dpo_cfg,
+            processing_class=tok,
+            train_dataset=Dataset.from_list(tokenize_dpo_pairs(pairs, tok, args.max_length)),
+        )
     for strategy in ("random", "group_by_length"):
         torch.manual_seed(0)  # transformers' samplers draw from the global generator the Trainer seeds
         figures[f"sft_{strategy}"] = mask_counts(trl_batches(sft, strategy))
@@ -181,35 +208,73 @@ def run(ctx: Context) -> None:
 
     model.generate = recorded
     try:
-        generate_answers(model, tok, prompts, max_new_tokens=args.gen_tokens, batch_size=args.gen_batch,
-                         progress=False)
+        generate_answers(
+            model, tok, prompts, max_new_tokens=args.gen_tokens, batch_size=args.gen_batch, progress=False
+        )
     finally:
         del model.generate
     figures["generation"] = (sum(c["computed"] for c in calls), sum(c["real"] for c in calls))
 
-    section["positions"] = {k: {"computed": c, "real": r, "padding_share": share(c, r)}
-                            for k, (c, r) in figures.items()}
+    section["positions"] = {
+        k: {"computed": c, "real": r, "padding_share": share(c, r)} for k, (c, r) in figures.items()
+    }
     for name, (computed, real) in figures.items():
         print(f"  {name:24s} {computed:8d} positions computed, {real:8d} real, padding {share(computed, real):.1%}")
     pct = {k: share(*v) for k, v in figures.items()}
-    layout = (f"{4 * B} sequences packed in one row (padding_free)" if clo.padding_free
-              else "padded batches (padding-free packing not proven for this model)")
-    results.add(TARGETS, "padding_clo_training", pct["clo_training"],
-                f"{len(examples)} seeds, {B} per batch, grouped by length, {layout}")
-    results.add(TARGETS, "padding_clo_training_padded", pct["clo_group_by_length"],
-                "padding_free=False, train_sampling_strategy='group_by_length'")
-    results.add(TARGETS, "padding_clo_training_random", pct["clo_random"],
-                "padding_free=False, train_sampling_strategy='random'")
-    results.add(TARGETS, "padding_reference_pass", pct["reference_pass"],
-                f"{4 * ref_seeds} single sequences per batch, sorted by length")
-    results.add(TARGETS, "padding_clo_seed_floor", pct["clo_seed_floor"],
-                "each seed padded to its own longest sequence only")
-    results.add(TARGETS, "padding_reference_by_seed", pct["reference_by_seed"],
-                f"{ref_seeds} seeds per batch, sorted by their longest sequence")
-    results.add(TARGETS, "padding_sft_training", pct["sft_group_by_length"],
-                f"{2 * B} rows per batch; random sampler {pct['sft_random']:.1%}")
-    results.add(TARGETS, "padding_dpo_training", pct["dpo_group_by_length"],
-                f"{2 * B} pairs per batch; random sampler {pct['dpo_random']:.1%}")
-    results.add(TARGETS, "padding_generation", pct["generation"],
-                f"{len(prompts)} prompts, batch {args.gen_batch}, {args.gen_tokens} new tokens at most")
+    layout = (
+        f"{4 * B} sequences packed in one row (padding_free)"
+        if clo.padding_free
+        else "padded batches (padding-free packing not proven for this model)"
+    )
+    results.add(
+        TARGETS,
+        "padding_clo_training",
+        pct["clo_training"],
+        f"{len(examples)} seeds, {B} per batch, grouped by length, {layout}",
+    )
+    results.add(
+        TARGETS,
+        "padding_clo_training_padded",
+        pct["clo_group_by_length"],
+        "padding_free=False, train_sampling_strategy='group_by_length'",
+    )
+    results.add(
+        TARGETS,
+        "padding_clo_training_random",
+        pct["clo_random"],
+        "padding_free=False, train_sampling_strategy='random'",
+    )
+    results.add(
+        TARGETS,
+        "padding_reference_pass",
+        pct["reference_pass"],
+        f"{4 * ref_seeds} single sequences per batch, sorted by length",
+    )
+    results.add(
+        TARGETS, "padding_clo_seed_floor", pct["clo_seed_floor"], "each seed padded to its own longest sequence only"
+    )
+    results.add(
+        TARGETS,
+        "padding_reference_by_seed",
+        pct["reference_by_seed"],
+        f"{ref_seeds} seeds per batch, sorted by their longest sequence",
+    )
+    results.add(
+        TARGETS,
+        "padding_sft_training",
+        pct["sft_group_by_length"],
+        f"{2 * B} rows per batch; random sampler {pct['sft_random']:.1%}",
+    )
+    results.add(
+        TARGETS,
+        "padding_dpo_training",
+        pct["dpo_group_by_length"],
+        f"{2 * B} pairs per batch; random sampler {pct['dpo_random']:.1%}",
+    )
+    results.add(
+        TARGETS,
+        "padding_generation",
+        pct["generation"],
+        f"{len(prompts)} prompts, batch {args.gen_batch}, {args.gen_tokens} new tokens at most",
+    )
     results.sections["padding"] = section

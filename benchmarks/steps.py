@@ -36,8 +36,9 @@ TARGETS = {  # name -> (comparison, target, what)
 METHODS = ("clo", "dpo_precomputed", "dpo_live", "sft")
 
 
-def build_trainers(args, work: Path, seeds: list[dict], batch_seeds: int | None = None,
-                   methods: tuple[str, ...] = METHODS) -> dict:
+def build_trainers(
+    args, work: Path, seeds: list[dict], batch_seeds: int | None = None, methods: tuple[str, ...] = METHODS
+) -> dict:
     """The trainers of `methods`, built by the kit's own configs, each with a function giving its batch for
     a list of seed indices, so every method trains on exactly the same seeds in a round."""
     from datasets import Dataset
@@ -47,8 +48,15 @@ def build_trainers(args, work: Path, seeds: list[dict], batch_seeds: int | None 
     from clo_utils.train import CLOConfig, CLOTrainer, dpo_config, sft_config, tokenize_clo_pairs, training_profile
 
     B = batch_seeds or args.batch_seeds
-    common = dict(learning_rate=1e-6, logging_steps=10_000, save_strategy="no", disable_tqdm=True, seed=0,
-                  report_to="none", max_steps=10)
+    common = dict(
+        learning_rate=1e-6,
+        logging_steps=10_000,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        report_to="none",
+        max_steps=10,
+    )
     pairs = build_cross_lingual_pairs(seeds)
     rows = build_sft_rows(seeds, "both")
     trainers = {}
@@ -58,43 +66,69 @@ def build_trainers(args, work: Path, seeds: list[dict], batch_seeds: int | None 
         examples, stats = tokenize_clo_pairs(pairs, tok, args.max_length)
         if stats["seeds_kept"] != len(seeds):
             raise RuntimeError(f"CLO tokenisation dropped seeds: {stats}; raise --max-length")
-        cfg = CLOConfig(output_dir=str(work / "clo"), per_device_train_batch_size=B,
-                        max_length=args.max_length, ref_cache_dir=str(work / "ref"), **common, **training_profile())
+        cfg = CLOConfig(
+            output_dir=str(work / "clo"),
+            per_device_train_batch_size=B,
+            max_length=args.max_length,
+            ref_cache_dir=str(work / "ref"),
+            **common,
+            **training_profile(),
+        )
         t0 = time.perf_counter()
         clo = CLOTrainer(model, cfg, examples, processing_class=tok)
-        trainers["clo"] = {"trainer": clo, "sequences_per_seed": 4, "setup_seconds": time.perf_counter() - t0,
-                           "batch": lambda idx, t=clo: t.data_collator([t.train_dataset[i] for i in idx]),
-                           "note": "reference log-probs precomputed (cached on disk)"}
+        trainers["clo"] = {
+            "trainer": clo,
+            "sequences_per_seed": 4,
+            "setup_seconds": time.perf_counter() - t0,
+            "batch": lambda idx, t=clo: t.data_collator([t.train_dataset[i] for i in idx]),
+            "note": "reference log-probs precomputed (cached on disk)",
+        }
 
     for name, precompute in (("dpo_precomputed", True), ("dpo_live", False)):
         if name not in methods:
             continue
         model, tok, _ = fresh_model(args.model, "attention")
-        cfg = dpo_config(str(work / name), beta=0.1, max_length=args.max_length, device="auto",
-                         per_device_train_batch_size=2 * B, precompute_ref_log_probs=precompute, **common)
+        cfg = dpo_config(
+            str(work / name),
+            beta=0.1,
+            max_length=args.max_length,
+            device="auto",
+            per_device_train_batch_size=2 * B,
+            precompute_ref_log_probs=precompute,
+            **common,
+        )
         data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
         t0 = time.perf_counter()
         with quiet():
             dpo = DPOTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok)
         # pairs are in seed order, two per seed (en, tgt); TRL keeps the order
-        trainers[name] = {"trainer": dpo, "sequences_per_seed": 4, "setup_seconds": time.perf_counter() - t0,
-                          "batch": lambda idx, t=dpo: t.data_collator(two_rows_per_seed(t, idx)),
-                          "note": "TRL DPOTrainer, " + ("precompute_ref_log_probs=True" if precompute
-                                                        else "live reference model (TRL default)")}
+        trainers[name] = {
+            "trainer": dpo,
+            "sequences_per_seed": 4,
+            "setup_seconds": time.perf_counter() - t0,
+            "batch": lambda idx, t=dpo: t.data_collator(two_rows_per_seed(t, idx)),
+            "note": "TRL DPOTrainer, "
+            + ("precompute_ref_log_probs=True" if precompute else "live reference model (TRL default)"),
+        }
 
     if "sft" in methods:
         model, tok, _ = fresh_model(args.model, "attention")
-        cfg = sft_config(str(work / "sft"), max_length=args.max_length, device="auto",
-                         per_device_train_batch_size=2 * B, **common)
+        cfg = sft_config(
+            str(work / "sft"), max_length=args.max_length, device="auto", per_device_train_batch_size=2 * B, **common
+        )
         data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
         t0 = time.perf_counter()
         with quiet():
             sft = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok)
         if len(sft.train_dataset) != len(rows):
             raise RuntimeError("TRL dropped SFT rows; raise --max-length")
-        trainers["sft"] = {"trainer": sft, "sequences_per_seed": 2, "setup_seconds": time.perf_counter() - t0,
-                           "batch": lambda idx, t=sft: t.data_collator(two_rows_per_seed(t, idx)),
-                           "note": "TRL SFTTrainer, both languages (x_en->y_en, x_tgt->y_tgt), completion-only loss"}
+        trainers["sft"] = {
+            "trainer": sft,
+            "sequences_per_seed": 2,
+            "setup_seconds": time.perf_counter() - t0,
+            "batch": lambda idx, t=sft: t.data_collator(two_rows_per_seed(t, idx)),
+            "note": "TRL SFTTrainer, both languages (x_en->y_en, x_tgt->y_tgt), completion-only loss",
+        }
     for entry in trainers.values():
         t = entry["trainer"]
         t.create_optimizer()
@@ -137,20 +171,29 @@ def run(ctx: Context) -> None:
             wall, cpu = one_step(entry["trainer"], batch)
             if r >= args.warmup:
                 times[name].append((wall, cpu))
-        print(f"  round {r}{' (warm-up)' if r < args.warmup else ''}, seeds {idx}: " + ", ".join(
-            f"{n} {times[n][-1][0]:.1f}s" if r >= args.warmup else n for n in trainers), flush=True)
+        print(
+            f"  round {r}{' (warm-up)' if r < args.warmup else ''}, seeds {idx}: "
+            + ", ".join(f"{n} {times[n][-1][0]:.1f}s" if r >= args.warmup else n for n in trainers),
+            flush=True,
+        )
     timings = {}
     for name, entry in trainers.items():
         walls, cpus = [w for w, _ in times[name]], [c for _, c in times[name]]
-        timings[name] = {"note": entry["note"], "seeds_per_step": B,
-                         "sequences_per_step": entry["sequences_per_seed"] * B,
-                         "step_wall_seconds": walls, "step_cpu_seconds": cpus,
-                         "wall_seconds_per_seed": sum(walls) / len(walls) / B,
-                         "cpu_seconds_per_seed": sum(cpus) / len(cpus) / B,
-                         "setup_seconds": entry["setup_seconds"]}
-        print(f"  {name:16s} {timings[name]['wall_seconds_per_seed']:6.2f} s/seed wall, "
-              f"{timings[name]['cpu_seconds_per_seed']:6.2f} s/seed CPU   ({entry['note']}; setup "
-              f"{entry['setup_seconds']:.0f} s)")
+        timings[name] = {
+            "note": entry["note"],
+            "seeds_per_step": B,
+            "sequences_per_step": entry["sequences_per_seed"] * B,
+            "step_wall_seconds": walls,
+            "step_cpu_seconds": cpus,
+            "wall_seconds_per_seed": sum(walls) / len(walls) / B,
+            "cpu_seconds_per_seed": sum(cpus) / len(cpus) / B,
+            "setup_seconds": entry["setup_seconds"],
+        }
+        print(
+            f"  {name:16s} {timings[name]['wall_seconds_per_seed']:6.2f} s/seed wall, "
+            f"{timings[name]['cpu_seconds_per_seed']:6.2f} s/seed CPU   ({entry['note']}; setup "
+            f"{entry['setup_seconds']:.0f} s)"
+        )
     results.sections["training"] = timings
     # On a CPU shared with other jobs, process CPU time is the steadier measure; on a GPU, wall time.
     import torch
@@ -164,14 +207,24 @@ def run(ctx: Context) -> None:
         i = 0 if measure.startswith("wall") else 1
         return median([x[i] / y[i] for x, y in zip(times[a], times[b])])
 
-    for rname, other_name in (("clo_vs_dpo_live_step", "dpo_live"), ("clo_vs_dpo_precomputed_step", "dpo_precomputed"),
-                              ("clo_vs_sft_per_seed", "sft")):
+    for rname, other_name in (
+        ("clo_vs_dpo_live_step", "dpo_live"),
+        ("clo_vs_dpo_precomputed_step", "dpo_precomputed"),
+        ("clo_vs_sft_per_seed", "sft"),
+    ):
         value, alt = ratio("clo", other_name, key), ratio("clo", other_name, other)
-        results.add(TARGETS, rname, value, f"CLO {timings['clo'][key]:.2f} vs {other_name} "
-                                           f"{timings[other_name][key]:.2f} {key.split('_')[0]}-s/seed; median of "
-                                           f"per-round ratios ({other.split('_')[0]}: {alt:.2f})")
-    if args.profile or any(results.status(n) == "MISS" for n in
-                           ("clo_vs_dpo_live_step", "clo_vs_dpo_precomputed_step", "clo_vs_sft_per_seed")):
+        results.add(
+            TARGETS,
+            rname,
+            value,
+            f"CLO {timings['clo'][key]:.2f} vs {other_name} "
+            f"{timings[other_name][key]:.2f} {key.split('_')[0]}-s/seed; median of "
+            f"per-round ratios ({other.split('_')[0]}: {alt:.2f})",
+        )
+    if args.profile or any(
+        results.status(n) == "MISS"
+        for n in ("clo_vs_dpo_live_step", "clo_vs_dpo_precomputed_step", "clo_vs_sft_per_seed")
+    ):
         timings["clo"]["profile"] = profile_clo_step(trainers["clo"]["trainer"], trainers["clo"]["batch"](rounds[0]))
     trainers.clear()
     gc.collect()
@@ -207,13 +260,17 @@ def profile_clo_step(trainer, batch) -> dict:
         train_module.sequence_logps = original
     events = prof.key_averages()
     spans = {e.key: e.cpu_time_total for e in events if e.key.startswith("clo.")}
-    out = {"total_self_cpu_ms": sum(e.self_cpu_time_total for e in events) / 1e3,
-           "spans_ms": {k: v / 1e3 for k, v in spans.items()}, "top_ops": top_ops(events, 8)}
+    out = {
+        "total_self_cpu_ms": sum(e.self_cpu_time_total for e in events) / 1e3,
+        "spans_ms": {k: v / 1e3 for k, v in spans.items()},
+        "top_ops": top_ops(events, 8),
+    }
     fwd = spans.get("clo.forward+loss", 0.0)
     bwd = spans.get("clo.backward", 0.0)
     logps = spans.get("clo.sequence_logps", 0.0)
-    print(f"  profile of one CLO step: forward+loss {fwd / 1e3:.0f} ms (sequence_logps forward {logps / 1e3:.0f} ms = "
-          f"{logps / max(fwd + bwd, 1):.0%} of the step), backward {bwd / 1e3:.0f} ms; top ops: "
-          + ", ".join(f"{t['op']} {t['share']:.0%}" for t in out["top_ops"][:5]))
+    print(
+        f"  profile of one CLO step: forward+loss {fwd / 1e3:.0f} ms (sequence_logps forward {logps / 1e3:.0f} ms = "
+        f"{logps / max(fwd + bwd, 1):.0%} of the step), backward {bwd / 1e3:.0f} ms; top ops: "
+        + ", ".join(f"{t['op']} {t['share']:.0%}" for t in out["top_ops"][:5])
+    )
     return out
-

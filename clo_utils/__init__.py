@@ -17,7 +17,11 @@ Modules stay small and single-purpose. From the paper's method to the run driver
   losses          the CLO objective as pure tensor functions
   models          loading (hub, local, embedded SmolLM2) and trainable-parameter selection
   batching        length-grouped batches of seeds (little compute spent on padding)
-  train           CLOTrainer (a transformers.Trainer) and the TRL baselines
+  sequences       tokenisation as the trainers see it (every method alike), the seed filter, the CLO collator
+  train_setup     Trainer arguments per hardware profile, fp32 master weights, dropout off, resume
+  train_callbacks callbacks recording wall time, peak memory and the share of trainable weights that moved
+  train           CLOConfig, CLOTrainer (a transformers.Trainer), train_clo; tokenisers and baselines importable too
+  baselines       the TRL baselines: SFT and the DPO stage of SFT+DPO
   notebook_setup  what training notebooks 02 and 03 share: Trainer arguments, the loss-curve plot
   runs            run-folder glue for training: read a data folder, label and save a run
   metrics         pure evaluation metrics: fidelity and its shares, chrF++, line pass rate, bootstrap
@@ -28,7 +32,11 @@ Modules stay small and single-purpose. From the paper's method to the run driver
   plot_style      the figures' shared look: theme, method colours, axis labels, captions, legends
   plots           the paper's figure set from the analysis tables
   report          REPORT.md: measured table, labels, wall time, example answers
-  recipe          recipe YAML loading, schema and the pre-flight check
+  stage_notebooks  the stage notebooks: names, typed `parameters` cells, accepted values
+  recipe          recipe YAML loading (line numbers, duplicate keys) and its schema
+  preflight       what a recipe needs from the machine: translators, models, the hub, data rows
+  stages          a recipe's stages in execution order (data, train, evaluate, analysis)
+  stage_records   stage fingerprints, completion records, stale outputs, adopted hand-run stages
   pipeline        papermill batch runner over recipes
   launch          run a training notebook on every process of `accelerate launch`
 """

@@ -23,8 +23,9 @@ from collections.abc import Iterator, Sequence
 import torch
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int,
-                           mega_batch_size: int = 16) -> list[list[int]]:
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, mega_batch_size: int = 16
+) -> list[list[int]]:
     """Indices of `lengths` in batches of similar length (the steps above); the short batch, if any, last."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -35,8 +36,8 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int,
     span = batch_size * mega_batch_size
     batches = []
     for start in range(0, len(order), span):
-        group = sorted(order[start: start + span], key=lambda i: -lengths[i])  # stable: ties keep shuffled order
-        batches += [group[i: i + batch_size] for i in range(0, len(group), batch_size)]
+        group = sorted(order[start : start + span], key=lambda i: -lengths[i])  # stable: ties keep shuffled order
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
     full = [b for b in batches if len(b) == batch_size]
     short = [b for b in batches if len(b) < batch_size]
     full = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
@@ -80,9 +81,10 @@ def sequence_batches(lengths: Sequence[Sequence[int]], rows_per_batch: int) -> l
     """
     if rows_per_batch < 1:
         raise ValueError(f"rows_per_batch must be >= 1, got {rows_per_batch}")
-    rows = sorted(((i, c) for i, seq in enumerate(lengths) for c in range(len(seq))),
-                  key=lambda ic: (-lengths[ic[0]][ic[1]], ic))
-    return [rows[k: k + rows_per_batch] for k in range(0, len(rows), rows_per_batch)]
+    rows = sorted(
+        ((i, c) for i, seq in enumerate(lengths) for c in range(len(seq))), key=lambda ic: (-lengths[ic[0]][ic[1]], ic)
+    )
+    return [rows[k : k + rows_per_batch] for k in range(0, len(rows), rows_per_batch)]
 
 
 def seed_lengths(input_ids: Sequence[Sequence[Sequence[int]]]) -> list[int]:

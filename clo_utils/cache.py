@@ -13,8 +13,8 @@ import hashlib
 import json
 import os
 import sqlite3
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 
 def cache_key(*parts) -> str:
@@ -47,9 +47,7 @@ class DiskCache:
         found: dict[str, object] = {}
         for i in range(0, len(keys), 500):  # SQLite caps host parameters per statement
             chunk = keys[i : i + 500]
-            rows = self._db.execute(
-                f"SELECT key, value FROM kv WHERE key IN ({','.join('?' * len(chunk))})", chunk
-            )
+            rows = self._db.execute(f"SELECT key, value FROM kv WHERE key IN ({','.join('?' * len(chunk))})", chunk)
             found.update((k, json.loads(v)) for k, v in rows)
         return found
 

@@ -9,7 +9,7 @@ folder) is clo_utils.sources.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .text import chat_messages
 
@@ -27,11 +27,13 @@ def check_seed_rows(rows: Iterable[dict], source: str = "seed rows") -> list[dic
     for i, row in enumerate(rows):
         for field in SEED_FIELDS:
             if field not in row:
-                raise ValueError(f"{source}: row {i} (id={row.get('id')!r}) has no field {field!r}; "
-                                 f"expected {SEED_FIELDS}")
+                raise ValueError(
+                    f"{source}: row {i} (id={row.get('id')!r}) has no field {field!r}; expected {SEED_FIELDS}"
+                )
             if not isinstance(row[field], str) or not row[field].strip():
-                raise ValueError(f"{source}: row {i} (id={row.get('id')!r}) field {field!r} must be a "
-                                 "non-empty string")
+                raise ValueError(
+                    f"{source}: row {i} (id={row.get('id')!r}) field {field!r} must be a non-empty string"
+                )
     return rows
 
 
@@ -47,18 +49,24 @@ def build_cross_lingual_pairs(rows: Iterable[dict], system_prompt: str | None = 
     pairs = []
     for row in check_seed_rows(rows):
         common = {"seed_id": row["id"], "lang": row["lang"]}
-        pairs.append({
-            "prompt": chat_messages(row["prompt_en"], system_prompt),
-            "chosen": _assistant(row["response_en"]),
-            "rejected": _assistant(row["response_tgt"]),
-            "direction": "en", **common,
-        })
-        pairs.append({
-            "prompt": chat_messages(row["prompt_tgt"], system_prompt),
-            "chosen": _assistant(row["response_tgt"]),
-            "rejected": _assistant(row["response_en"]),
-            "direction": "tgt", **common,
-        })
+        pairs.append(
+            {
+                "prompt": chat_messages(row["prompt_en"], system_prompt),
+                "chosen": _assistant(row["response_en"]),
+                "rejected": _assistant(row["response_tgt"]),
+                "direction": "en",
+                **common,
+            }
+        )
+        pairs.append(
+            {
+                "prompt": chat_messages(row["prompt_tgt"], system_prompt),
+                "chosen": _assistant(row["response_tgt"]),
+                "rejected": _assistant(row["response_en"]),
+                "direction": "tgt",
+                **common,
+            }
+        )
     return pairs
 
 
@@ -70,33 +78,68 @@ def build_sft_rows(rows: Iterable[dict], variant: str = "both", system_prompt: s
     out = []
     for row in check_seed_rows(rows):
         sides = {"en": ("prompt_en", "response_en"), "tgt": ("prompt_tgt", "response_tgt")}
-        for side in (("en", "tgt") if variant == "both" else (variant,)):
+        for side in ("en", "tgt") if variant == "both" else (variant,):
             p, r = sides[side]
-            out.append({
-                "prompt": chat_messages(row[p], system_prompt),
-                "completion": _assistant(row[r]),
-                "side": side, "seed_id": row["id"], "lang": row["lang"],
-            })
+            out.append(
+                {
+                    "prompt": chat_messages(row[p], system_prompt),
+                    "completion": _assistant(row[r]),
+                    "side": side,
+                    "seed_id": row["id"],
+                    "lang": row["lang"],
+                }
+            )
     return out
 
 
 def make_seed_row(row: dict, lang: str, prompt_tgt: str, response_tgt: str) -> dict:
     """An English row plus its translation, in the seed format of docs/run-layout.md."""
-    return {"id": row["id"], "lang": lang, "prompt_en": row["prompt"], "response_en": row["response"],
-            "prompt_tgt": prompt_tgt, "response_tgt": response_tgt, "source": row["source"]}
+    return {
+        "id": row["id"],
+        "lang": lang,
+        "prompt_en": row["prompt"],
+        "response_en": row["response"],
+        "prompt_tgt": prompt_tgt,
+        "response_tgt": response_tgt,
+        "source": row["source"],
+    }
 
 
 # The sources side (clo_utils.sources, clo_utils.seeds) and the run-file helpers (clo_utils.runfiles) are
 # importable from here too, where notebooks and scripts import them from clo_utils.data. PEP 562: a name is
 # resolved on first access, so this module imports nothing heavy and no import cycle arises.
 _MOVED = {
-    "sources": ("SMOKE_SOURCE", "OASST_SOURCES", "LOCAL_SUFFIXES", "DEFAULT_COLUMNS", "REQUIRED_COLUMNS",
-                "COLUMN_PRESETS", "HUB_PRESETS", "smoke_data_path", "default_data_source", "resolve_columns",
-                "normalise_record", "read_jsonl_records", "read_table_records", "reduce_oasst_messages",
-                "load_english_sft", "drop_exact_duplicates", "count_tokens", "filter_by_token_length",
-                "prepare_english_rows", "select_seeds"),
-    "seeds": ("DATA_FILES", "PreparedSeeds", "translate_seed_rows", "translate_and_filter", "examples_table",
-              "package_versions", "write_data_folder"),
+    "sources": (
+        "SMOKE_SOURCE",
+        "OASST_SOURCES",
+        "LOCAL_SUFFIXES",
+        "DEFAULT_COLUMNS",
+        "REQUIRED_COLUMNS",
+        "COLUMN_PRESETS",
+        "HUB_PRESETS",
+        "smoke_data_path",
+        "default_data_source",
+        "resolve_columns",
+        "normalise_record",
+        "read_jsonl_records",
+        "read_table_records",
+        "reduce_oasst_messages",
+        "load_english_sft",
+        "drop_exact_duplicates",
+        "count_tokens",
+        "filter_by_token_length",
+        "prepare_english_rows",
+        "select_seeds",
+    ),
+    "seeds": (
+        "DATA_FILES",
+        "PreparedSeeds",
+        "translate_seed_rows",
+        "translate_and_filter",
+        "examples_table",
+        "package_versions",
+        "write_data_folder",
+    ),
     "runfiles": ("repo_root", "run_path", "read_jsonl", "write_jsonl", "file_sha256"),
 }
 _MOVED_TO = {name: module for module, names in _MOVED.items() for name in names}

@@ -6,18 +6,28 @@ scores the answers with the pure metrics of clo_utils.metrics (language fidelity
 that explain it, chrF++), adds the token-mean NLL (nats/token) of the reference answers under the
 model (the least noisy continuous metric on small models), and writes answers.jsonl and
 metrics.json through clo_utils.runfiles.
+
+Generated answers are cached on disk (generations.sqlite in the kit's cache folder), one entry per
+batch, written in one transaction each: evaluation killed mid-generation resumes with the batches it
+lacks, and a complete rerun generates nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
+import os
 import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
+from .cache import DiskCache, cache_key, default_cache_dir, open_cache
 from .metrics import (  # noqa: F401  (re-exported: clo_utils.evaluate is the documented import path)
     DIRECTIONS,
     chrf,
@@ -43,10 +53,12 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- chat prompts
 
+
 def chat_prompt_text(tokenizer, prompt: str, system_prompt: str | None = None) -> str:
     """The prompt as the model sees it, ending where the assistant's answer begins."""
-    return tokenizer.apply_chat_template(chat_messages(prompt, system_prompt), tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        chat_messages(prompt, system_prompt), tokenize=False, add_generation_prompt=True
+    )
 
 
 def _token_ids(tokenizer, text: str) -> list[int]:
@@ -59,7 +71,8 @@ def _eos_token_ids(model, tokenizer) -> list[int]:
     return end_of_turn_token_ids(tokenizer, model)
 
 
-# --------------------------------------------------------------------------- generation
+# --------------------------------------------------------------------------- batches
+
 
 def _until_eos(token_ids: list[int], eos_ids: Sequence[int]) -> list[int]:
     """The answer's tokens before its first end-of-turn token (and the padding after it); an EOS
@@ -73,18 +86,102 @@ def _until_eos(token_ids: list[int], eos_ids: Sequence[int]) -> list[int]:
 def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first: memory trouble shows early)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 8,
-                     system_prompt: str | None = None, do_sample: bool = False, temperature: float = 0.7,
-                     top_p: float = 0.9, seed: int = 0, progress: bool = True) -> list[str]:
+# --------------------------------------------------------------------------- generation cache
+
+GENERATIONS_FILE = "generations.sqlite"
+GENERATION_KEY_VERSION = "clo-generation-v1"  # part of every key: a changed decoding loop never reuses old answers
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over every tensor of the model's state dict (name, dtype, shape and raw bytes).
+
+    It hashes the weights generation actually runs with, so it is sound whatever they were loaded
+    from (a run's model/, a merged LoRA adapter, a dequantized embedded GGUF, a hub id) and in any
+    dtype. The bytes are hashed as they are (no conversion to fp32), tensor by tensor on threads
+    (hashlib releases the GIL), so an 8B model costs seconds, next to the minutes or hours of
+    generation it keys.
+    """
+    state = sorted(model.state_dict().items())
+
+    def tensor_digest(item) -> str:
+        raw = item[1].detach().contiguous().reshape(-1).view(torch.uint8).cpu()
+        return hashlib.sha256(raw.numpy()).hexdigest()
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(tensor_digest, state))
+    total = hashlib.sha256()
+    for (name, tensor), digest in zip(state, digests):
+        total.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|{digest}\n".encode())
+    return total.hexdigest()
+
+
+@dataclass
+class GenerationCache:
+    """Generated answers on disk, one entry per batch. A key holds `model_key` (the weights'
+    fingerprint), the batch's exact prompt token ids and every decoding setting; the value is the
+    batch's answer token ids. `hits` and `misses` count the batches read and generated."""
+
+    store: DiskCache
+    model_key: str
+    hits: int = 0
+    misses: int = 0
+
+
+@contextlib.contextmanager
+def open_generation_cache(cache: DiskCache | str | os.PathLike | None, model) -> Iterator[GenerationCache]:
+    """A GenerationCache for `model` in `cache` (a folder gets generations.sqlite; None: the kit's
+    cache folder, clo_utils.cache.default_cache_dir()), open for the length of a `with` block."""
+    start = time.perf_counter()
+    model_key = weights_fingerprint(model)
+    log.info("weights fingerprint %s in %.1f s", model_key[:12], time.perf_counter() - start)
+    with open_cache(default_cache_dir() if cache is None else cache, GENERATIONS_FILE) as store:
+        yield GenerationCache(store, model_key)
+
+
+def _decoding_settings(model, config, do_sample: bool, seed: int) -> dict:
+    """Everything besides weights and prompts that decides the generated tokens."""
+    import transformers
+
+    return {
+        "version": GENERATION_KEY_VERSION,
+        "generation_config": config.to_diff_dict(),
+        "seed": seed if do_sample else None,
+        "dtype": str(model.dtype),
+        "device": model.device.type,
+        "attention": getattr(model.config, "_attn_implementation", None),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    system_prompt: str | None = None,
+    do_sample: bool = False,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    seed: int = 0,
+    progress: bool = True,
+    cache: GenerationCache | None = None,
+) -> list[str]:
     """Answers to `prompts` through the chat template, in the order of `prompts`.
 
     Greedy by default (reproducible, and the same for every model compared); sampling when
-    `do_sample`, seeded once with `seed` (sampled answers then depend on the batch composition).
-    Batches are built from length-sorted prompts with left padding, so little compute goes to
-    padding; generation stops at EOS (the tokenizer's and the model's) or after max_new_tokens.
+    `do_sample`, each batch seeded from `seed` and its position (sampled answers then depend on the
+    batch composition, not on which batches came from the cache). Batches are built from
+    length-sorted prompts with left padding, so little compute goes to padding; generation stops at
+    EOS (the tokenizer's and the model's) or after max_new_tokens. With `cache`, a batch found there
+    is not generated, and each generated batch is stored as soon as it is done.
     """
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
@@ -95,33 +192,65 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
         return []
     eos_ids = _eos_token_ids(model, tokenizer)
     if not eos_ids:
-        raise ValueError("neither the tokenizer nor the model's generation config names an EOS token: "
-                         "answers would never stop; set tokenizer.eos_token")
+        raise ValueError(
+            "neither the tokenizer nor the model's generation config names an EOS token: "
+            "answers would never stop; set tokenizer.eos_token"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     # A fresh config: the comparison must not depend on each checkpoint's own sampling defaults.
     sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
     # A ChatML turn end that is text, not a token (a base model given the kit's ChatML template),
     # stops generation as a string; the answer is cut there below.
-    turn_end_is_text = CHATML_TURN_END in (tokenizer.chat_template or "") and \
-        tokenizer.convert_tokens_to_ids(CHATML_TURN_END) in (None, tokenizer.unk_token_id)
+    turn_end_is_text = CHATML_TURN_END in (tokenizer.chat_template or "") and tokenizer.convert_tokens_to_ids(
+        CHATML_TURN_END
+    ) in (None, tokenizer.unk_token_id)
     stops = {"stop_strings": [CHATML_TURN_END]} if turn_end_is_text else {}
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
-                              eos_token_id=eos_ids, **stops, **sampling)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=pad_id,
+        eos_token_id=eos_ids,
+        **stops,
+        **sampling,
+    )
     encoded = [_token_ids(tokenizer, chat_prompt_text(tokenizer, p, system_prompt)) for p in prompts]
+    batches = _length_sorted_batches([len(e) for e in encoded], batch_size)
+    keys: list[str | None] = [None] * len(batches)
+    stored: dict[str, object] = {}
+    if cache is not None:
+        settings = _decoding_settings(model, config, do_sample, seed)
+        keys = [
+            cache_key(cache.model_key, settings, index if do_sample else None, [encoded[i] for i in batch])
+            for index, batch in enumerate(batches)
+        ]
+        stored = cache.store.get_many(keys)
     answers: list[str | None] = [None] * len(prompts)
-    if do_sample:
-        torch.manual_seed(seed)
     was_training, saved_side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     try:
-        with torch.inference_mode(), tqdm(total=len(prompts), desc="generating", unit="answer",
-                                          disable=not progress) as bar:
-            for batch in _length_sorted_batches([len(e) for e in encoded], batch_size):
-                inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding=True,
-                                       return_tensors="pt").to(model.device)
-                output = model.generate(**inputs, generation_config=config, tokenizer=tokenizer)
-                new_tokens = [_until_eos(row, eos_ids) for row in output[:, inputs["input_ids"].shape[1]:].tolist()]
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(prompts), desc="generating", unit="answer", disable=not progress) as bar,
+        ):
+            for index, (batch, key) in enumerate(zip(batches, keys)):
+                if key in stored:
+                    new_tokens = stored[key]
+                    cache.hits += 1
+                else:
+                    if do_sample:
+                        torch.manual_seed(seed * 1_000_003 + index)
+                    inputs = tokenizer.pad(
+                        {"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt"
+                    ).to(model.device)
+                    output = model.generate(**inputs, generation_config=config, tokenizer=tokenizer)
+                    new_tokens = [
+                        _until_eos(row, eos_ids) for row in output[:, inputs["input_ids"].shape[1] :].tolist()
+                    ]
+                    if cache is not None:
+                        cache.store.put_many({key: new_tokens})  # one transaction: the whole batch or nothing
+                        stored[key] = new_tokens
+                        cache.misses += 1
                 for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                     answers[i] = (text.split(CHATML_TURN_END, 1)[0] if turn_end_is_text else text).strip()
                 bar.update(len(batch))
@@ -133,8 +262,10 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
 
 # --------------------------------------------------------------------------- reference scores
 
-def prompt_completion_ids(tokenizer, prompt: str, reference: str,
-                          system_prompt: str | None = None) -> tuple[list[int], list[int]]:
+
+def prompt_completion_ids(
+    tokenizer, prompt: str, reference: str, system_prompt: str | None = None
+) -> tuple[list[int], list[int]]:
     """(prompt ids, reference-answer ids) as the chat template lays out the whole conversation.
 
     The answer part is the rendered assistant turn up to and including its end-of-turn token (the
@@ -145,13 +276,21 @@ def prompt_completion_ids(tokenizer, prompt: str, reference: str,
     messages = chat_messages(prompt, system_prompt) + [{"role": "assistant", "content": reference}]
     full_text = tokenizer.apply_chat_template(messages, tokenize=False)
     if not full_text.startswith(prompt_text):
-        raise ValueError("the chat template renders the prompt differently with and without the answer; "
-                         "cannot separate the reference tokens")
-    return _token_ids(tokenizer, prompt_text), _token_ids(tokenizer, full_text[len(prompt_text):].rstrip("\n"))
+        raise ValueError(
+            "the chat template renders the prompt differently with and without the answer; "
+            "cannot separate the reference tokens"
+        )
+    return _token_ids(tokenizer, prompt_text), _token_ids(tokenizer, full_text[len(prompt_text) :].rstrip("\n"))
 
 
-def reference_nll(model, tokenizer, prompts: Sequence[str], references: Sequence[str],
-                  system_prompt: str | None = None, batch_size: int = 4) -> tuple[float, float]:
+def reference_nll(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    references: Sequence[str],
+    system_prompt: str | None = None,
+    batch_size: int = 4,
+) -> tuple[float, float]:
     """(token-mean NLL in nats, perplexity) of the reference answers given their prompts.
 
     The mean runs over every reference token of the whole set (long answers weigh more, as in a
@@ -177,8 +316,7 @@ def reference_nll(model, tokenizer, prompts: Sequence[str], references: Sequence
                     input_ids[row, :n_all] = torch.tensor(seqs[row])
                     attention[row, :n_all] = 1
                     scored[row, n_prompt:n_all] = True
-                logits = model(input_ids=input_ids.to(model.device),
-                               attention_mask=attention.to(model.device)).logits
+                logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits
                 # Position t predicts token t+1: score the logits just before each answer token.
                 target_mask = scored[:, 1:].to(logits.device)
                 selected = logits[:, :-1][target_mask].float()
@@ -195,6 +333,7 @@ def reference_nll(model, tokenizer, prompts: Sequence[str], references: Sequence
 
 # --------------------------------------------------------------------------- one model, held-out seeds
 
+
 def load_eval_seeds(data_dir: str | Path, max_prompts: int | None = None) -> list[dict]:
     """The first `max_prompts` held-out seeds of `data_dir/seeds_eval.jsonl` (file order)."""
     path = Path(data_dir) / "seeds_eval.jsonl"
@@ -204,26 +343,45 @@ def load_eval_seeds(data_dir: str | Path, max_prompts: int | None = None) -> lis
     return rows[:max_prompts] if max_prompts else rows
 
 
-def evaluate_direction(model, tokenizer, prompts: list[str], references: list[str], expected_lang: str,
-                       other_lang: str, max_new_tokens: int = 256, batch_size: int = 8, min_words: int = 5,
-                       system_prompt: str | None = None, progress: bool = True) -> tuple[dict, list[str]]:
+def evaluate_direction(
+    model,
+    tokenizer,
+    prompts: list[str],
+    references: list[str],
+    expected_lang: str,
+    other_lang: str,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    min_words: int = 5,
+    system_prompt: str | None = None,
+    progress: bool = True,
+    cache: GenerationCache | None = None,
+) -> tuple[dict, list[str]]:
     """Metrics of one direction (the metrics.json "eval" entry) and the answers, in prompt order."""
     start = time.perf_counter()
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               system_prompt=system_prompt, progress=progress)
+    answers = generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        system_prompt=system_prompt,
+        progress=progress,
+        cache=cache,
+    )
     metrics = fidelity_report(prompts, answers, expected_lang, min_words=min_words, other_lang=other_lang)
     metrics["chrf"] = chrf(answers, references)
-    metrics["nll"], metrics["ppl"] = reference_nll(model, tokenizer, prompts, references,
-                                                   system_prompt=system_prompt, batch_size=batch_size)
+    metrics["nll"], metrics["ppl"] = reference_nll(
+        model, tokenizer, prompts, references, system_prompt=system_prompt, batch_size=batch_size
+    )
     metrics["seconds"] = round(time.perf_counter() - start, 3)
     return metrics, answers
 
 
-def evaluate_model(model, tokenizer, seeds: list[dict], lang: str, max_new_tokens: int = 256, batch_size: int = 8,
-                   min_words: int = 5, system_prompt: str | None = None,
-                   progress: bool = True) -> tuple[dict, list[dict]]:
+def evaluate_model(model, tokenizer, seeds: list[dict], lang: str, **options) -> tuple[dict, list[dict]]:
     """The "eval" block ({"tgt": ..., "en": ...}) for held-out seeds, and one answer row per
-    (direction, prompt): {"direction", "id", "prompt", "answer", "reference"}."""
+    (direction, prompt): {"direction", "id", "prompt", "answer", "reference"}. `options` are
+    evaluate_direction's (max_new_tokens, batch_size, min_words, system_prompt, progress, cache)."""
     sides = {"tgt": ("prompt_tgt", "response_tgt", lang, "en"), "en": ("prompt_en", "response_en", "en", lang)}
     block, rows = {}, []
     for direction in DIRECTIONS:
@@ -231,14 +389,17 @@ def evaluate_model(model, tokenizer, seeds: list[dict], lang: str, max_new_token
         prompts = [s[prompt_field] for s in seeds]
         references = [s[reference_field] for s in seeds]
         block[direction], answers = evaluate_direction(
-            model, tokenizer, prompts, references, expected, other, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, min_words=min_words, system_prompt=system_prompt, progress=progress)
-        rows += [{"direction": direction, "id": s["id"], "prompt": p, "answer": a, "reference": r}
-                 for s, p, a, r in zip(seeds, prompts, answers, references)]
+            model, tokenizer, prompts, references, expected, other, **options
+        )
+        rows += [
+            {"direction": direction, "id": s["id"], "prompt": p, "answer": a, "reference": r}
+            for s, p, a, r in zip(seeds, prompts, answers, references)
+        ]
     return block, rows
 
 
 # --------------------------------------------------------------------------- run folders
+
 
 def load_run_model(run_dir: str | Path, base_model_id: str, dtype: str = "float32", chat_template: str | None = None):
     """(model, tokenizer, model_id) for a run folder: its model/ (full weights or a peft adapter),
@@ -264,8 +425,9 @@ def load_run_model(run_dir: str | Path, base_model_id: str, dtype: str = "float3
     raise FileNotFoundError(f"{run_dir}: no model/ folder (and not a base-0 folder); train this run first")
 
 
-def run_blocks(run_dir: str | Path, language: str, base_model_id: str,
-               data_dir: str | Path | None = None) -> tuple[dict, dict | None]:
+def run_blocks(
+    run_dir: str | Path, language: str, base_model_id: str, data_dir: str | Path | None = None
+) -> tuple[dict, dict | None]:
     """The metrics.json "run" and "train" blocks, from the run's train.json (docs/run-layout.md);
     base-0 gets method "base", n_seeds 0 and train None."""
     run_dir = Path(run_dir)
@@ -279,8 +441,16 @@ def run_blocks(run_dir: str | Path, language: str, base_model_id: str,
     if trained is None:
         if run_dir.name != "base-0":
             raise FileNotFoundError(f"{run_dir}/train.json is missing: every trained run writes one")
-        run = {"recipe": recipe, "lang": language, "method": "base", "n_seeds": 0, "model_id": base_model_id,
-               "trainable": None, "nll_on": None, "translator": translator}
+        run = {
+            "recipe": recipe,
+            "lang": language,
+            "method": "base",
+            "n_seeds": 0,
+            "model_id": base_model_id,
+            "trainable": None,
+            "nll_on": None,
+            "translator": translator,
+        }
         train = None
     else:
         run = {"recipe": recipe, "lang": language, **trained.get("run", {})}
@@ -295,17 +465,29 @@ def run_blocks(run_dir: str | Path, language: str, base_model_id: str,
     return run, train
 
 
-def evaluate_run(run_dir: str | Path, data_dir: str | Path, language: str,
-                 base_model_id: str = "embedded:smollm2-135m-instruct", max_prompts: int | None = None,
-                 max_new_tokens: int = 256, batch_size: int = 8, min_words: int = 5,
-                 system_prompt: str | None = None, dtype: str = "float32", chat_template: str | None = None,
-                 progress: bool = True) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    language: str,
+    base_model_id: str = "embedded:smollm2-135m-instruct",
+    max_prompts: int | None = None,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    min_words: int = 5,
+    system_prompt: str | None = None,
+    dtype: str = "float32",
+    chat_template: str | None = None,
+    progress: bool = True,
+    generation_cache_dir: str | os.PathLike | None = None,
+) -> dict:
     """Evaluate one run folder on the held-out seeds: writes answers.jsonl and metrics.json and
     returns the metrics.
 
     metrics.json gets "run", "train", "eval" and "eval_settings" (decoding settings, beside "eval"
     because readers take eval's keys as directions). An existing "knowledge" block is kept; an
-    existing "judge" block is removed: it judged the answers this call replaces.
+    existing "judge" block is removed: it judged the answers this call replaces. Answers are cached
+    per batch in `generation_cache_dir` (None or "": the kit's cache folder); eval_settings records
+    the weights' fingerprint and how many batches came from the cache.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -313,21 +495,57 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, language: str,
     run, train = run_blocks(run_dir, language, base_model_id, data_dir)
     model, tokenizer, model_id = load_run_model(run_dir, base_model_id, dtype=dtype, chat_template=chat_template)
     log.info("evaluating %s (%s) on %d held-out seeds", run_dir.name, model_id, len(seeds))
-    block, rows = evaluate_model(model, tokenizer, seeds, language, max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size, min_words=min_words, system_prompt=system_prompt,
-                                 progress=progress)
+    with open_generation_cache(generation_cache_dir or None, model) as cache:
+        block, rows = evaluate_model(
+            model,
+            tokenizer,
+            seeds,
+            language,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            min_words=min_words,
+            system_prompt=system_prompt,
+            progress=progress,
+            cache=cache,
+        )
+    log.info(
+        "%s: %d generation batches, %d of them from the cache", run_dir.name, cache.hits + cache.misses, cache.hits
+    )
     # Beside "eval", not inside it: readers iterate eval's keys as directions.
-    settings = {"n_seeds_eval": len(seeds), "max_new_tokens": max_new_tokens, "min_words": min_words,
-                "system_prompt": system_prompt, "decoding": "greedy", "dtype": dtype, "model": model_id}
+    settings = {
+        "n_seeds_eval": len(seeds),
+        "max_new_tokens": max_new_tokens,
+        "min_words": min_words,
+        "system_prompt": system_prompt,
+        "decoding": "greedy",
+        "dtype": dtype,
+        "model": model_id,
+        "weights_fingerprint": cache.model_key,
+        "generation_batches": {"total": cache.hits + cache.misses, "from_cache": cache.hits},
+    }
     write_answers(run_dir, rows)
-    return update_metrics(run_dir, {"run": run, "train": train, "eval": block, "eval_settings": settings},
-                          drop=("judge",))
+    return update_metrics(
+        run_dir, {"run": run, "train": train, "eval": block, "eval_settings": settings}, drop=("judge",)
+    )
 
 
 # --------------------------------------------------------------------------- tables
 
-METRIC_COLUMNS = ("n_prompts", "fidelity_clean", "n_clean", "fidelity", "too_short", "wrong_language", "echo",
-                  "repetition", "line_pass", "chrf", "nll", "ppl", "seconds")
+METRIC_COLUMNS = (
+    "n_prompts",
+    "fidelity_clean",
+    "n_clean",
+    "fidelity",
+    "too_short",
+    "wrong_language",
+    "echo",
+    "repetition",
+    "line_pass",
+    "chrf",
+    "nll",
+    "ppl",
+    "seconds",
+)
 
 
 def metrics_table(run_dirs: Sequence[str | Path]):
@@ -340,8 +558,9 @@ def metrics_table(run_dirs: Sequence[str | Path]):
         for direction in DIRECTIONS:
             scores = metrics.get("eval", {}).get(direction)
             if scores:
-                rows.append({"run": run_dir.name, "direction": direction,
-                             **{k: scores.get(k) for k in METRIC_COLUMNS}})
+                rows.append(
+                    {"run": run_dir.name, "direction": direction, **{k: scores.get(k) for k in METRIC_COLUMNS}}
+                )
     return pd.DataFrame(rows, columns=["run", "direction", *METRIC_COLUMNS])
 
 
@@ -352,6 +571,8 @@ def side_by_side(run_dirs: Sequence[str | Path], direction: str = "tgt", n_examp
     answers = {Path(d).name: {r["id"]: r for r in read_answers(d) if r["direction"] == direction} for d in run_dirs}
     first = next(iter(answers.values()), {})
     ids = [i for i in first if all(i in by_id for by_id in answers.values())][:n_examples]
-    rows = [{"id": i, "prompt": first[i]["prompt"], **{run: by_id[i]["answer"] for run, by_id in answers.items()}}
-            for i in ids]
+    rows = [
+        {"id": i, "prompt": first[i]["prompt"], **{run: by_id[i]["answer"] for run, by_id in answers.items()}}
+        for i in ids
+    ]
     return pd.DataFrame(rows)

@@ -20,8 +20,9 @@ headline fidelity existed get intervals too. Nothing is written to disk.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -36,7 +37,9 @@ GROUP_COLUMNS = ("recipe", "lang", "method", "method_family", "n_seeds", "traina
 @functools.lru_cache(maxsize=256)
 def _cached_flags(run_dir: str, lang: str, stamp: int) -> dict[str, dict[str, dict[str, bool | None]]]:
     del stamp  # part of the cache key only: a rewritten answers.jsonl is read again
-    settings = (runfiles.read_metrics(run_dir).get("eval_settings") or {}) if Path(run_dir, "metrics.json").is_file() else {}
+    settings = (
+        (runfiles.read_metrics(run_dir).get("eval_settings") or {}) if Path(run_dir, "metrics.json").is_file() else {}
+    )
     min_words = int(settings.get("min_words") or 5)
     rows = runfiles.read_answers(run_dir)
     by_direction: dict[str, dict[str, dict[str, bool | None]]] = {}
@@ -47,9 +50,13 @@ def _cached_flags(run_dir: str, lang: str, stamp: int) -> dict[str, dict[str, di
             continue
         ids = list(answered)
         expected, other = sides[direction]
-        flags = answer_flags([str(answered[i].get("prompt") or "") for i in ids],
-                             [str(answered[i].get("answer") or "") for i in ids], expected, min_words=min_words,
-                             other_lang=other)
+        flags = answer_flags(
+            [str(answered[i].get("prompt") or "") for i in ids],
+            [str(answered[i].get("answer") or "") for i in ids],
+            expected,
+            min_words=min_words,
+            other_lang=other,
+        )
         by_direction[direction] = {i: {m: flags[m][k] for m in INTERVAL_METRICS} for k, i in enumerate(ids)}
     return by_direction
 
@@ -69,8 +76,9 @@ def _direction_flags(run_dirs: Sequence[str], lang: str, direction: str) -> list
     return found if found and all(found) else []  # type: ignore[return-value]
 
 
-def _aligned(flags_by_run: Sequence[dict[str, dict[str, bool | None]]], ids: Sequence[str],
-             metric: str) -> list[list[bool | None]]:
+def _aligned(
+    flags_by_run: Sequence[dict[str, dict[str, bool | None]]], ids: Sequence[str], metric: str
+) -> list[list[bool | None]]:
     return [[flags[i][metric] for i in ids] for flags in flags_by_run]
 
 
@@ -92,8 +100,11 @@ def group_value(runs: list[list[bool | None]], n_resamples: int) -> dict[str, An
 
 def _metric_from_file(runs: pd.DataFrame, metric: str) -> float | None:
     # Without answers.jsonl: the metrics.json value (fidelity for files older than the headline).
-    column = metric if metric in runs and runs[metric].notna().any() else \
-        ("fidelity" if metric == "fidelity_clean" else None)
+    column = (
+        metric
+        if metric in runs and runs[metric].notna().any()
+        else ("fidelity" if metric == "fidelity_clean" else None)
+    )
     if column is None or column not in runs:
         return None
     return across_seeds(list(runs[column]))["mean"]
@@ -125,13 +136,21 @@ def group_intervals(evals: pd.DataFrame, n_resamples: int = 10_000) -> pd.DataFr
             at = runs[runs["direction"] == direction].drop_duplicates("run_dir").sort_values("run_name")
             if at.empty:
                 continue
-            row: dict[str, Any] = dict(zip(GROUP_COLUMNS, key), direction=direction, run_dirs=tuple(at["run_dir"]),
-                                       train_seeds=tuple(s for s in at["train_seed"] if pd.notna(s)),
-                                       n_runs=len(at), n_prompts=None,
-                                       vs=None if sft is None or is_reference else str(sft["run_group"].iloc[0]))
+            row: dict[str, Any] = dict(
+                zip(GROUP_COLUMNS, key),
+                direction=direction,
+                run_dirs=tuple(at["run_dir"]),
+                train_seeds=tuple(s for s in at["train_seed"] if pd.notna(s)),
+                n_runs=len(at),
+                n_prompts=None,
+                vs=None if sft is None or is_reference else str(sft["run_group"].iloc[0]),
+            )
             flags = _direction_flags(list(at["run_dir"]), lang, direction)
-            sft_flags = [] if sft is None or is_reference else \
-                _direction_flags(list(sft[sft["direction"] == direction]["run_dir"].unique()), lang, direction)
+            sft_flags = (
+                []
+                if sft is None or is_reference
+                else _direction_flags(list(sft[sft["direction"] == direction]["run_dir"].unique()), lang, direction)
+            )
             if flags:
                 ids = _common_ids(flags + sft_flags)
                 row["n_prompts"] = len(ids)
@@ -140,14 +159,22 @@ def group_intervals(evals: pd.DataFrame, n_resamples: int = 10_000) -> pd.DataFr
                     value = group_value(_aligned(flags, ids, metric), n_resamples)
                 else:
                     value = {"value": _metric_from_file(at, metric), "low": None, "high": None, "sd": None}
-                row |= {metric: value["value"], f"{metric}_low": value["low"], f"{metric}_high": value["high"],
-                        f"{metric}_sd": value["sd"]}
+                row |= {
+                    metric: value["value"],
+                    f"{metric}_low": value["low"],
+                    f"{metric}_high": value["high"],
+                    f"{metric}_sd": value["sd"],
+                }
                 diff: dict[str, Any] = {"difference": None, "low": None, "high": None}
                 if sft_flags and row["n_prompts"]:
-                    diff = pooled_bootstrap(_aligned(flags, ids, metric), _aligned(sft_flags, ids, metric),
-                                            n_resamples=n_resamples)
-                row |= {f"{metric}_diff": diff["difference"], f"{metric}_diff_low": diff["low"],
-                        f"{metric}_diff_high": diff["high"]}
+                    diff = pooled_bootstrap(
+                        _aligned(flags, ids, metric), _aligned(sft_flags, ids, metric), n_resamples=n_resamples
+                    )
+                row |= {
+                    f"{metric}_diff": diff["difference"],
+                    f"{metric}_diff_low": diff["low"],
+                    f"{metric}_diff_high": diff["high"],
+                }
             rows.append(row)
     frame = pd.DataFrame(rows)
     if len(frame):

@@ -22,9 +22,10 @@ import os
 import random
 import re
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import httpx
 
@@ -74,8 +75,9 @@ class Judge(Protocol):
 
 
 def judge_user_message(question: str, answer_a: str, answer_b: str, lang: str) -> str:
-    return JUDGE_USER_TEMPLATE.format(language=get_language(lang).name, question=question,
-                                      answer_a=answer_a, answer_b=answer_b)
+    return JUDGE_USER_TEMPLATE.format(
+        language=get_language(lang).name, question=question, answer_a=answer_a, answer_b=answer_b
+    )
 
 
 # A bracketed verdict as the prompt asks ([[A]], [[B]], [[tie]]; MT-Bench's [[C]] also means tie),
@@ -86,7 +88,7 @@ _BARE = re.compile(r"^\W*(A|B|tie)\W*$", re.IGNORECASE)
 
 
 def parse_verdict(reply: str | None) -> str | None:
-    """"A", "B" or "tie" from a judge reply; None when the reply names no verdict (malformed)."""
+    """ "A", "B" or "tie" from a judge reply; None when the reply names no verdict (malformed)."""
     if not reply:
         return None
     found = _BRACKETED.findall(reply) or _LABELLED.findall(reply) or _BARE.findall(reply.strip())
@@ -98,6 +100,7 @@ def parse_verdict(reply: str | None) -> str | None:
 
 # --------------------------------------------------------------------------- OpenAI-compatible HTTP
 
+
 class OpenAIChatJudge:
     """Any OpenAI-compatible /chat/completions endpoint, called with httpx.
 
@@ -108,9 +111,18 @@ class OpenAIChatJudge:
     Retries 429, 5xx and connection errors with exponential backoff (honouring Retry-After).
     """
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = DEFAULT_API_KEY_ENV,
-                 temperature: float = 0.0, max_tokens: int = 512, timeout: float = 120.0,
-                 max_retries: int = 5, backoff_seconds: float = 1.0, concurrency: int = 4):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = DEFAULT_API_KEY_ENV,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        timeout: float = 120.0,
+        max_retries: int = 5,
+        backoff_seconds: float = 1.0,
+        concurrency: int = 4,
+    ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
@@ -133,13 +145,16 @@ class OpenAIChatJudge:
         retry_after = response.headers.get("retry-after") if response is not None else None
         if retry_after and retry_after.replace(".", "", 1).isdigit():
             return min(float(retry_after), 60.0)
-        return self.backoff_seconds * 2 ** attempt * (1 + 0.25 * random.random())  # jitter: no herd
+        return self.backoff_seconds * 2**attempt * (1 + 0.25 * random.random())  # jitter: no herd
 
     def complete(self, user_message: str, system_prompt: str) -> str:
         """The reply text of one chat completion; JudgeError when the endpoint keeps failing."""
-        body = {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                "messages": [{"role": "system", "content": system_prompt},
-                             {"role": "user", "content": user_message}]}
+        body = {
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "messages": [{"role": "system", "content": system_prompt}, {"role": "user", "content": user_message}],
+        }
         problem = ""
         for attempt in range(self.max_retries + 1):
             response = None
@@ -155,8 +170,14 @@ class OpenAIChatJudge:
                     break  # 4xx other than 429 will not get better by retrying (bad key, bad model name)
             if attempt < self.max_retries:
                 wait = self._wait(attempt, response)
-                log.warning("judge request to %s failed (%s); retry %d/%d in %.1fs", self.url, problem,
-                            attempt + 1, self.max_retries, wait)
+                log.warning(
+                    "judge request to %s failed (%s); retry %d/%d in %.1fs",
+                    self.url,
+                    problem,
+                    attempt + 1,
+                    self.max_retries,
+                    wait,
+                )
                 time.sleep(wait)
         raise JudgeError(f"judge endpoint {self.url} (model {self.model!r}) failed: {problem}")
 
@@ -182,11 +203,20 @@ class OpenAIChatJudge:
 
 # --------------------------------------------------------------------------- local Hugging Face model
 
+
 class HFChatJudge:
     """A local chat model as judge (greedy decoding through its chat template)."""
 
-    def __init__(self, model_id: str | None = None, model=None, tokenizer=None, dtype: str = "auto",
-                 max_new_tokens: int = 256, batch_size: int = 4, device: str | None = None):
+    def __init__(
+        self,
+        model_id: str | None = None,
+        model=None,
+        tokenizer=None,
+        dtype: str = "auto",
+        max_new_tokens: int = 256,
+        batch_size: int = 4,
+        device: str | None = None,
+    ):
         if model is None:
             if model_id is None:
                 raise ValueError("HFChatJudge needs model_id, or model and tokenizer")
@@ -202,13 +232,21 @@ class HFChatJudge:
     def complete_many(self, user_messages: list[str], system_prompt: str) -> list[str]:
         from .evaluate import generate_answers
 
-        return generate_answers(self.model, self.tokenizer, user_messages, max_new_tokens=self.max_new_tokens,
-                                batch_size=self.batch_size, system_prompt=system_prompt, progress=False)
+        return generate_answers(
+            self.model,
+            self.tokenizer,
+            user_messages,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            system_prompt=system_prompt,
+            progress=False,
+        )
 
 
-def make_judge(backend: str, model: str, base_url: str | None = None,
-               api_key_env: str = DEFAULT_API_KEY_ENV, **options) -> Judge:
-    """"openai" (OpenAI-compatible endpoint at base_url) or "hf" (local model id or folder)."""
+def make_judge(
+    backend: str, model: str, base_url: str | None = None, api_key_env: str = DEFAULT_API_KEY_ENV, **options
+) -> Judge:
+    """ "openai" (OpenAI-compatible endpoint at base_url) or "hf" (local model id or folder)."""
     if backend == "openai":
         if not base_url:
             raise ValueError("judge backend 'openai' needs base_url (e.g. https://api.openai.com/v1)")
@@ -220,9 +258,15 @@ def make_judge(backend: str, model: str, base_url: str | None = None,
 
 # --------------------------------------------------------------------------- win rates
 
-def judge_replies(judge: Judge, jobs: list[tuple[str, str, str, str]], lang: str,
-                  cache: DiskCache | str | os.PathLike | None = None, chunk_size: int = 32,
-                  progress: bool = True) -> list[str]:
+
+def judge_replies(
+    judge: Judge,
+    jobs: list[tuple[str, str, str, str]],
+    lang: str,
+    cache: DiskCache | str | os.PathLike | None = None,
+    chunk_size: int = 32,
+    progress: bool = True,
+) -> list[str]:
     """Raw replies for (question, answer A, answer B, order) jobs; cached replies are not requested.
 
     Replies are cached a chunk at a time, so a run stopped by a failing endpoint keeps what it got.
@@ -239,7 +283,7 @@ def judge_replies(judge: Judge, jobs: list[tuple[str, str, str, str]], lang: str
         if todo:
             log.info("judging %d comparisons with %s (%d cached)", len(todo), judge.name, len(jobs) - len(todo))
         for start in tqdm(range(0, len(todo), chunk_size), desc="judging", disable=not (progress and todo)):
-            chunk = todo[start: start + chunk_size]
+            chunk = todo[start : start + chunk_size]
             messages = [judge_user_message(jobs[i][0], jobs[i][1], jobs[i][2], lang) for i in chunk]
             fresh = dict(zip((keys[i] for i in chunk), judge.complete_many(messages, JUDGE_SYSTEM_PROMPT)))
             if store is not None:
@@ -252,8 +296,14 @@ def _score(verdict: str, candidate_is: str) -> float:
     return 0.5 if verdict == "tie" else float(verdict == candidate_is)
 
 
-def win_rate(judge: Judge, questions: Sequence[str], candidate: Sequence[str], baseline: Sequence[str],
-             lang: str, cache: DiskCache | str | os.PathLike | None = None) -> dict:
+def win_rate(
+    judge: Judge,
+    questions: Sequence[str],
+    candidate: Sequence[str],
+    baseline: Sequence[str],
+    lang: str,
+    cache: DiskCache | str | os.PathLike | None = None,
+) -> dict:
     """Win rate of `candidate` answers over `baseline` answers to the same questions.
 
     Each pair is judged twice (candidate as A, then as B). A pair's score is the mean of its two
@@ -263,8 +313,10 @@ def win_rate(judge: Judge, questions: Sequence[str], candidate: Sequence[str], b
     "n_malformed"}: n scored pairs, n_malformed malformed replies; win_rate is None when n is 0.
     """
     if not len(questions) == len(candidate) == len(baseline):
-        raise ValueError(f"{len(questions)} questions, {len(candidate)} candidate and {len(baseline)} baseline "
-                         "answers: expected the same number of each")
+        raise ValueError(
+            f"{len(questions)} questions, {len(candidate)} candidate and {len(baseline)} baseline "
+            "answers: expected the same number of each"
+        )
     jobs = []
     for q, c, b in zip(questions, candidate, baseline):
         jobs += [(q, c, b, "candidate-first"), (q, b, c, "baseline-first")]
@@ -287,8 +339,13 @@ def default_judge_cache() -> Path:
     return default_cache_dir() / "judge.sqlite"
 
 
-def judge_run(run_dir: str | os.PathLike, baseline_dir: str | os.PathLike, judge: Judge, lang: str,
-              cache: DiskCache | str | os.PathLike | None = None) -> dict:
+def judge_run(
+    run_dir: str | os.PathLike,
+    baseline_dir: str | os.PathLike,
+    judge: Judge,
+    lang: str,
+    cache: DiskCache | str | os.PathLike | None = None,
+) -> dict:
     """The metrics.json "judge" block of one run against a baseline run, from both runs'
     answers.jsonl (matched by direction and prompt id), written into the run's metrics.json."""
     run_dir, baseline_dir = Path(run_dir), Path(baseline_dir)
@@ -299,16 +356,26 @@ def judge_run(run_dir: str | os.PathLike, baseline_dir: str | os.PathLike, judge
         keys = [k for k in ours if k[0] == direction and k in theirs]
         if not keys:
             continue
-        result = win_rate(judge, [ours[k]["prompt"] for k in keys], [ours[k]["answer"] for k in keys],
-                          [theirs[k]["answer"] for k in keys], lang if direction == "tgt" else "en",
-                          cache=default_judge_cache() if cache is None else cache)
+        result = win_rate(
+            judge,
+            [ours[k]["prompt"] for k in keys],
+            [ours[k]["answer"] for k in keys],
+            [theirs[k]["answer"] for k in keys],
+            lang if direction == "tgt" else "en",
+            cache=default_judge_cache() if cache is None else cache,
+        )
         block[direction] = {"vs": baseline_dir.name, **result, "judge": judge.name}
     update_metrics(run_dir, {"judge": block})
     return block
 
 
-def judge_runs(run_dirs: Sequence[str | os.PathLike], baseline: str, judge: Judge, lang: str,
-               cache: DiskCache | str | os.PathLike | None = None) -> dict[str, dict]:
+def judge_runs(
+    run_dirs: Sequence[str | os.PathLike],
+    baseline: str,
+    judge: Judge,
+    lang: str,
+    cache: DiskCache | str | os.PathLike | None = None,
+) -> dict[str, dict]:
     """judge_run for every run folder against the sibling folder named `baseline` (it need not be
     in run_dirs: the batch runner evaluates one run at a time). Runs are skipped, with the reason
     logged, when they are the baseline or when the baseline has no answers.jsonl yet."""
@@ -318,8 +385,9 @@ def judge_runs(run_dirs: Sequence[str | os.PathLike], baseline: str, judge: Judg
         if run_dir.resolve() == baseline_dir.resolve():
             continue
         if not (baseline_dir / "answers.jsonl").exists():
-            log.warning("%s not judged: the baseline %s has no answers.jsonl (evaluate it first)",
-                        run_dir.name, baseline_dir)
+            log.warning(
+                "%s not judged: the baseline %s has no answers.jsonl (evaluate it first)", run_dir.name, baseline_dir
+            )
             continue
         blocks[run_dir.name] = judge_run(run_dir, baseline_dir, judge, lang, cache=cache)
     return blocks

@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .runfiles import read_json
 
@@ -44,8 +44,9 @@ DEFAULT_BENCHMARKS = ("mmmlu", "mmlu", "belebele")  # the paper's set; "global_m
 LM_EVAL_PIN = "lm-eval==0.4.13"
 
 
-def knowledge_tasks(lang: str, benchmarks: Sequence[str] = DEFAULT_BENCHMARKS,
-                    include_english: bool = True) -> list[str]:
+def knowledge_tasks(
+    lang: str, benchmarks: Sequence[str] = DEFAULT_BENCHMARKS, include_english: bool = True
+) -> list[str]:
     """lm_eval task names for `lang` (and English, for retention) among `benchmarks`."""
     if lang not in KNOWLEDGE_TASKS:
         raise ValueError(f"no knowledge tasks mapped for {lang!r}; known: {sorted(KNOWLEDGE_TASKS)}")
@@ -99,10 +100,18 @@ def accuracy_by_task(results: dict, tasks: Sequence[str], metric: str = "acc,non
     return scores
 
 
-def run_knowledge(model_dir: str | os.PathLike, tasks: Sequence[str], include_path: str | os.PathLike | None = None,
-                  limit: int | float | None = None, num_fewshot: int | None = None, batch_size: int = 8,
-                  device: str = "cpu", dtype: str = "float32", seed: int = 0,
-                  include_defaults: bool = True) -> dict:
+def run_knowledge(
+    model_dir: str | os.PathLike,
+    tasks: Sequence[str],
+    include_path: str | os.PathLike | None = None,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int = 0,
+    include_defaults: bool = True,
+) -> dict:
     """Run lm-evaluation-harness tasks on a model folder; returns {"scores": {task: acc},
     "seconds", "lm_eval", "limit", "num_fewshot"}; the "knowledge" block is its "scores".
 
@@ -113,26 +122,43 @@ def run_knowledge(model_dir: str | os.PathLike, tasks: Sequence[str], include_pa
     """
     version = lm_eval_available()
     if version is None:
-        raise ImportError(f"knowledge benchmarks need lm-evaluation-harness: pip install \"{LM_EVAL_PIN}\"")
+        raise ImportError(f'knowledge benchmarks need lm-evaluation-harness: pip install "{LM_EVAL_PIN}"')
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     start = time.perf_counter()
-    task_manager = TaskManager(include_path=str(include_path) if include_path else None,
-                               include_defaults=include_defaults)
+    task_manager = TaskManager(
+        include_path=str(include_path) if include_path else None, include_defaults=include_defaults
+    )
     unknown = [t for t in tasks if t not in task_manager.all_tasks]
     if unknown:
         raise ValueError(f"lm_eval {version} knows no task {unknown}; see KNOWLEDGE_TASKS")
     try:
         results = lm_eval.simple_evaluate(
-            model="hf", model_args=_model_args(Path(model_dir), dtype, device, batch_size), tasks=list(tasks),
-            num_fewshot=num_fewshot, limit=limit, task_manager=task_manager, log_samples=False,
-            bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-            fewshot_random_seed=seed)
+            model="hf",
+            model_args=_model_args(Path(model_dir), dtype, device, batch_size),
+            tasks=list(tasks),
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=task_manager,
+            log_samples=False,
+            bootstrap_iters=0,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
     except (ConnectionError, OSError) as err:
         # Hub tasks download their data on first use; offline this is where they stop.
-        raise RuntimeError(f"lm_eval could not load a task's data or the model ({err}); the MMLU/MMMLU/"
-                           "BELEBELE tasks download from the Hugging Face hub, which this machine may "
-                           "not reach") from err
-    return {"scores": accuracy_by_task(results, tasks), "seconds": round(time.perf_counter() - start, 3),
-            "lm_eval": version, "limit": limit, "num_fewshot": num_fewshot}
+        raise RuntimeError(
+            f"lm_eval could not load a task's data or the model ({err}); the MMLU/MMMLU/"
+            "BELEBELE tasks download from the Hugging Face hub, which this machine may "
+            "not reach"
+        ) from err
+    return {
+        "scores": accuracy_by_task(results, tasks),
+        "seconds": round(time.perf_counter() - start, 3),
+        "lm_eval": version,
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+    }

@@ -23,14 +23,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Language:
-    code: str                  # ISO 639-1, the kit's key
-    name: str                  # English name, for prompts and plots
-    m2m100: str | None         # M2M100 language code (None: not covered by M2M100)
-    nllb: str | None           # NLLB-200 / FLORES-200 code
-    apertium: str | None       # Debian Apertium mode English -> this language (None: no pair)
-    lingua: str                # lingua.Language member name, for language ID
-    resource: str | None       # "high" | "medium" | "low" as the paper groups its six; None elsewhere
-    script: str                # ISO 15924 script
+    code: str  # ISO 639-1, the kit's key
+    name: str  # English name, for prompts and plots
+    m2m100: str | None  # M2M100 language code (None: not covered by M2M100)
+    nllb: str | None  # NLLB-200 / FLORES-200 code
+    apertium: str | None  # Debian Apertium mode English -> this language (None: no pair)
+    lingua: str  # lingua.Language member name, for language ID
+    resource: str | None  # "high" | "medium" | "low" as the paper groups its six; None elsewhere
+    script: str  # ISO 15924 script
     char_ratio: tuple[float, float] = (0.5, 2.2)  # plausible len(translation)/len(English) in characters
     apertium_package: str | None = None  # Debian package that provides `apertium` mode (install hint)
 
@@ -47,14 +47,26 @@ LANGUAGES: dict[str, Language] = {
         Language("sw", "Swahili", "sw", "swh_Latn", None, "SWAHILI", "low", "Latn"),
         Language("yo", "Yoruba", "yo", "yor_Latn", None, "YORUBA", "low", "Latn"),
         # Offline demo languages (Apertium pairs packaged in Debian); not in the paper.
-        Language("ca", "Catalan", "ca", "cat_Latn", "eng-cat", "CATALAN", None, "Latn",
-                 apertium_package="apertium-eng-cat"),
-        Language("es", "Spanish", "es", "spa_Latn", "eng-spa", "SPANISH", None, "Latn",
-                 apertium_package="apertium-eng-spa"),
-        Language("eo", "Esperanto", None, "epo_Latn", "en-eo", "ESPERANTO", None, "Latn",
-                 apertium_package="apertium-eo-en"),
-        Language("hr", "Croatian", "hr", "hrv_Latn", "eng-hbs_HR", "CROATIAN", None, "Latn",
-                 apertium_package="apertium-hbs-eng"),
+        Language(
+            "ca", "Catalan", "ca", "cat_Latn", "eng-cat", "CATALAN", None, "Latn", apertium_package="apertium-eng-cat"
+        ),
+        Language(
+            "es", "Spanish", "es", "spa_Latn", "eng-spa", "SPANISH", None, "Latn", apertium_package="apertium-eng-spa"
+        ),
+        Language(
+            "eo", "Esperanto", None, "epo_Latn", "en-eo", "ESPERANTO", None, "Latn", apertium_package="apertium-eo-en"
+        ),
+        Language(
+            "hr",
+            "Croatian",
+            "hr",
+            "hrv_Latn",
+            "eng-hbs_HR",
+            "CROATIAN",
+            None,
+            "Latn",
+            apertium_package="apertium-hbs-eng",
+        ),
     ]
 }
 

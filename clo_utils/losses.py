@@ -50,9 +50,14 @@ def response_positions(labels: torch.Tensor, ignore_index: int = -100) -> torch.
     return keep
 
 
-def packed_sequence_logps(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor,
-                          chunk_tokens: int = 2048, segments: torch.Tensor | None = None,
-                          n_sequences: int | None = None):
+def packed_sequence_logps(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    keep: torch.Tensor,
+    chunk_tokens: int = 2048,
+    segments: torch.Tensor | None = None,
+    n_sequences: int | None = None,
+):
     """`sequence_logps` for logits computed at the `keep` positions only.
 
     `logits` is (N, V) with N = keep.sum(), in row-major order of `keep` (what `hidden[keep]` gives);
@@ -79,16 +84,19 @@ def packed_sequence_logps(logits: torch.Tensor, labels: torch.Tensor, keep: torc
         rows, n_rows, counts = keep.nonzero(as_tuple=True)[0], labels.shape[0], keep.sum(-1)
     else:
         if segments.shape != labels.shape or n_sequences is None:
-            raise ValueError(f"segments {tuple(segments.shape)} should be shaped like labels {tuple(labels.shape)}, "
-                             "with n_sequences given")
+            raise ValueError(
+                f"segments {tuple(segments.shape)} should be shaped like labels {tuple(labels.shape)}, "
+                "with n_sequences given"
+            )
         rows, n_rows = segments[keep], n_sequences
         counts = torch.bincount(rows, minlength=n_rows)
     sums = torch.zeros(n_rows, dtype=torch.float32, device=logits.device).index_add(0, rows, token_logps)
     return sums, counts
 
 
-def response_nll(chosen_logps: torch.Tensor, chosen_counts: torch.Tensor, is_target: torch.Tensor,
-                 nll_on: str = "target") -> torch.Tensor:
+def response_nll(
+    chosen_logps: torch.Tensor, chosen_counts: torch.Tensor, is_target: torch.Tensor, nll_on: str = "target"
+) -> torch.Tensor:
     """Token-mean NLL over the chosen responses of the batch's target-direction triples
     (`nll_on="target"`, the paper's default) or of every triple (`"both"`, the ablation)."""
     if nll_on not in NLL_ON:
@@ -99,10 +107,16 @@ def response_nll(chosen_logps: torch.Tensor, chosen_counts: torch.Tensor, is_tar
     return -chosen_logps.float()[keep].sum() / chosen_counts[keep].sum().clamp(min=1).float()
 
 
-def clo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
-             target_nll: torch.Tensor, beta: float = 0.1, lam: float = 0.5,
-             directions: list[str] | None = None):
+def clo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    target_nll: torch.Tensor,
+    beta: float = 0.1,
+    lam: float = 0.5,
+    directions: list[str] | None = None,
+):
     """CLO loss over all triples of a batch: lam * target_nll + (1 - lam) * mean(-logsigmoid(margin)).
 
     The first four arguments are (B,) summed response log-probs; `directions` (optional, one of

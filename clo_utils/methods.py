@@ -13,19 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 NB_SFT, NB_CLO = "02_sft_baseline", "03_clo_training"
-PALETTE = "colorblind"                  # seaborn palette the colour indices refer to
-FALLBACK_COLOUR_INDICES = (6, 8, 1)     # for method names outside the table, in order of appearance
+PALETTE = "colorblind"  # seaborn palette the colour indices refer to
+FALLBACK_COLOUR_INDICES = (6, 8, 1)  # for method names outside the table, in order of appearance
 TRAINABLE_SUFFIXES = {"_full": "full", "_lora": "lora", "_attention": "attention"}
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    notebook: str | None      # the notebook that trains it; None: evaluated only, or not trained by the kit
+    notebook: str | None  # the notebook that trains it; None: evaluated only, or not trained by the kit
     fixed: dict = field(default_factory=dict)  # notebook parameters the method fixes
-    label: str = ""           # name in legends and tables
-    colour_index: int = 0     # index into the seaborn "colorblind" palette
-    family: str = ""          # "base", "sft", "dpo" or "clo": the kind of training
+    label: str = ""  # name in legends and tables
+    colour_index: int = 0  # index into the seaborn "colorblind" palette
+    family: str = ""  # "base", "sft", "dpo" or "clo": the kind of training
 
 
 # In legend and table order: the untouched model, the SFT family, the preference baselines, then CLO.
@@ -56,8 +56,10 @@ def split_method(name: str) -> tuple[str, str, dict]:
             break
     method = METHODS.get(base)
     if method is None or method.notebook is None:
-        raise ValueError(f"unknown method {name!r}; known: {sorted(TRAINED_METHODS)} with optional suffixes "
-                         f"{sorted(TRAINABLE_SUFFIXES)}")
+        raise ValueError(
+            f"unknown method {name!r}; known: {sorted(TRAINED_METHODS)} with optional suffixes "
+            f"{sorted(TRAINABLE_SUFFIXES)}"
+        )
     fixed = dict(method.fixed)
     if trainable is not None:
         fixed["trainable"] = trainable

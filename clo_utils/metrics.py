@@ -26,24 +26,26 @@ Everything here takes strings and returns numbers: no model, no files.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from .text import count_words, detect_languages, normalized_tokens
 
 DIRECTIONS = ("tgt", "en")  # target prompts -> target references; English prompts -> English references
-ECHO_PREFIX_WORDS = 8       # how many opening prompt words an echo must copy (fewer if the prompt is shorter)
-ECHO_MIN_PROMPT_WORDS = 3   # shorter prompts are never called echoed: restating "Hi" is not copying
-ECHO_MAX_LEAD_IN = 3        # the copy may start after a short lead-in ("Question:", "Sure!")
+ECHO_PREFIX_WORDS = 8  # how many opening prompt words an echo must copy (fewer if the prompt is shorter)
+ECHO_MIN_PROMPT_WORDS = 3  # shorter prompts are never called echoed: restating "Hi" is not copying
+ECHO_MAX_LEAD_IN = 3  # the copy may start after a short lead-in ("Question:", "Sure!")
 REPETITION_THRESHOLD = 0.5  # distinct/total word trigrams below this = degenerate, looping text
-LINE_MIN_WORDS = 5          # the language-confusion benchmark judges lines of at least this many words
+LINE_MIN_WORDS = 5  # the language-confusion benchmark judges lines of at least this many words
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 
 
 # --------------------------------------------------------------------------- language fidelity
 
-def language_fidelity(texts: Sequence[str], expected_lang: str, min_words: int = 5,
-                      other_lang: str | None = None) -> float:
+
+def language_fidelity(
+    texts: Sequence[str], expected_lang: str, min_words: int = 5, other_lang: str | None = None
+) -> float:
     """Share of countable texts (>= min_words words) identified as `expected_lang`.
 
     The detector is restricted to {expected_lang, other_lang}; other_lang defaults to English for a
@@ -59,6 +61,7 @@ def language_fidelity(texts: Sequence[str], expected_lang: str, min_words: int =
 
 # --------------------------------------------------------------------------- degenerate answers
 
+
 def is_echo(prompt: str, answer: str) -> bool:
     """The answer starts by copying the prompt.
 
@@ -72,7 +75,7 @@ def is_echo(prompt: str, answer: str) -> bool:
     if k < ECHO_MIN_PROMPT_WORDS:
         return False
     head = prompt_tokens[:k]
-    return any(answer_tokens[start: start + k] == head for start in range(ECHO_MAX_LEAD_IN + 1))
+    return any(answer_tokens[start : start + k] == head for start in range(ECHO_MAX_LEAD_IN + 1))
 
 
 def distinct_trigram_ratio(text: str) -> float | None:
@@ -89,8 +92,13 @@ def distinct_trigram_ratio(text: str) -> float | None:
 FLAG_NAMES = ("fidelity", "too_short", "wrong_language", "echo", "repetition", "fidelity_clean", "line_pass")
 
 
-def answer_flags(prompts: Sequence[str], answers: Sequence[str], expected_lang: str, min_words: int = 5,
-                 other_lang: str | None = None) -> dict[str, list[bool | None]]:
+def answer_flags(
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    expected_lang: str,
+    min_words: int = 5,
+    other_lang: str | None = None,
+) -> dict[str, list[bool | None]]:
     """Per answer, in order, whether it counts for each share of `fidelity_report`; None where the
     answer is outside that share's denominator (too short for fidelity and wrong_language, fewer
     than three trigrams for repetition). The shares are the means of the non-None flags, so a
@@ -125,8 +133,13 @@ def share(flags: Sequence[bool | None]) -> float | None:
     return sum(counted) / len(counted) if counted else None
 
 
-def fidelity_report(prompts: Sequence[str], answers: Sequence[str], expected_lang: str, min_words: int = 5,
-                    other_lang: str | None = None) -> dict:
+def fidelity_report(
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    expected_lang: str,
+    min_words: int = 5,
+    other_lang: str | None = None,
+) -> dict:
     """Fidelity with the shares that explain it (see the module docstring for each definition).
 
     Keys: n_prompts, the FLAG_NAMES shares, n_clean (the answers fidelity_clean counts) and
@@ -134,14 +147,20 @@ def fidelity_report(prompts: Sequence[str], answers: Sequence[str], expected_lan
     null), never NaN.
     """
     flags = answer_flags(prompts, answers, expected_lang, min_words=min_words, other_lang=other_lang)
-    return {"n_prompts": len(prompts), **{name: share(flags[name]) for name in FLAG_NAMES},
-            "n_clean": counted(flags["fidelity_clean"]), "n_line_judged": counted(flags["line_pass"])}
+    return {
+        "n_prompts": len(prompts),
+        **{name: share(flags[name]) for name in FLAG_NAMES},
+        "n_clean": counted(flags["fidelity_clean"]),
+        "n_line_judged": counted(flags["line_pass"]),
+    }
 
 
 # --------------------------------------------------------------------------- language confusion
 
-def line_pass_flags(answers: Sequence[str], expected_lang: str, other_lang: str | None = None,
-                    min_words: int = LINE_MIN_WORDS) -> list[bool | None]:
+
+def line_pass_flags(
+    answers: Sequence[str], expected_lang: str, other_lang: str | None = None, min_words: int = LINE_MIN_WORDS
+) -> list[bool | None]:
     """Per answer: every line of at least `min_words` words is identified as `expected_lang`;
     None when the answer has no such line (it is not judged, like a too-short answer).
 
@@ -158,8 +177,9 @@ def line_pass_flags(answers: Sequence[str], expected_lang: str, other_lang: str 
     return flags
 
 
-def line_pass_rate(answers: Sequence[str], expected_lang: str, other_lang: str | None = None,
-                   min_words: int = LINE_MIN_WORDS) -> float | None:
+def line_pass_rate(
+    answers: Sequence[str], expected_lang: str, other_lang: str | None = None, min_words: int = LINE_MIN_WORDS
+) -> float | None:
     """Share of judged answers (those with a line of >= min_words words) whose every such line is in
     `expected_lang` (see `line_pass_flags`); None when no answer is judged."""
     return share(line_pass_flags(answers, expected_lang, other_lang, min_words))
@@ -167,9 +187,14 @@ def line_pass_rate(answers: Sequence[str], expected_lang: str, other_lang: str |
 
 # --------------------------------------------------------------------------- paired bootstrap
 
-def paired_bootstrap(flags_a: Sequence[bool | None], flags_b: Sequence[bool | None],
-                     n_resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = 0.95,
-                     seed: int = BOOTSTRAP_SEED) -> dict:
+
+def paired_bootstrap(
+    flags_a: Sequence[bool | None],
+    flags_b: Sequence[bool | None],
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict:
     """The difference share(a) - share(b) of two runs that answered the same prompts (flags aligned
     by prompt, None outside the share's denominator), with a percentile bootstrap interval.
 
@@ -181,9 +206,13 @@ def paired_bootstrap(flags_a: Sequence[bool | None], flags_b: Sequence[bool | No
     return pooled_bootstrap([flags_a], [flags_b], n_resamples=n_resamples, confidence=confidence, seed=seed)
 
 
-def pooled_bootstrap(runs_a: Sequence[Sequence[bool | None]], runs_b: Sequence[Sequence[bool | None]] | None = None,
-                     n_resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = 0.95,
-                     seed: int = BOOTSTRAP_SEED) -> dict:
+def pooled_bootstrap(
+    runs_a: Sequence[Sequence[bool | None]],
+    runs_b: Sequence[Sequence[bool | None]] | None = None,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict:
     """The mean share over the runs of `runs_a` (training seeds of one method), minus the mean share
     over `runs_b` when given, with a percentile bootstrap interval over prompts.
 
@@ -201,7 +230,9 @@ def pooled_bootstrap(runs_a: Sequence[Sequence[bool | None]], runs_b: Sequence[S
         raise ValueError("bootstrap needs at least one run on each side")
     lengths = {len(flags) for runs in groups for flags in runs}
     if len(lengths) != 1:
-        raise ValueError(f"paired bootstrap needs the same prompts for every run: flag lists of lengths {sorted(lengths)}")
+        raise ValueError(
+            f"paired bootstrap needs the same prompts for every run: flag lists of lengths {sorted(lengths)}"
+        )
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     n = lengths.pop()
@@ -255,6 +286,7 @@ def across_seeds(values: Sequence[float | None], confidence: float = 0.95) -> di
 
 
 # --------------------------------------------------------------------------- reference scores
+
 
 def chrf(answers: Sequence[str], references: Sequence[str]) -> float:
     """Corpus chrF++ (sacrebleu CHRF with word_order=2), 0-100, one reference per answer."""

@@ -41,9 +41,27 @@ EMBEDDED_MODELS = {
 
 # Attention projections per architecture (config.model_type -> module-name suffixes).
 ATTENTION_MODULES = {
-    **{t: ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
-       for t in ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
-                 "gemma2", "gemma3_text", "gemma3", "olmo", "olmo2", "granite", "smollm3", "cohere")},
+    **dict.fromkeys(
+        (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen2_moe",
+            "qwen3",
+            "qwen3_moe",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "gemma3",
+            "olmo",
+            "olmo2",
+            "granite",
+            "smollm3",
+            "cohere",
+        ),
+        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+    ),
     "phi3": ("self_attn.qkv_proj", "self_attn.o_proj"),
     "gpt2": ("attn.c_attn", "attn.c_proj"),  # transformers' Conv1D: a Linear with a transposed weight
 }
@@ -136,15 +154,25 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         return dtype
     if dtype == "auto":  # the GPU profile: bf16 where the hardware has it, else fp32
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in names:
         raise ValueError(f"dtype must be 'auto' or one of {sorted(names)}, got {dtype!r}")
     return names[dtype]
 
 
-def load_tokenizer(model_id: str, trust_remote_code: bool = False, chat_template: str | None = None,
-                   require_chat_template: bool = True):
+def load_tokenizer(
+    model_id: str,
+    trust_remote_code: bool = False,
+    chat_template: str | None = None,
+    require_chat_template: bool = True,
+):
     """The tokenizer; `chat_template="chatml"` (or a Jinja string) replaces a missing or unwanted template.
 
     Base models have no template: ChatML text marks turns, and the template's turn end
@@ -157,16 +185,23 @@ def load_tokenizer(model_id: str, trust_remote_code: bool = False, chat_template
     if chat_template:
         tokenizer.chat_template = CHATML_TEMPLATE if chat_template == "chatml" else chat_template
     if tokenizer.chat_template is None and require_chat_template:
-        raise ValueError(f"{model_id}: the tokenizer has no chat template; CLO needs one to build prompts. "
-                         "Pass chat_template='chatml' (the notebooks' chat_template parameter) for a base model")
+        raise ValueError(
+            f"{model_id}: the tokenizer has no chat template; CLO needs one to build prompts. "
+            "Pass chat_template='chatml' (the notebooks' chat_template parameter) for a base model"
+        )
     if tokenizer.pad_token is None:  # padding is masked out of every loss, so EOS is safe
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model_and_tokenizer(model_id: str, dtype: str | torch.dtype = "auto", device: str | None = None,
-                             trust_remote_code: bool = False, attn_implementation: str | None = None,
-                             chat_template: str | None = None):
+def load_model_and_tokenizer(
+    model_id: str,
+    dtype: str | torch.dtype = "auto",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    chat_template: str | None = None,
+):
     """A causal LM and its tokenizer from a hub id, a local folder, or an `embedded:` id.
 
     `trust_remote_code` stays off by default: only architectures transformers ships are run.
@@ -190,19 +225,28 @@ def attention_module_names(model, attention_modules: tuple[str, ...] | None = No
     model_type = getattr(base.config, "model_type", type(base).__name__)
     suffixes = attention_modules or ATTENTION_MODULES.get(model_type)
     if suffixes is None:
-        raise ValueError(f"no attention-module mapping for architecture {model_type!r} "
-                         f"({type(base).__name__}); known: {sorted(ATTENTION_MODULES)}. "
-                         "Pass attention_modules=('self_attn.q_proj', ...) for this model.")
+        raise ValueError(
+            f"no attention-module mapping for architecture {model_type!r} "
+            f"({type(base).__name__}); known: {sorted(ATTENTION_MODULES)}. "
+            "Pass attention_modules=('self_attn.q_proj', ...) for this model."
+        )
     from transformers.pytorch_utils import Conv1D
 
     tower = TEXT_TOWERS.get(model_type) if attention_modules is None else None
-    names = [n for n, m in base.named_modules()
-             if any(n == s or n.endswith("." + s) for s in suffixes) and isinstance(m, (torch.nn.Linear, Conv1D))
-             and (tower is None or f"{tower}." in f".{n}")]
+    names = [
+        n
+        for n, m in base.named_modules()
+        if any(n == s or n.endswith("." + s) for s in suffixes)
+        and isinstance(m, (torch.nn.Linear, Conv1D))
+        and (tower is None or f"{tower}." in f".{n}")
+    ]
     if not names:
-        raise ValueError(f"architecture {model_type!r} ({type(base).__name__}): no Linear module matches "
-                         f"{suffixes}" + (f" under {tower!r}" if tower else "") +
-                         "; pass attention_modules= with this model's projection names")
+        raise ValueError(
+            f"architecture {model_type!r} ({type(base).__name__}): no Linear module matches "
+            f"{suffixes}"
+            + (f" under {tower!r}" if tower else "")
+            + "; pass attention_modules= with this model's projection names"
+        )
     return names
 
 
@@ -220,7 +264,7 @@ def template_turn_end_ids(tokenizer) -> list[int]:
     answer = [{"role": "assistant", "content": "Hello"}]
     prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"]
     full_ids = tokenizer.apply_chat_template(prompt + answer, return_dict=True)["input_ids"]
-    return list(dict.fromkeys(t for t in full_ids[len(prompt_ids):] if _is_special(tokenizer, t)))
+    return list(dict.fromkeys(t for t in full_ids[len(prompt_ids) :] if _is_special(tokenizer, t)))
 
 
 def end_of_turn_token_ids(tokenizer, model=None) -> list[int]:
@@ -238,8 +282,14 @@ def end_of_turn_token_ids(tokenizer, model=None) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def select_trainable(model, mode: str = "attention", attention_modules: tuple[str, ...] | None = None,
-                     lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.0):
+def select_trainable(
+    model,
+    mode: str = "attention",
+    attention_modules: tuple[str, ...] | None = None,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.0,
+):
     """Freeze all but the chosen parameters; returns (model, report).
 
     "attention": q/k/v/o projections (weights and biases) train, everything else is frozen;
@@ -259,12 +309,14 @@ def select_trainable(model, mode: str = "attention", attention_modules: tuple[st
 
         # Full module names: a bare suffix would also match gpt2's mlp.c_proj or a vision tower's q_proj.
         names = attention_module_names(model, attention_modules)
-        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                            target_modules=names, task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=names, task_type="CAUSAL_LM"
+        )
         model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    report = {"mode": mode, "trainable_params": trainable, "total_params": total,
-              "trainable_share": trainable / total}
-    log.info("trainable parameters (%s): %s of %s (%.2f%%)", mode, f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    report = {"mode": mode, "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total}
+    log.info(
+        "trainable parameters (%s): %s of %s (%.2f%%)", mode, f"{trainable:,}", f"{total:,}", 100 * trainable / total
+    )
     return model, report

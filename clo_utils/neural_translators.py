@@ -42,28 +42,50 @@ def _default_dtype(device: str, dtype):
     return torch.float32
 
 
-class HFSeq2SeqTranslator(Translator):
-    """A transformers encoder-decoder MT model; subclasses set the language codes."""
+class LocalModelTranslator(Translator):
+    """A model run in this process: `model` (None: the default for the language), `device` and `dtype`
+    (None: CUDA in bf16/fp16 when available, else CPU fp32); the weights load on the first batch."""
 
-    default_batch_size = 16
-    split_sentences = True
     default_model: str = ""
 
-    def __init__(self, target_lang: str, model: str | None = None, device: str | None = None, dtype=None,
-                 num_beams: int = 4, max_input_tokens: int = 256, max_new_tokens_factor: float = 2.0,
-                 min_new_tokens: int = 16):
+    def __init__(self, target_lang: str, model: str | None = None, device: str | None = None, dtype=None):
         super().__init__(target_lang)
         self.model_id = model or self.default_model_for(self.lang)
         self.device = _default_device(device)
         self.dtype = _default_dtype(self.device, dtype)
+        self._loaded = None  # what _load() builds, on the first batch
+
+    def default_model_for(self, lang: Language) -> str:
+        return self.default_model
+
+
+class HFSeq2SeqTranslator(LocalModelTranslator):
+    """A transformers encoder-decoder MT model; subclasses set the language codes."""
+
+    default_batch_size = 16
+    split_sentences = True
+    code_field: str = ""  # the Language field holding this model's target code ("": none needed)
+    no_code_hint: str = ""  # appended to the error when the registry has no such code
+
+    def __init__(
+        self,
+        target_lang: str,
+        num_beams: int = 4,
+        max_input_tokens: int = 256,
+        max_new_tokens_factor: float = 2.0,
+        min_new_tokens: int = 16,
+        **model_options,
+    ):
+        """model_options: `model`, `device`, `dtype`, as LocalModelTranslator takes them."""
+        super().__init__(target_lang, **model_options)
+        if self.code_field and not getattr(self.lang, self.code_field):
+            raise TranslatorError(
+                f"{self.name.upper()} has no code for {self.lang.name} ({self.lang.code}){self.no_code_hint}"
+            )
         self.num_beams = num_beams
         self.max_input_tokens = max_input_tokens
         self.max_new_tokens_factor = max_new_tokens_factor
         self.min_new_tokens = min_new_tokens
-        self._loaded = None  # (model, tokenizer, generate kwargs), loaded on the first batch
-
-    def default_model_for(self, lang: Language) -> str:
-        return self.default_model
 
     @property
     def model(self) -> str:
@@ -96,18 +118,26 @@ class HFSeq2SeqTranslator(Translator):
         texts = self._prepare_inputs(segments)
         too_long = sum(len(ids) > self.max_input_tokens for ids in tokenizer(texts)["input_ids"])
         if too_long:  # sentences this long are rare; say so rather than lose their end silently
-            log.warning("%s: %d segment(s) longer than max_input_tokens=%d are truncated",
-                        self.label, too_long, self.max_input_tokens)
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                           max_length=self.max_input_tokens).to(self.device)
+            log.warning(
+                "%s: %d segment(s) longer than max_input_tokens=%d are truncated",
+                self.label,
+                too_long,
+                self.max_input_tokens,
+            )
+        inputs = tokenizer(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_input_tokens
+        ).to(self.device)
         # Output length follows the input: a fixed cap either truncates long segments or lets
         # short ones ramble on for hundreds of tokens.
         max_new = max(self.min_new_tokens, int(inputs["input_ids"].shape[1] * self.max_new_tokens_factor))
         with torch.inference_mode():
-            out = model.generate(**inputs, **generate_kwargs, num_beams=self.num_beams, do_sample=False,
-                                 max_new_tokens=max_new)
-        return [tidy(t) for t in tokenizer.batch_decode(self._drop_language_tokens(out, tokenizer),
-                                                         skip_special_tokens=True)]
+            out = model.generate(
+                **inputs, **generate_kwargs, num_beams=self.num_beams, do_sample=False, max_new_tokens=max_new
+            )
+        return [
+            tidy(t)
+            for t in tokenizer.batch_decode(self._drop_language_tokens(out, tokenizer), skip_special_tokens=True)
+        ]
 
     def _language_token_ids(self, tokenizer) -> set[int]:
         """Ids of the language-code tokens (M2M100's __ca__, NLLB's cat_Latn)."""
@@ -122,9 +152,14 @@ class HFSeq2SeqTranslator(Translator):
     def describe(self) -> dict:
         import transformers
 
-        return {**super().describe(), "model_id": self.model_id, "num_beams": self.num_beams,
-                "device": self.device, "dtype": str(self.dtype).replace("torch.", ""),
-                "transformers": transformers.__version__}
+        return {
+            **super().describe(),
+            "model_id": self.model_id,
+            "num_beams": self.num_beams,
+            "device": self.device,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "transformers": transformers.__version__,
+        }
 
 
 class M2M100Translator(HFSeq2SeqTranslator):
@@ -132,19 +167,18 @@ class M2M100Translator(HFSeq2SeqTranslator):
 
     name = "m2m100"
     default_model = "facebook/m2m100_1.2B"
-
-    def __init__(self, target_lang: str, **kwargs):
-        super().__init__(target_lang, **kwargs)
-        if not self.lang.m2m100:
-            raise TranslatorError(f"M2M100 has no code for {self.lang.name} ({self.lang.code}); use backend='nllb'")
+    code_field = "m2m100"
+    no_code_hint = "; use backend='nllb'"
 
     def _language_setup(self, tokenizer) -> dict:
         tokenizer.src_lang = SOURCE_LANG
         try:
             return {"forced_bos_token_id": tokenizer.get_lang_id(self.lang.m2m100)}
         except (KeyError, AttributeError) as e:
-            raise TranslatorError(f"{self.model_id}: tokenizer has no M2M100 language code "
-                                  f"{self.lang.m2m100!r} ({type(tokenizer).__name__})") from e
+            raise TranslatorError(
+                f"{self.model_id}: tokenizer has no M2M100 language code "
+                f"{self.lang.m2m100!r} ({type(tokenizer).__name__})"
+            ) from e
 
     def _language_token_ids(self, tokenizer) -> set[int]:
         return set(getattr(tokenizer, "lang_code_to_id", {}).values())
@@ -156,11 +190,8 @@ class NllbTranslator(HFSeq2SeqTranslator):
     name = "nllb"
     default_model = "facebook/nllb-200-distilled-600M"
     source_code = "eng_Latn"
-
-    def __init__(self, target_lang: str, **kwargs):
-        super().__init__(target_lang, **kwargs)
-        if not self.lang.nllb:
-            raise TranslatorError(f"no NLLB code for {self.lang.name} ({self.lang.code}) in the registry")
+    code_field = "nllb"
+    no_code_hint = " in the registry"
 
     def _language_setup(self, tokenizer) -> dict:
         tokenizer.src_lang = self.source_code
@@ -203,7 +234,7 @@ CHAT_INSTRUCTION = (
 )
 
 
-class ChatTranslator(Translator):
+class ChatTranslator(LocalModelTranslator):
     """A prompted instruct model (any causal LM with a chat template; clo_utils.models loads it,
     so `embedded:` ids work too). Greedy decoding, left-padded batches."""
 
@@ -212,18 +243,21 @@ class ChatTranslator(Translator):
     split_sentences = False
     default_model = "Qwen/Qwen2.5-7B-Instruct"
 
-    def __init__(self, target_lang: str, model: str | None = None, device: str | None = None, dtype=None,
-                 instruction: str = CHAT_INSTRUCTION, max_new_tokens_factor: float = 2.5,
-                 min_new_tokens: int = 32, system_prompt: str | None = None):
-        super().__init__(target_lang)
-        self.model_id = model or self.default_model
-        self.device = _default_device(device)
-        self.dtype = _default_dtype(self.device, dtype)
+    def __init__(
+        self,
+        target_lang: str,
+        instruction: str = CHAT_INSTRUCTION,
+        max_new_tokens_factor: float = 2.5,
+        min_new_tokens: int = 32,
+        system_prompt: str | None = None,
+        **model_options,
+    ):
+        """model_options: `model`, `device`, `dtype`, as LocalModelTranslator takes them."""
+        super().__init__(target_lang, **model_options)
         self.instruction = instruction
         self.max_new_tokens_factor = max_new_tokens_factor
         self.min_new_tokens = min_new_tokens
         self.system_prompt = system_prompt
-        self._loaded = None
 
     @property
     def model(self) -> str:
@@ -254,11 +288,16 @@ class ChatTranslator(Translator):
         longest = max(len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in segments)
         max_new = max(self.min_new_tokens, int(longest * self.max_new_tokens_factor))
         with torch.inference_mode():
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new,
-                                 pad_token_id=tokenizer.pad_token_id)
-        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+            out = model.generate(
+                **inputs, do_sample=False, max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id
+            )
+        new_tokens = out[:, inputs["input_ids"].shape[1] :]
         return [tidy(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def describe(self) -> dict:
-        return {**super().describe(), "model_id": self.model_id, "instruction": self.instruction,
-                "system_prompt": self.system_prompt}
+        return {
+            **super().describe(),
+            "model_id": self.model_id,
+            "instruction": self.instruction,
+            "system_prompt": self.system_prompt,
+        }

@@ -20,8 +20,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 # The notebook parameters `training_arguments` reads, shared by 02 and 03.
-TRAINING_PARAMETERS = ("learning_rate", "num_train_epochs", "gradient_accumulation_steps", "warmup",
-                       "lr_scheduler_type", "save_steps", "seed", "report_to")
+TRAINING_PARAMETERS = (
+    "learning_rate",
+    "num_train_epochs",
+    "gradient_accumulation_steps",
+    "warmup",
+    "lr_scheduler_type",
+    "save_steps",
+    "seed",
+    "report_to",
+)
 REPORT_TO_EXTRAS = {"tensorboard": ("tensorboard", "pip install -e '.[tensorboard]'")}
 
 
@@ -31,8 +39,10 @@ def report_to_list(report_to: str) -> list[str]:
     for name in names:
         module, install = REPORT_TO_EXTRAS.get(name, (name, f"pip install {name}"))
         if importlib.util.find_spec(module) is None:
-            raise ValueError(f"report_to={report_to!r}: the {name!r} integration needs the package {module!r}, "
-                             f"which is not installed ({install})")
+            raise ValueError(
+                f"report_to={report_to!r}: the {name!r} integration needs the package {module!r}, "
+                f"which is not installed ({install})"
+            )
     return names
 
 
@@ -45,23 +55,37 @@ def training_arguments(params: Mapping, output_dir: str | os.PathLike) -> dict:
     """
     missing = [name for name in TRAINING_PARAMETERS if name not in params]
     if missing:
-        raise KeyError(f"training_arguments needs the notebook parameters {missing} (clo_utils.notebook_setup."
-                       "TRAINING_PARAMETERS)")
+        raise KeyError(
+            f"training_arguments needs the notebook parameters {missing} (clo_utils.notebook_setup."
+            "TRAINING_PARAMETERS)"
+        )
     report_to = report_to_list(params["report_to"])
     if "tensorboard" in report_to:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(output_dir) / "tensorboard")
     save_steps = params["save_steps"]
-    return {"learning_rate": params["learning_rate"], "num_train_epochs": params["num_train_epochs"],
-            "gradient_accumulation_steps": params["gradient_accumulation_steps"], "warmup_steps": params["warmup"],
-            "lr_scheduler_type": params["lr_scheduler_type"], "seed": params["seed"], "logging_steps": 1,
-            "disable_tqdm": False, "report_to": report_to or "none",
-            "save_strategy": "steps" if save_steps else "no", "save_steps": save_steps or 500, "save_total_limit": 1}
+    return {
+        "learning_rate": params["learning_rate"],
+        "num_train_epochs": params["num_train_epochs"],
+        "gradient_accumulation_steps": params["gradient_accumulation_steps"],
+        "warmup_steps": params["warmup"],
+        "lr_scheduler_type": params["lr_scheduler_type"],
+        "seed": params["seed"],
+        "logging_steps": 1,
+        "disable_tqdm": False,
+        "report_to": report_to or "none",
+        "save_strategy": "steps" if save_steps else "no",
+        "save_steps": save_steps or 500,
+        "save_total_limit": 1,
+    }
 
 
 # Loss-curve panels: the losses, then the preference margins (CLO per direction, DPO one).
 LOSS_CURVES = {"loss": "total loss", "nll_loss": "target NLL", "cl_loss": "cross-lingual loss"}
-MARGIN_CURVES = {"rewards_en/margins": "margin, English triples", "rewards_tgt/margins": "margin, target triples",
-                 "rewards/margins": "margin, all pairs"}
+MARGIN_CURVES = {
+    "rewards_en/margins": "margin, English triples",
+    "rewards_tgt/margins": "margin, target triples",
+    "rewards/margins": "margin, all pairs",
+}
 
 
 def plot_loss_curves(histories: Mapping[str, list[dict]]):
@@ -106,8 +130,10 @@ def parse_column_map(column_map: str) -> dict | str | None:
     try:
         mapping = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"column_map is not valid JSON ({err.msg} at column {err.colno}): {column_map!r}; expected a "
-                         'preset name or an object such as {"instruction": "question", "output": "answer"}') from None
+        raise ValueError(
+            f"column_map is not valid JSON ({err.msg} at column {err.colno}): {column_map!r}; expected a "
+            'preset name or an object such as {"instruction": "question", "output": "answer"}'
+        ) from None
     if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
         raise ValueError(f"column_map must map fields to column names (strings), got {column_map!r}")
     return mapping
@@ -156,7 +182,7 @@ def install_apertium_pairs() -> dict[str, str]:
     if not missing:
         return status
     if shutil.which("apt-get") is None:
-        return {**status, **{code: "apt-get not available" for code in missing}}
+        return {**status, **dict.fromkeys(missing, "apt-get not available")}
     subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
     packages = {}
     for code, lang in missing.items():
@@ -167,12 +193,18 @@ def install_apertium_pairs() -> dict[str, str]:
         else:
             status[code] = f"no apt package among {', '.join(names)}"
     if packages:
-        done = subprocess.run(["apt-get", "install", "-y", "-qq", "apertium", *packages.values()],
-                              capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        done = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "apertium", *packages.values()],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
         modes = apertium_modes()
         for code, package in packages.items():
             ok = wanted[code].apertium in modes
-            status[code] = "ready" if ok else f"{package} gave no {wanted[code].apertium} mode ({done.stderr.strip()[-200:]})"
+            status[code] = (
+                "ready" if ok else f"{package} gave no {wanted[code].apertium} mode ({done.stderr.strip()[-200:]})"
+            )
     for code, reason in status.items():
         if reason != "ready":
             print(f"Apertium English -> {code}: {reason}; notebook 01 falls back to translator='m2m100'")
@@ -191,6 +223,8 @@ def translator_fallback(translator: str, language: str) -> str:
 
     if get_language(language).apertium in apertium_modes():
         return translator
-    print(f"Apertium has no English -> {language} pair installed here (see the setup cell's output): translating "
-          "with translator='m2m100' (facebook/m2m100_1.2B, the paper's translator) instead")
+    print(
+        f"Apertium has no English -> {language} pair installed here (see the setup cell's output): translating "
+        "with translator='m2m100' (facebook/m2m100_1.2B, the paper's translator) instead"
+    )
     return "m2m100"

@@ -4,7 +4,8 @@ axis labels with units, captions from the runs' labels, and a figure-level legen
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import seaborn as sns
@@ -112,12 +113,31 @@ def axis_label(metric: str) -> str:
     return f"{name} ({unit})" if name != unit else name
 
 
-def bar_panel(ax: Axes, data: pd.DataFrame, x: str, y: str, hue: str, order: list[str],
-               hue_order: list[str], palette: dict[str, Any]) -> None:
+def bar_panel(
+    ax: Axes,
+    data: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str,
+    order: list[str],
+    hue_order: list[str],
+    palette: dict[str, Any],
+) -> None:
     # One row per bar by construction, so no error bars: each bar is one run's measured value.
     # saturation=1 keeps bar colours identical to the legend patches and the line plots.
-    sns.barplot(data=data, x=x, y=y, hue=hue, order=order, hue_order=hue_order, palette=palette,
-                errorbar=None, legend=False, saturation=1.0, ax=ax)
+    sns.barplot(
+        data=data,
+        x=x,
+        y=y,
+        hue=hue,
+        order=order,
+        hue_order=hue_order,
+        palette=palette,
+        errorbar=None,
+        legend=False,
+        saturation=1.0,
+        ax=ax,
+    )
     ax.set_xlabel("")
 
 

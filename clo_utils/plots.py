@@ -10,8 +10,9 @@ colour in every figure.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import pandas as pd
 from matplotlib.axes import Axes
@@ -92,8 +93,10 @@ def _error_bars(points: pd.DataFrame, column: str) -> list[list[float]] | None:
     if low.isna().all():
         return None
     values = points[column].astype(float)
-    return [list((values - low.astype(float)).fillna(0.0).clip(lower=0.0)),
-            list((high.astype(float) - values).fillna(0.0).clip(lower=0.0))]
+    return [
+        list((values - low.astype(float)).fillna(0.0).clip(lower=0.0)),
+        list((high.astype(float) - values).fillna(0.0).clip(lower=0.0)),
+    ]
 
 
 def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
@@ -120,8 +123,14 @@ def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
                 line = at[at["method_family"] == family].sort_values("n_seeds")
                 line = line[line[column].notna()]
                 if len(line):
-                    ax.errorbar(line["n_seeds"], line[column].astype(float).to_numpy(), yerr=_error_bars(line, column),
-                                marker="o", capsize=3, color=METHOD_COLOURS[family])
+                    ax.errorbar(
+                        line["n_seeds"],
+                        line[column].astype(float).to_numpy(),
+                        yerr=_error_bars(line, column),
+                        marker="o",
+                        capsize=3,
+                        color=METHOD_COLOURS[family],
+                    )
             reference = at[at["method_family"] == "base"][column].dropna()
             if len(reference):
                 ax.axhline(float(reference.iloc[0]), color=METHOD_COLOURS["base"], linestyle="--")
@@ -133,14 +142,18 @@ def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
     handles.append(Line2D([], [], color=METHOD_COLOURS["base"], linestyle="--", label="untouched model"))
     add_legend(figure, handles)
     figure.suptitle("Data efficiency: wrong-language share and fidelity vs seed budget (95% intervals)")
-    add_caption(figure, caption_for(pd.concat([curves, base])) + "\nbars: 95% bootstrap interval over prompts "
-                "(one training seed) or Student-t interval across training seeds (several)")
+    add_caption(
+        figure,
+        caption_for(pd.concat([curves, base])) + "\nbars: 95% bootstrap interval over prompts "
+        "(one training seed) or Student-t interval across training seeds (several)",
+    )
     return figure
 
 
 # --------------------------------------------------------------------------------------------
 # (2) Fidelity and score per direction: base, SFT, CLO per language
 # --------------------------------------------------------------------------------------------
+
 
 def _at_largest_budget(main: pd.DataFrame, families: Sequence[str], budget_families: Sequence[str]) -> pd.DataFrame:
     """Per language, the `families` rows at the largest budget of `budget_families` (base kept as is)."""
@@ -155,7 +168,9 @@ def _at_largest_budget(main: pd.DataFrame, families: Sequence[str], budget_famil
         return main.iloc[0:0]
     frame = pd.concat(selected)
     budget_by_lang = frame[frame["method_family"] != "base"].groupby("lang")["n_seeds"].max()
-    frame = frame.assign(x_label=[f"{language_label(lang)}\nn={budget_by_lang.get(lang, 0):,}" for lang in frame["lang"]])
+    frame = frame.assign(
+        x_label=[f"{language_label(lang)}\nn={budget_by_lang.get(lang, 0):,}" for lang in frame["lang"]]
+    )
     return frame
 
 
@@ -174,7 +189,9 @@ def _score_grid(frame: pd.DataFrame, title: str) -> Figure:
     for row, metric in enumerate(("fidelity", "chrf")):
         for col, direction in enumerate(DIRECTIONS):
             ax = axes[row, col]
-            bar_panel(ax, direction_rows(frame, direction), "x_label", metric, "method_family", order, methods, palette)
+            bar_panel(
+                ax, direction_rows(frame, direction), "x_label", metric, "method_family", order, methods, palette
+            )
             limit_share_axis(ax, metric)
             ax.set_ylabel(axis_label(metric))
             ax.set_title(DIRECTION_LABELS[direction], fontsize=8)
@@ -249,7 +266,7 @@ def plot_nll_ablation(evals: pd.DataFrame) -> Figure:
     main = main_variants(evals)
     clo = main[main["method_family"].str.startswith("clo") & main["nll_on"].isin(NLL_VARIANTS)]
     selected = []
-    for (lang, n_seeds), runs in clo.groupby(["lang", "n_seeds"]):
+    for (_lang, _n_seeds), runs in clo.groupby(["lang", "n_seeds"]):
         if set(runs["nll_on"]) == set(NLL_VARIANTS):
             selected.append(runs)
     if not selected:
@@ -258,8 +275,10 @@ def plot_nll_ablation(evals: pd.DataFrame) -> Figure:
     # Largest shared budget per language keeps one pair of bars per language.
     largest = frame.groupby("lang")["n_seeds"].transform("max")
     frame = frame[frame["n_seeds"] == largest]
-    frame = frame.assign(x_label=[f"{language_label(l)}\nn={n:,}" for l, n in zip(frame["lang"], frame["n_seeds"])],
-                         variant=frame["nll_on"].map(NLL_VARIANTS))
+    frame = frame.assign(
+        x_label=[f"{language_label(l)}\nn={n:,}" for l, n in zip(frame["lang"], frame["n_seeds"])],
+        variant=frame["nll_on"].map(NLL_VARIANTS),
+    )
     variants = list(NLL_VARIANTS.values())
     palette = method_palette(variants)
     order = _x_order(frame)
@@ -270,8 +289,10 @@ def plot_nll_ablation(evals: pd.DataFrame) -> Figure:
         limit_share_axis(ax, metric)
         ax.set_ylabel(axis_label(metric))
         ax.set_title(DIRECTION_LABELS[direction], fontsize=8)
-    handles = [Patch(color=palette["clo"], label="CLO, NLL on target only (paper)"),
-               Patch(color=palette["clo_nll_both"], label="CLO, NLL on target + English")]
+    handles = [
+        Patch(color=palette["clo"], label="CLO, NLL on target only (paper)"),
+        Patch(color=palette["clo_nll_both"], label="CLO, NLL on target + English"),
+    ]
     add_legend(figure, handles)
     figure.suptitle("NLL ablation: which responses the NLL term covers")
     add_caption(figure, caption_for(frame))
@@ -290,7 +311,7 @@ def _trainable_ablation_rows(evals: pd.DataFrame) -> pd.DataFrame:
     rows = evals[evals["method_family"].isin(ABLATION_FAMILIES) & evals["trainable"].notna()]
     rows = rows[rows["nll_on"].fillna("target") != "both"]  # the NLL ablation is a separate figure
     selected = []
-    for lang, runs in rows.groupby("lang"):
+    for _lang, runs in rows.groupby("lang"):
         varied = [n for n, at_n in runs.groupby("n_seeds") if at_n["trainable"].nunique() >= 2]
         if varied:
             selected.append(runs[runs["n_seeds"] == max(varied)])
@@ -306,8 +327,10 @@ def plot_trainable_modules(evals: pd.DataFrame) -> Figure:
     frame = _trainable_ablation_rows(evals)
     if frame.empty:
         values = sorted(evals["trainable"].dropna().unique()) if "trainable" in evals else []
-        raise MissingFigureData(f"no trainable-module ablation: no budget has SFT/DPO/CLO runs with two or more "
-                                f"run.trainable values (found {values or 'none'})")
+        raise MissingFigureData(
+            f"no trainable-module ablation: no budget has SFT/DPO/CLO runs with two or more "
+            f"run.trainable values (found {values or 'none'})"
+        )
     methods = ordered_methods(frame["method_family"])
     palette = method_palette(methods)
     trainables = sorted(frame["trainable"].unique(), key=lambda t: (trainable_rank(t), t))
@@ -318,8 +341,16 @@ def plot_trainable_modules(evals: pd.DataFrame) -> Figure:
         n_seeds = int(at_lang["n_seeds"].iloc[0])
         for col, (metric, direction) in enumerate(TRAINABLE_PANELS):
             ax = axes[row, col]
-            bar_panel(ax, direction_rows(at_lang, direction), "trainable", metric, "method_family",
-                       trainables, methods, palette)
+            bar_panel(
+                ax,
+                direction_rows(at_lang, direction),
+                "trainable",
+                metric,
+                "method_family",
+                trainables,
+                methods,
+                palette,
+            )
             limit_share_axis(ax, metric)
             ax.set_ylabel(axis_label(metric))
             ax.set_xlabel("trained parameters (run.trainable)")
@@ -344,8 +375,9 @@ def plot_sft_limitation(evals: pd.DataFrame) -> Figure:
     if frame.empty:
         raise MissingFigureData("no SFT-en or SFT-tgt runs (methods sft_en / sft_tgt) in the metrics")
     # Resource level in the tick label; ordered_languages already sorts high -> low -> demo.
-    frame = frame.assign(x_label=[f"{label}\n[{resource_level(lang)}]"
-                                  for label, lang in zip(frame["x_label"], frame["lang"])])
+    frame = frame.assign(
+        x_label=[f"{label}\n[{resource_level(lang)}]" for label, lang in zip(frame["x_label"], frame["lang"])]
+    )
     return _score_grid(frame, "SFT limitation: SFT-en vs SFT-tgt vs SFT vs CLO by resource level")
 
 
@@ -353,13 +385,18 @@ def plot_sft_limitation(evals: pd.DataFrame) -> Figure:
 # (7) Judge win rate vs the judge's baseline
 # --------------------------------------------------------------------------------------------
 
+
 def plot_judge_win_rates(evals: pd.DataFrame) -> Figure:
     judged = main_variants(evals)
     judged = judged[judged["judge_win_rate"].notna()] if "judge_win_rate" in judged else judged.iloc[0:0]
     if judged.empty:
         raise MissingFigureData("no judge blocks with a win_rate in the metrics (judge not run)")
-    judged = judged.assign(x_label=[f"{language_label(l)} n={n:,}\nvs {vs}" for l, n, vs
-                                    in zip(judged["lang"], judged["n_seeds"], judged["judge_vs"])])
+    judged = judged.assign(
+        x_label=[
+            f"{language_label(l)} n={n:,}\nvs {vs}"
+            for l, n, vs in zip(judged["lang"], judged["n_seeds"], judged["judge_vs"])
+        ]
+    )
     methods = ordered_methods(judged["method_family"])
     palette = method_palette(methods)
     order = _x_order(judged)
@@ -367,14 +404,24 @@ def plot_judge_win_rates(evals: pd.DataFrame) -> Figure:
     figure, axes = new_figure(1, len(directions), panel_size=(max(3.2, 1.0 * len(order) + 0.3 * len(methods)), 2.8))
     for col, direction in enumerate(directions):
         ax = axes[0, col]
-        bar_panel(ax, direction_rows(judged, direction), "x_label", "judge_win_rate", "method_family",
-                   order, methods, palette)
+        bar_panel(
+            ax,
+            direction_rows(judged, direction),
+            "x_label",
+            "judge_win_rate",
+            "method_family",
+            order,
+            methods,
+            palette,
+        )
         ax.axhline(0.5, color="0.4", linestyle="--", linewidth=0.8)  # a tie with the baseline
         limit_share_axis(ax, "judge_win_rate")
         ax.set_ylabel(axis_label("judge_win_rate"))
         ax.set_title(DIRECTION_LABELS[direction], fontsize=8)
         ax.tick_params(axis="x", labelsize=6)
-    add_legend(figure, method_handles(methods, palette) + [Line2D([], [], color="0.4", linestyle="--", label="tie (0.5)")])
+    add_legend(
+        figure, method_handles(methods, palette) + [Line2D([], [], color="0.4", linestyle="--", label="tie (0.5)")]
+    )
     figure.suptitle("LLM-judge win rate against the baseline named in judge.vs")
     add_caption(figure, caption_for(judged))
     return figure
@@ -407,7 +454,9 @@ class FigureResult(NamedTuple):
     skipped: list[SkippedFigure]
 
 
-def save_figure(figure: Figure, out_dir: str | Path, name: str, formats: Sequence[str] = DEFAULT_FORMATS) -> list[Path]:
+def save_figure(
+    figure: Figure, out_dir: str | Path, name: str, formats: Sequence[str] = DEFAULT_FORMATS
+) -> list[Path]:
     """Write `name`.png (dpi 150) and `name`.pdf (or the given formats) under `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -419,7 +468,9 @@ def save_figure(figure: Figure, out_dir: str | Path, name: str, formats: Sequenc
     return paths
 
 
-def build_figures(tables: MetricsTables, out_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS) -> FigureResult:
+def build_figures(
+    tables: MetricsTables, out_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS
+) -> FigureResult:
     """Every figure in FIGURES that the tables can support; the others are skipped with a reason."""
     written: list[Path] = []
     skipped: list[SkippedFigure] = []
@@ -435,12 +486,14 @@ def build_figures(tables: MetricsTables, out_dir: str | Path, formats: Sequence[
 
 
 def _recipe_tables(tables: MetricsTables, recipe: str) -> MetricsTables:
-    return MetricsTables(tables.evals[tables.evals["recipe"] == recipe],
-                         tables.histories[tables.histories["recipe"] == recipe])
+    return MetricsTables(
+        tables.evals[tables.evals["recipe"] == recipe], tables.histories[tables.histories["recipe"] == recipe]
+    )
 
 
-def build_all_figures(root: str | Path, out_dir: str | Path | None = None,
-                      formats: Sequence[str] = DEFAULT_FORMATS) -> FigureResult:
+def build_all_figures(
+    root: str | Path, out_dir: str | Path | None = None, formats: Sequence[str] = DEFAULT_FORMATS
+) -> FigureResult:
     """Load `root`'s metrics.json files and write every figure (default: <root>/figures).
 
     With several recipes under `root`, each recipe gets its own sub-folder so runs from

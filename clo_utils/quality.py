@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 from .languages import get_language
 from .text import count_words, detect_languages
@@ -47,13 +47,17 @@ def word_count(text: str) -> int:
 
 
 def identify_language(text: str, lang_code: str) -> str | None:
-    """"en", the target code, or None (lingua undecided) for the prose of `text`."""
+    """ "en", the target code, or None (lingua undecided) for the prose of `text`."""
     return detect_languages([prose(text)], lang_code)[0]
 
 
-def drop_reason(row: dict, lang_code: str, min_words: int = MIN_WORDS_FOR_LANGUAGE_ID,
-                char_ratio: tuple[float, float] | None = None,
-                min_chars_for_ratio: int = MIN_CHARS_FOR_RATIO) -> str | None:
+def drop_reason(
+    row: dict,
+    lang_code: str,
+    min_words: int = MIN_WORDS_FOR_LANGUAGE_ID,
+    char_ratio: tuple[float, float] | None = None,
+    min_chars_for_ratio: int = MIN_CHARS_FOR_RATIO,
+) -> str | None:
     """The first reason in DROP_REASONS that applies to a translated seed row, or None to keep it."""
     low, high = char_ratio or get_language(lang_code).char_ratio
     pairs = [(row[en].strip(), row[tgt].strip()) for en, tgt in SIDES]
@@ -68,13 +72,17 @@ def drop_reason(row: dict, lang_code: str, min_words: int = MIN_WORDS_FOR_LANGUA
     return None
 
 
-def filter_translated_seeds(rows: Iterable[dict], lang: str, min_words: int = MIN_WORDS_FOR_LANGUAGE_ID,
-                            char_ratio: tuple[float, float] | None = None,
-                            min_chars_for_ratio: int = MIN_CHARS_FOR_RATIO) -> tuple[list[dict], dict[str, int]]:
+def filter_translated_seeds(
+    rows: Iterable[dict],
+    lang: str,
+    min_words: int = MIN_WORDS_FOR_LANGUAGE_ID,
+    char_ratio: tuple[float, float] | None = None,
+    min_chars_for_ratio: int = MIN_CHARS_FOR_RATIO,
+) -> tuple[list[dict], dict[str, int]]:
     """(kept rows in their order, {reason: number dropped} for every reason in DROP_REASONS)."""
     if get_language(lang).code == "en":  # an unknown code fails here too, before any work
         raise ValueError("the target language must not be English")
-    kept, drops = [], Counter({reason: 0 for reason in DROP_REASONS})
+    kept, drops = [], Counter(dict.fromkeys(DROP_REASONS, 0))
     for row in rows:
         reason = drop_reason(row, lang, min_words, char_ratio, min_chars_for_ratio)
         if reason is None:

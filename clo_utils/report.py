@@ -9,8 +9,9 @@ printed as measured, next to the labels that say what produced it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -26,8 +27,8 @@ MISSING = "—"
 
 class ReportColumn(NamedTuple):
     header: str
-    source: str             # key in metrics.json (eval field, or train field when direction is None)
-    direction: str | None   # "tgt" / "en" for eval fields
+    source: str  # key in metrics.json (eval field, or train field when direction is None)
+    direction: str | None  # "tgt" / "en" for eval fields
     digits: int
 
 
@@ -54,6 +55,7 @@ HEADLINE = "fidelity_clean"
 # --------------------------------------------------------------------------------------------
 # Formatting
 # --------------------------------------------------------------------------------------------
+
 
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
@@ -85,6 +87,7 @@ def blockquote(text: str) -> str:
 # The measured table
 # --------------------------------------------------------------------------------------------
 
+
 def _method_rank(family: str) -> int:
     return METHOD_ORDER.index(family) if family in METHOD_ORDER else len(METHOD_ORDER)
 
@@ -102,8 +105,11 @@ def _column_values(evals: pd.DataFrame, column: ReportColumn) -> pd.Series:
     values = rows[column.source] if column.source in rows else pd.Series(dtype=float, index=rows.index)
     if column.source == "fidelity":  # the headline where the file has it; the old count, marked, where not
         headline = rows[HEADLINE] if HEADLINE in rows else pd.Series(None, index=rows.index, dtype=object)
-        return pd.Series([(h, False) if not _is_missing(h) else (v, not _is_missing(v))
-                          for h, v in zip(headline, values)], index=rows.index, dtype=object)
+        return pd.Series(
+            [(h, False) if not _is_missing(h) else (v, not _is_missing(v)) for h, v in zip(headline, values)],
+            index=rows.index,
+            dtype=object,
+        )
     return values
 
 
@@ -116,7 +122,9 @@ def _format_cell(value: Any, digits: int) -> str:
 
 def measured_table(evals: pd.DataFrame) -> pd.DataFrame:
     """One row per run (lang, method, n_seeds, trainable) with the REPORT_COLUMNS as numbers."""
-    runs = evals.drop_duplicates("run_dir").rename(columns={"run_name": "run"})[["run_dir", "method_family", *ROW_KEYS]]
+    runs = evals.drop_duplicates("run_dir").rename(columns={"run_name": "run"})[
+        ["run_dir", "method_family", *ROW_KEYS]
+    ]
     runs = _sorted_runs(runs).reset_index(drop=True)
     for column in REPORT_COLUMNS:
         runs[column.header] = runs["run_dir"].map(_column_values(evals, column))
@@ -127,8 +135,13 @@ def measured_table_markdown(evals: pd.DataFrame) -> str:
     table = measured_table(evals)
     rows = []
     for _, run in table.iterrows():
-        keys = [str(run["lang"]), str(run["method"]), str(int(run["n_seeds"])), markdown_cell(run["trainable"]),
-                markdown_cell(run["run"])]
+        keys = [
+            str(run["lang"]),
+            str(run["method"]),
+            str(int(run["n_seeds"])),
+            markdown_cell(run["trainable"]),
+            markdown_cell(run["run"]),
+        ]
         rows.append(keys + [_format_cell(run[column.header], column.digits) for column in REPORT_COLUMNS])
     return markdown_table([*ROW_KEYS, *(column.header for column in REPORT_COLUMNS)], rows)
 
@@ -151,7 +164,8 @@ INTERVAL_NOTE = (
     "words in the prompt's language), computed with the kit's language ID (lingua over {English, target}) in "
     "place of the benchmark's fastText model, which is not available here. Language ID is recomputed from "
     "answers.jsonl; a run without answers.jsonl shows its metrics.json value without an interval "
-    f"(fidelity marked {OLD_FIDELITY} when the file predates the headline count).")
+    f"(fidelity marked {OLD_FIDELITY} when the file predates the headline count)."
+)
 
 
 def _signed(value: Any) -> str:
@@ -197,9 +211,16 @@ def intervals_table_markdown(evals: pd.DataFrame, n_resamples: int = 10_000) -> 
     rows = []
     for _, row in groups.iterrows():
         seeds = ", ".join(str(int(s)) for s in row["train_seeds"]) if len(row["train_seeds"]) == row["n_runs"] else ""
-        cells = [str(row["lang"]), str(row["method"]), str(int(row["n_seeds"])), markdown_cell(row["trainable"]),
-                 str(row["direction"]), markdown_cell(row["vs"]), format_number(row["n_prompts"], 0),
-                 f"{row['n_runs']}" + (f" ({seeds})" if seeds else "")]
+        cells = [
+            str(row["lang"]),
+            str(row["method"]),
+            str(int(row["n_seeds"])),
+            markdown_cell(row["trainable"]),
+            str(row["direction"]),
+            markdown_cell(row["vs"]),
+            format_number(row["n_prompts"], 0),
+            f"{row['n_runs']}" + (f" ({seeds})" if seeds else ""),
+        ]
         for metric in INTERVAL_METRICS:
             cells += [interval_value_cell(row, metric), interval_difference_cell(row, metric)]
         rows.append(cells)
@@ -208,14 +229,20 @@ def intervals_table_markdown(evals: pd.DataFrame, n_resamples: int = 10_000) -> 
 
 def intervals_section(evals: pd.DataFrame, n_resamples: int = 10_000) -> str:
     labels = _unique(label for run_labels in evals.drop_duplicates("run_dir")["labels"] for label in run_labels)
-    return ("## Differences against SFT (95% intervals)\n\n" + INTERVAL_NOTE + "\n\n"
-            + intervals_table_markdown(evals, n_resamples) + "\n\n"
-            + f"Measured with: {' · '.join(labels) or '(no run.labels recorded)'}.")
+    return (
+        "## Differences against SFT (95% intervals)\n\n"
+        + INTERVAL_NOTE
+        + "\n\n"
+        + intervals_table_markdown(evals, n_resamples)
+        + "\n\n"
+        + f"Measured with: {' · '.join(labels) or '(no run.labels recorded)'}."
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Labels, wall time, judge and knowledge tables
 # --------------------------------------------------------------------------------------------
+
 
 def _unique(values: Any) -> list[Any]:
     seen: list[Any] = []
@@ -230,9 +257,13 @@ def labels_section(evals: pd.DataFrame) -> str:
     labels = _unique(label for run_labels in runs["labels"] for label in run_labels)
     lines = ["## Labels", "", "Every number in this report was measured with:", ""]
     lines += [f"- {label}" for label in labels] or ["- (no run.labels recorded)"]
-    models = _unique(f"`{row.model_id}`" + (f" ({row.model_label})" if not _is_missing(row.model_label) else "")
-                     for row in runs.itertuples())
-    translators = _unique(f"`{row.translator}` ({row.lang})" for row in runs.itertuples() if not _is_missing(row.translator))
+    models = _unique(
+        f"`{row.model_id}`" + (f" ({row.model_label})" if not _is_missing(row.model_label) else "")
+        for row in runs.itertuples()
+    )
+    translators = _unique(
+        f"`{row.translator}` ({row.lang})" for row in runs.itertuples() if not _is_missing(row.translator)
+    )
     lines += ["", f"Models: {', '.join(models) or MISSING}.", f"Translators: {', '.join(translators) or MISSING}."]
     return "\n".join(lines)
 
@@ -245,13 +276,22 @@ def wall_time_section(recipe_root: Path) -> str:
     timings = runfiles.read_timings(recipe_root)
     if timings is None:
         return f"## Wall time\n\nNo timings.json at {recipe_root}: wall time not recorded."
-    rows = [[markdown_cell(" ".join(str(stage[k]) for k in ("lang", "stage") if stage.get(k) is not None)),
-             _duration(stage.get("seconds"))] for stage in timings.get("stages", [])]
+    rows = [
+        [
+            markdown_cell(" ".join(str(stage[k]) for k in ("lang", "stage") if stage.get(k) is not None)),
+            _duration(stage.get("seconds")),
+        ]
+        for stage in timings.get("stages", [])
+    ]
     if "wall_seconds" in timings:
         rows.append(["sum of the stage times", _duration(timings.get("stage_seconds"))])
         runs = len(timings.get("invocations", [])) or 1
-        rows.append([f"**wall time** ({runs} invocation{'s' if runs > 1 else ''} of the runner; languages side by side)",
-                     f"**{_duration(timings['wall_seconds'])}**"])
+        rows.append(
+            [
+                f"**wall time** ({runs} invocation{'s' if runs > 1 else ''} of the runner; languages side by side)",
+                f"**{_duration(timings['wall_seconds'])}**",
+            ]
+        )
     else:  # a timings.json without wall_seconds: its total is the sum of the stage times
         rows.append(["**total**", f"**{_duration(timings.get('total_seconds'))}**"])
     return "## Wall time\n\n" + markdown_table(["stage", "wall time"], rows)
@@ -262,9 +302,19 @@ def judge_section(evals: pd.DataFrame) -> str | None:
     if judged.empty:
         return None
     judged = _sorted_runs(judged)
-    rows = [[row.lang, row.method, str(row.n_seeds), row.direction, markdown_cell(row.judge_vs),
-             format_number(row.judge_win_rate, 3), format_number(getattr(row, "judge_n", None), 0),
-             format_number(getattr(row, "judge_n_malformed", None), 0)] for row in judged.itertuples()]
+    rows = [
+        [
+            row.lang,
+            row.method,
+            str(row.n_seeds),
+            row.direction,
+            markdown_cell(row.judge_vs),
+            format_number(row.judge_win_rate, 3),
+            format_number(getattr(row, "judge_n", None), 0),
+            format_number(getattr(row, "judge_n_malformed", None), 0),
+        ]
+        for row in judged.itertuples()
+    ]
     headers = ["lang", "method", "n_seeds", "direction", "vs", "win rate (share)", "n", "malformed"]
     return "## Judge win rates\n\n" + markdown_table(headers, rows)
 
@@ -276,8 +326,10 @@ def knowledge_section(evals: pd.DataFrame) -> str | None:
     if runs.empty:
         return None
     runs = _sorted_runs(runs)
-    rows = [[row["lang"], row["method"], str(row["n_seeds"])] + [format_number(row[task], 3) for task in tasks]
-            for _, row in runs.iterrows()]
+    rows = [
+        [row["lang"], row["method"], str(row["n_seeds"])] + [format_number(row[task], 3) for task in tasks]
+        for _, row in runs.iterrows()
+    ]
     headers = ["lang", "method", "n_seeds", *(task.removeprefix("knowledge_") for task in tasks)]
     return "## Knowledge (accuracy)\n\n" + markdown_table(headers, rows)
 
@@ -285,6 +337,7 @@ def knowledge_section(evals: pd.DataFrame) -> str | None:
 # --------------------------------------------------------------------------------------------
 # Example answers
 # --------------------------------------------------------------------------------------------
+
 
 def example_runs(evals: pd.DataFrame, lang: str) -> list[pd.Series]:
     """The untouched model, and the main SFT and CLO runs at their largest budget, for `lang`."""
@@ -304,8 +357,9 @@ def _answers_by_id(run_dir: Path, direction: str) -> dict[str, dict[str, Any]] |
     return {str(a["id"]): a for a in runfiles.read_answers(run_dir) if a["direction"] == direction}
 
 
-def examples_for_language(evals: pd.DataFrame, lang: str, direction: str = "tgt",
-                          count: int = EXAMPLES_PER_LANGUAGE) -> str:
+def examples_for_language(
+    evals: pd.DataFrame, lang: str, direction: str = "tgt", count: int = EXAMPLES_PER_LANGUAGE
+) -> str:
     runs = example_runs(evals, lang)
     answered = [(run, _answers_by_id(Path(run["run_dir"]), direction)) for run in runs]
     answered = [(run, answers) for run, answers in answered if answers]
@@ -322,15 +376,19 @@ def examples_for_language(evals: pd.DataFrame, lang: str, direction: str = "tgt"
         first = answered[0][1][prompt_id]
         cells = [markdown_cell(answers[prompt_id].get("answer"), ANSWER_CHARS) for _, answers in answered]
         cells.append(markdown_cell(first.get("reference"), ANSWER_CHARS))
-        blocks.append(f"**Example {number}** (id `{prompt_id}`, {direction} prompt)\n\n"
-                      f"{blockquote(str(first.get('prompt', '')))}\n\n{markdown_table(headers, [cells])}")
+        blocks.append(
+            f"**Example {number}** (id `{prompt_id}`, {direction} prompt)\n\n"
+            f"{blockquote(str(first.get('prompt', '')))}\n\n{markdown_table(headers, [cells])}"
+        )
     return "\n\n".join(blocks)
 
 
 def examples_section(evals: pd.DataFrame) -> str:
     languages = ordered_languages(evals["lang"])
-    intro = (f"## Example answers\n\nUp to {EXAMPLES_PER_LANGUAGE} target-language prompts per language, "
-             f"answered by each model (answers cut at {ANSWER_CHARS} characters).")
+    intro = (
+        f"## Example answers\n\nUp to {EXAMPLES_PER_LANGUAGE} target-language prompts per language, "
+        f"answered by each model (answers cut at {ANSWER_CHARS} characters)."
+    )
     return "\n\n".join([intro, *(examples_for_language(evals, lang) for lang in languages)])
 
 
@@ -338,13 +396,15 @@ def examples_section(evals: pd.DataFrame) -> str:
 # The whole report
 # --------------------------------------------------------------------------------------------
 
-MEASURED_NOTE = ("Shares are fractions of answers in [0, 1]; fidelity is the headline fidelity: the share of "
-                 "answers in the prompt's language among those of at least `min_words` words that do not echo "
-                 f"the prompt ({OLD_FIDELITY}: a metrics file that predates it, counted over every answer of at "
-                 "least `min_words` words); line pass is the language-confusion line-level pass rate; echo, "
-                 "repetition, too_short and wrong language are on target-language prompts; "
-                 "chrF++ is 0-100 against the translated reference; NLL is the token-mean NLL of the reference "
-                 "answers (nats/token). `base` is the untouched model.")
+MEASURED_NOTE = (
+    "Shares are fractions of answers in [0, 1]; fidelity is the headline fidelity: the share of "
+    "answers in the prompt's language among those of at least `min_words` words that do not echo "
+    f"the prompt ({OLD_FIDELITY}: a metrics file that predates it, counted over every answer of at "
+    "least `min_words` words); line pass is the language-confusion line-level pass rate; echo, "
+    "repetition, too_short and wrong language are on target-language prompts; "
+    "chrF++ is 0-100 against the translated reference; NLL is the token-mean NLL of the reference "
+    "answers (nats/token). `base` is the untouched model."
+)
 
 
 def recipe_report(evals: pd.DataFrame) -> str:

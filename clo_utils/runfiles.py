@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, TextIO
+from typing import Any, TextIO
 
 PathLike = str | os.PathLike
 
@@ -226,8 +227,10 @@ def read_manifest(data_dir: PathLike) -> dict:
     """A data folder's manifest.json; written last by notebook 01, so its absence means 01 did not finish."""
     path = Path(data_dir) / "manifest.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run notebooks/01_translate_data.ipynb with output_dir={data_dir} "
-                                "first (manifest.json is written last, so its absence means 01 did not finish)")
+        raise FileNotFoundError(
+            f"{path} not found: run notebooks/01_translate_data.ipynb with output_dir={data_dir} "
+            "first (manifest.json is written last, so its absence means 01 did not finish)"
+        )
     manifest = read_json(path)
     if not isinstance(manifest, dict):
         raise RunFileError(f"{path}: top level must be a JSON object, got {type(manifest).__name__}")

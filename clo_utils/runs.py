@@ -31,8 +31,10 @@ def load_train_seeds(data_dir: str | os.PathLike, n_seeds: int) -> list[dict]:
     if n_seeds <= 0:
         raise ValueError(f"n_seeds must be > 0, got {n_seeds}")
     if len(rows) < n_seeds:
-        raise ValueError(f"{path} holds {len(rows)} seeds but n_seeds={n_seeds} was asked: rerun 01 with "
-                         f"n_seeds >= {n_seeds} (the largest budget of the recipe)")
+        raise ValueError(
+            f"{path} holds {len(rows)} seeds but n_seeds={n_seeds} was asked: rerun 01 with "
+            f"n_seeds >= {n_seeds} (the largest budget of the recipe)"
+        )
     return rows[:n_seeds]
 
 
@@ -51,20 +53,46 @@ def run_labels(model_id: str, manifest: dict, n_seeds: int) -> list[str]:
     return labels
 
 
-def run_info(*, method: str, n_seeds: int, model_id: str, data_dir: str, trainable: str, seed: int,
-             recipe: str = "", nll_on: str | None = None, **extra) -> dict:
+def run_info(
+    *,
+    method: str,
+    n_seeds: int,
+    model_id: str,
+    data_dir: str,
+    trainable: str,
+    seed: int,
+    recipe: str = "",
+    nll_on: str | None = None,
+    **extra,
+) -> dict:
     """The "run" block of train.json / metrics.json."""
     manifest = read_manifest(data_dir)
     translator = manifest.get("translator") or {}
-    return {"recipe": recipe, "lang": manifest.get("lang"), "method": method, "n_seeds": n_seeds,
-            "model_id": model_id, "model_label": model_label(model_id), "trainable": trainable,
-            "nll_on": nll_on, "translator": translator.get("label") or translator.get("backend"),
-            "seed": seed, "system_prompt": manifest.get("system_prompt"),
-            "labels": run_labels(model_id, manifest, n_seeds), **extra}
+    return {
+        "recipe": recipe,
+        "lang": manifest.get("lang"),
+        "method": method,
+        "n_seeds": n_seeds,
+        "model_id": model_id,
+        "model_label": model_label(model_id),
+        "trainable": trainable,
+        "nll_on": nll_on,
+        "translator": translator.get("label") or translator.get("backend"),
+        "seed": seed,
+        "system_prompt": manifest.get("system_prompt"),
+        "labels": run_labels(model_id, manifest, n_seeds),
+        **extra,
+    }
 
 
-def save_run(output_dir: str | os.PathLike, trainer, run: dict, histories: dict[str, list],
-             summary: dict, keep_checkpoints: bool = False) -> Path:
+def save_run(
+    output_dir: str | os.PathLike,
+    trainer,
+    run: dict,
+    histories: dict[str, list],
+    summary: dict,
+    keep_checkpoints: bool = False,
+) -> Path:
     """Save weights (safetensors; a peft adapter for LoRA) and tokenizer under model/, then train.json.
 
     Through `trainer.save_model`, so under accelerate (DDP, DeepSpeed ZeRO-3, FSDP) the weights are

@@ -11,26 +11,34 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
 
 from .data import SFT_VARIANTS, build_cross_lingual_pairs, build_sft_rows, check_seed_rows, make_seed_row
 from .runfiles import file_sha256, write_json, write_jsonl
 
-DATA_FILES = ("seeds_train.jsonl", "seeds_eval.jsonl", "pairs.jsonl",
-              "sft_both.jsonl", "sft_en.jsonl", "sft_tgt.jsonl")
+DATA_FILES = (
+    "seeds_train.jsonl",
+    "seeds_eval.jsonl",
+    "pairs.jsonl",
+    "sft_both.jsonl",
+    "sft_en.jsonl",
+    "sft_tgt.jsonl",
+)
 
 
-def translate_seed_rows(rows: list[dict], lang: str, translator, cache=None, batch_size: int | None = None,
-                        progress: bool = True):
+def translate_seed_rows(
+    rows: list[dict], lang: str, translator, cache=None, batch_size: int | None = None, progress: bool = True
+):
     """Translate prompts and responses separately (the paper's way): (seed rows, TranslateStats)."""
     from .translate import translate_with_stats
 
     texts = [r["prompt"] for r in rows] + [r["response"] for r in rows]
-    out, stats = translate_with_stats(texts, lang, backend=translator, batch_size=batch_size, cache=cache,
-                                      progress=progress)
+    out, stats = translate_with_stats(
+        texts, lang, backend=translator, batch_size=batch_size, cache=cache, progress=progress
+    )
     n = len(rows)
     return [make_seed_row(r, lang, p, q) for r, p, q in zip(rows, out[:n], out[n:])], stats
 
@@ -44,10 +52,10 @@ class PreparedSeeds:
     eval: list[dict]
     n_train_requested: int
     n_eval_requested: int
-    train_translated: int                       # training candidates translated (incl. margin)
+    train_translated: int  # training candidates translated (incl. margin)
     drops_train: dict[str, int]
     drops_eval: dict[str, int]
-    language_id: dict[str, int]                  # coverage of lingua on the kept rows
+    language_id: dict[str, int]  # coverage of lingua on the kept rows
     translation: list[dict] = field(default_factory=list)  # TranslateStats of each round
     seconds: float = 0.0
 
@@ -56,9 +64,18 @@ class PreparedSeeds:
         return max(0, self.n_train_requested - len(self.train))
 
 
-def translate_and_filter(train_candidates: list[dict], eval_rows: list[dict], n_train: int, lang: str,
-                         translator, cache=None, margin: float = 0.15, batch_size: int | None = None,
-                         progress: bool = True, min_words: int | None = None) -> PreparedSeeds:
+def translate_and_filter(
+    train_candidates: list[dict],
+    eval_rows: list[dict],
+    n_train: int,
+    lang: str,
+    translator,
+    cache=None,
+    margin: float = 0.15,
+    batch_size: int | None = None,
+    progress: bool = True,
+    min_words: int | None = None,
+) -> PreparedSeeds:
     """Translate only as much as needed: the held-out rows, then training candidates in order,
     n_train * (1 + margin) at first and more rounds for whatever the quality filter dropped, until
     n_train seeds are kept or the candidates run out (a shortfall is warned about and recorded).
@@ -76,7 +93,7 @@ def translate_and_filter(train_candidates: list[dict], eval_rows: list[dict], n_
     position = 0
     while len(kept) < n_train and position < len(train_candidates):
         take = max(1, math.ceil((n_train - len(kept)) * (1 + margin)))
-        chunk = train_candidates[position:position + take]
+        chunk = train_candidates[position : position + take]
         position += len(chunk)
         seeds, stats = translate_seed_rows(chunk, lang, translator, cache, batch_size, progress)
         rounds.append(stats.as_dict())
@@ -84,18 +101,31 @@ def translate_and_filter(train_candidates: list[dict], eval_rows: list[dict], n_
         kept += good
         drops_train = {k: drops_train.get(k, 0) + v for k, v in drops.items()}
     if n_train and not kept:  # the translations stay in the cache for the next attempt
-        raise ValueError(f"no training seed survived translation and the quality filter: {position} candidates "
-                         f"translated, drops by reason {drops_train} (held-out drops {drops_eval}); check the "
-                         f"translator ({getattr(translator, 'label', translator)}) and the target language {lang!r}")
-    prepared = PreparedSeeds(lang=lang, train=kept[:n_train], eval=eval_kept, n_train_requested=n_train,
-                             n_eval_requested=len(eval_rows), train_translated=position,
-                             drops_train=drops_train, drops_eval=drops_eval,
-                             language_id=language_id_coverage(kept[:n_train] + eval_kept, min_words),
-                             translation=rounds, seconds=time.perf_counter() - start)
+        raise ValueError(
+            f"no training seed survived translation and the quality filter: {position} candidates "
+            f"translated, drops by reason {drops_train} (held-out drops {drops_eval}); check the "
+            f"translator ({getattr(translator, 'label', translator)}) and the target language {lang!r}"
+        )
+    prepared = PreparedSeeds(
+        lang=lang,
+        train=kept[:n_train],
+        eval=eval_kept,
+        n_train_requested=n_train,
+        n_eval_requested=len(eval_rows),
+        train_translated=position,
+        drops_train=drops_train,
+        drops_eval=drops_eval,
+        language_id=language_id_coverage(kept[:n_train] + eval_kept, min_words),
+        translation=rounds,
+        seconds=time.perf_counter() - start,
+    )
     if prepared.shortfall:
-        warnings.warn(f"only {len(prepared.train)} of the {n_train} training seeds requested survived "
-                      f"translation and filtering ({len(train_candidates)} candidates, all translated): "
-                      f"shortfall {prepared.shortfall}", stacklevel=2)
+        warnings.warn(
+            f"only {len(prepared.train)} of the {n_train} training seeds requested survived "
+            f"translation and filtering ({len(train_candidates)} candidates, all translated): "
+            f"shortfall {prepared.shortfall}",
+            stacklevel=2,
+        )
     return prepared
 
 
@@ -107,13 +137,23 @@ def examples_table(seeds: list[dict], n: int = 3, translator_label: str = "", ma
         return text if len(text) <= max_chars else text[:max_chars] + " …"
 
     tgt = f"target ({translator_label})" if translator_label else "target"
-    return pd.DataFrame([{"id": s["id"], "prompt (en)": cut(s["prompt_en"]), f"prompt, {tgt}": cut(s["prompt_tgt"]),
-                          "response (en)": cut(s["response_en"]), f"response, {tgt}": cut(s["response_tgt"])}
-                         for s in seeds[:n]])
+    return pd.DataFrame(
+        [
+            {
+                "id": s["id"],
+                "prompt (en)": cut(s["prompt_en"]),
+                f"prompt, {tgt}": cut(s["prompt_tgt"]),
+                "response (en)": cut(s["response_en"]),
+                f"response, {tgt}": cut(s["response_tgt"]),
+            }
+            for s in seeds[:n]
+        ]
+    )
 
 
-def package_versions(names: Iterable[str] = ("torch", "transformers", "datasets", "lingua-language-detector",
-                                             "pandas", "tokenizers")) -> dict[str, str | None]:
+def package_versions(
+    names: Iterable[str] = ("torch", "transformers", "datasets", "lingua-language-detector", "pandas", "tokenizers"),
+) -> dict[str, str | None]:
     from importlib import metadata
 
     from . import __version__
@@ -127,9 +167,16 @@ def package_versions(names: Iterable[str] = ("torch", "transformers", "datasets"
     return versions
 
 
-def write_data_folder(output_dir: str | os.PathLike, prepared: PreparedSeeds, *, translator: dict,
-                      load_counts: dict | None = None, parameters: dict | None = None,
-                      system_prompt: str | None = None, data_source: str | None = None) -> dict:
+def write_data_folder(
+    output_dir: str | os.PathLike,
+    prepared: PreparedSeeds,
+    *,
+    translator: dict,
+    load_counts: dict | None = None,
+    parameters: dict | None = None,
+    system_prompt: str | None = None,
+    data_source: str | None = None,
+) -> dict:
     """Write seeds, pairs, SFT rows and manifest.json as docs/run-layout.md describes; returns the
     manifest. `translator` is Translator.describe() (backend, model, label, versions)."""
     out = Path(output_dir)
@@ -165,13 +212,15 @@ def write_data_folder(output_dir: str | os.PathLike, prepared: PreparedSeeds, *,
         },
         "drop_reasons": {"train": prepared.drops_train, "eval": prepared.drops_eval},
         "language_id": prepared.language_id,
-        "translation": {"seconds": round(prepared.seconds, 3),
-                        "rounds": [{k: v for k, v in r.items() if k != "translator"} for r in prepared.translation]},
+        "translation": {
+            "seconds": round(prepared.seconds, 3),
+            "rounds": [{k: v for k, v in r.items() if k != "translator"} for r in prepared.translation],
+        },
         "files": files,
         "versions": package_versions(),
         "parameters": parameters or {},
         "notes": "seeds_train is in sampling order: the budget-N run uses its first N lines (and the first "
-                 "2N lines of pairs.jsonl); budgets are nested. Seeds counted, not triples.",
+        "2N lines of pairs.jsonl); budgets are nested. Seeds counted, not triples.",
     }
     write_json(out / "manifest.json", manifest)  # last: its presence marks a complete data folder
     return manifest

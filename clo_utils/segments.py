@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 _FENCE = re.compile(r"^[ \t]*(```|~~~)")
 # Markdown line prefixes kept out of the translation: bullets, numbered items, headings, quotes
@@ -49,8 +49,7 @@ def _has_prose(text: str) -> bool:
 def _sentence_breaks(text: str) -> list[tuple[int, int]]:
     """(start, end) of the whitespace between sentences, never inside a protected span."""
     spans = [m.span() for m in PROTECTED.finditer(text)]
-    return [m.span() for m in _SENTENCE_BREAK.finditer(text)
-            if not any(s < m.start() < e for s, e in spans)]
+    return [m.span() for m in _SENTENCE_BREAK.finditer(text) if not any(s < m.start() < e for s, e in spans)]
 
 
 def _text_pieces(text: str, split_sentences: bool) -> list[Piece]:
@@ -59,10 +58,10 @@ def _text_pieces(text: str, split_sentences: bool) -> list[Piece]:
     if not core or not _has_prose(core):
         return [Piece(text, False)]
     lead = text[: len(text) - len(text.lstrip())]
-    trail = text[len(text.rstrip()):]
+    trail = text[len(text.rstrip()) :]
     pieces = [Piece(lead, False)]
     start = 0
-    for s, e in (_sentence_breaks(core) if split_sentences else []):
+    for s, e in _sentence_breaks(core) if split_sentences else []:
         sentence = core[start:s]
         pieces += [Piece(sentence, _has_prose(sentence)), Piece(core[s:e], False)]
         start = e
@@ -73,10 +72,13 @@ def _text_pieces(text: str, split_sentences: bool) -> list[Piece]:
 
 def _line_pieces(line: str, split_sentences: bool) -> list[Piece]:
     if line.lstrip().startswith("|"):  # a Markdown table row: translate cell by cell
-        return [p for cell in re.split(r"(\|)", line)
-                for p in ([Piece(cell, False)] if cell == "|" else _text_pieces(cell, split_sentences))]
+        return [
+            p
+            for cell in re.split(r"(\|)", line)
+            for p in ([Piece(cell, False)] if cell == "|" else _text_pieces(cell, split_sentences))
+        ]
     prefix = _LINE_PREFIX.match(line).group(0)
-    return [Piece(prefix, False)] + _text_pieces(line[len(prefix):], split_sentences)
+    return [Piece(prefix, False)] + _text_pieces(line[len(prefix) :], split_sentences)
 
 
 def _merge_literals(pieces: Iterable[Piece]) -> list[Piece]:
@@ -122,7 +124,7 @@ def around_spans(segment: str) -> list[Piece]:
     """The segment cut at its protected spans: prose pieces to translate, spans verbatim."""
     pieces, pos = [], 0
     for m in PROTECTED.finditer(segment):
-        pieces += _text_pieces(segment[pos:m.start()], False) + [Piece(m.group(0), False)]
+        pieces += _text_pieces(segment[pos : m.start()], False) + [Piece(m.group(0), False)]
         pos = m.end()
     pieces += _text_pieces(segment[pos:], False)
     return _merge_literals(pieces)

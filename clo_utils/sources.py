@@ -16,14 +16,21 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .runfiles import iter_jsonl, repo_root
 
 # Notebook 01 takes every step from this module; translating and writing live in clo_utils.seeds.
-from .seeds import (DATA_FILES, PreparedSeeds, examples_table, package_versions,  # noqa: F401
-                    translate_and_filter, translate_seed_rows, write_data_folder)
+from .seeds import (  # noqa: F401
+    DATA_FILES,
+    PreparedSeeds,
+    examples_table,
+    package_versions,
+    translate_and_filter,
+    translate_seed_rows,
+    write_data_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +59,11 @@ TRL_COLUMN_MAPS = (
     ("conversational", ("messages",), {"instruction": "messages", "output": "messages"}),
     ("implicit-prompt preference", ("chosen",), {"instruction": "chosen", "output": "chosen"}),
 )
-COLUMN_MAP_HINT = ("column_map (notebook 01 parameter `column_map`, recipe key `data.column_map`: a JSON object "
-                   f"such as '{{\"instruction\": \"question\", \"output\": \"answer\"}}' or a preset: "
-                   f"{', '.join(sorted(COLUMN_PRESETS))})")
+COLUMN_MAP_HINT = (
+    "column_map (notebook 01 parameter `column_map`, recipe key `data.column_map`: a JSON object "
+    f'such as \'{{"instruction": "question", "output": "answer"}}\' or a preset: '
+    f"{', '.join(sorted(COLUMN_PRESETS))})"
+)
 
 
 def smoke_data_path() -> Path:
@@ -68,10 +77,12 @@ def default_data_source() -> str:
     if root is not None and (root / BUNDLED_SFT).is_file():
         return str(root / BUNDLED_SFT)
     where = root / BUNDLED_SFT if root is not None else f"<repository>/{BUNDLED_SFT.as_posix()}"
-    raise FileNotFoundError(f"the default English SFT set is expected at {where}, which is missing (clo_utils "
-                            "runs outside a checkout of the repository?). Set data_source to any "
-                            ".jsonl/.json/.csv/.parquet file or hub dataset id (org/name), or to 'smoke' for the "
-                            "packaged smoke set.")
+    raise FileNotFoundError(
+        f"the default English SFT set is expected at {where}, which is missing (clo_utils "
+        "runs outside a checkout of the repository?). Set data_source to any "
+        ".jsonl/.json/.csv/.parquet file or hub dataset id (org/name), or to 'smoke' for the "
+        "packaged smoke set."
+    )
 
 
 def resolve_columns(column_map: dict | str | None) -> dict[str, str]:
@@ -83,12 +94,16 @@ def resolve_columns(column_map: dict | str | None) -> dict[str, str]:
             column_map = json.loads(column_map)
         except json.JSONDecodeError as e:
             example = '{"instruction": "question", "output": "answer"}'
-            raise ValueError(f"column_map {column_map!r} is not a valid JSON object ({e.msg} at column {e.colno}); "
-                             f"expected e.g. '{example}'") from None
+            raise ValueError(
+                f"column_map {column_map!r} is not a valid JSON object ({e.msg} at column {e.colno}); "
+                f"expected e.g. '{example}'"
+            ) from None
     elif isinstance(column_map, str):
         if column_map not in COLUMN_PRESETS:
-            raise ValueError(f"unknown column preset {column_map!r}; presets: {sorted(COLUMN_PRESETS)}, "
-                             "or a JSON object such as '{\"instruction\": \"question\"}'")
+            raise ValueError(
+                f"unknown column preset {column_map!r}; presets: {sorted(COLUMN_PRESETS)}, "
+                'or a JSON object such as \'{"instruction": "question"}\''
+            )
         column_map = COLUMN_PRESETS[column_map]
     if column_map is not None and not isinstance(column_map, dict):
         raise ValueError(f"column_map must be a dict, a JSON object string or a preset name, got {column_map!r}")
@@ -102,8 +117,10 @@ def _missing_column_message(where: str, name: str, column: str, record: dict) ->
     message = f"{where}: missing field {column!r} (the {name}); fields present: {sorted(record)}."
     for kind, columns, suggested in TRL_COLUMN_MAPS:
         if all(c in record for c in columns):
-            return (f"{message} This looks like TRL's {kind} format: pass column_map='{json.dumps(suggested)}' "
-                    f"through {COLUMN_MAP_HINT}.")
+            return (
+                f"{message} This looks like TRL's {kind} format: pass column_map='{json.dumps(suggested)}' "
+                f"through {COLUMN_MAP_HINT}."
+            )
     return f"{message} Map another column with {COLUMN_MAP_HINT}."
 
 
@@ -115,8 +132,9 @@ def _turn_text(value: list, name: str, where: str, column: str) -> str | None:
     return next((str(m["content"]) for m in value if m["role"] == role), None)
 
 
-def normalise_record(record: dict, columns: dict[str, str], where: str, index: int,
-                     default_source: str) -> dict | None:
+def normalise_record(
+    record: dict, columns: dict[str, str], where: str, index: int, default_source: str
+) -> dict | None:
     """One source record -> {id, prompt, response, source}; None when instruction or output is
     empty. `where` names the record in errors (e.g. "data.jsonl line 17")."""
     values = {}
@@ -195,8 +213,14 @@ def reduce_oasst_messages(messages: Iterable[dict], lang: str = "en") -> list[di
         if m.get("parent_id") is None and m.get("role") == "prompter" and m.get("lang") == lang:
             reply = top_reply.get(m["message_id"])
             if reply and m["text"].strip() and reply["text"].strip():
-                rows.append({"id": f"oasst1-{m['message_id']}", "prompt": m["text"].strip(),
-                             "response": reply["text"].strip(), "source": "oasst1"})
+                rows.append(
+                    {
+                        "id": f"oasst1-{m['message_id']}",
+                        "prompt": m["text"].strip(),
+                        "response": reply["text"].strip(),
+                        "source": "oasst1",
+                    }
+                )
     return rows
 
 
@@ -221,8 +245,10 @@ def _normalise_all(records: list[tuple[str, dict]], columns: dict, default_sourc
 
 
 def _offline_env() -> bool:
-    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
-               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def load_hub_dataset(name: str, split: str, **hub_kwargs):
@@ -231,16 +257,20 @@ def load_hub_dataset(name: str, split: str, **hub_kwargs):
     when the variable was set after `datasets` was imported, `datasets` would still go online, so
     the hub id fails at once."""
     if not HUB_ID.match(name):
-        raise FileNotFoundError(f"data source {name!r} is neither an existing file nor a hub dataset id (org/name); "
-                                f"expected a .jsonl/.json/.csv/.parquet file, a hub id, 'oasst1' or 'smoke'")
+        raise FileNotFoundError(
+            f"data source {name!r} is neither an existing file nor a hub dataset id (org/name); "
+            f"expected a .jsonl/.json/.csv/.parquet file, a hub id, 'oasst1' or 'smoke'"
+        )
     import datasets
 
     library_offline = datasets.config.HF_HUB_OFFLINE
     if not (library_offline or _offline_env()):
         return datasets.load_dataset(name, split=split, **hub_kwargs)
-    offline = (f"data source {name!r} is a hub dataset id, but HF_HUB_OFFLINE is set and it is not in the local "
-               "cache: load it once with network access, or set data_source to a local "
-               ".jsonl/.json/.csv/.parquet file")
+    offline = (
+        f"data source {name!r} is a hub dataset id, but HF_HUB_OFFLINE is set and it is not in the local "
+        "cache: load it once with network access, or set data_source to a local "
+        ".jsonl/.json/.csv/.parquet file"
+    )
     if not library_offline:
         raise FileNotFoundError(offline)
     try:
@@ -249,8 +279,14 @@ def load_hub_dataset(name: str, split: str, **hub_kwargs):
         raise FileNotFoundError(f"{offline} ({type(e).__name__}: {e})") from None
 
 
-def load_english_sft(source: str | os.PathLike, split: str = "train", column_map: dict | str | None = None,
-                     limit: int | None = None, oasst_lang: str = "en", **hub_kwargs) -> list[dict]:
+def load_english_sft(
+    source: str | os.PathLike,
+    split: str = "train",
+    column_map: dict | str | None = None,
+    limit: int | None = None,
+    oasst_lang: str = "en",
+    **hub_kwargs,
+) -> list[dict]:
     """English SFT rows {id, prompt, response, source} from:
       "smoke"                                the packaged set (clo_utils/assets/smoke_sft.jsonl);
       "oasst1" / "OpenAssistant/oasst1"      the hub dataset, reduced by reduce_oasst_messages
@@ -305,8 +341,9 @@ def count_tokens(texts: list[str], tokenizer) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
 
-def filter_by_token_length(rows: Iterable[dict], tokenizer, max_prompt_tokens: int | None,
-                           max_response_tokens: int | None) -> tuple[list[dict], int]:
+def filter_by_token_length(
+    rows: Iterable[dict], tokenizer, max_prompt_tokens: int | None, max_response_tokens: int | None
+) -> tuple[list[dict], int]:
     """(rows whose English prompt and response fit the limits, number dropped). None: no limit.
     Translations take more tokens than English, so training's max length leaves room above these limits."""
     rows = list(rows)
@@ -319,19 +356,27 @@ def filter_by_token_length(rows: Iterable[dict], tokenizer, max_prompt_tokens: i
     return kept, len(rows) - len(kept)
 
 
-def prepare_english_rows(source: str | os.PathLike, tokenizer=None, max_prompt_tokens: int | None = None,
-                         max_response_tokens: int | None = None, **load_kwargs) -> tuple[list[dict], dict]:
+def prepare_english_rows(
+    source: str | os.PathLike,
+    tokenizer=None,
+    max_prompt_tokens: int | None = None,
+    max_response_tokens: int | None = None,
+    **load_kwargs,
+) -> tuple[list[dict], dict]:
     """Load, drop duplicated prompts, drop rows over the token limits: (rows, counts)."""
     rows = load_english_sft(source, **load_kwargs)
     counts = {"loaded": len(rows)}
     rows, counts["duplicates_dropped"] = drop_exact_duplicates(rows)
     if tokenizer is not None and (max_prompt_tokens is not None or max_response_tokens is not None):
-        rows, counts["too_long_dropped"] = filter_by_token_length(rows, tokenizer, max_prompt_tokens,
-                                                                  max_response_tokens)
+        rows, counts["too_long_dropped"] = filter_by_token_length(
+            rows, tokenizer, max_prompt_tokens, max_response_tokens
+        )
         if not rows:  # say why here, not later as "n_eval=... but only 0 rows" in select_seeds
-            raise ValueError(f"{source}: all {counts['loaded'] - counts['duplicates_dropped']} rows are longer than "
-                             f"max_prompt_tokens={max_prompt_tokens} / max_response_tokens={max_response_tokens} "
-                             "tokens; raise the limits (or use another tokenizer_id)")
+            raise ValueError(
+                f"{source}: all {counts['loaded'] - counts['duplicates_dropped']} rows are longer than "
+                f"max_prompt_tokens={max_prompt_tokens} / max_response_tokens={max_response_tokens} "
+                "tokens; raise the limits (or use another tokenizer_id)"
+            )
     else:
         counts["too_long_dropped"] = 0
     counts["candidates"] = len(rows)
@@ -339,11 +384,12 @@ def prepare_english_rows(source: str | os.PathLike, tokenizer=None, max_prompt_t
 
 
 def _sampling_key(seed: int, row_id: str) -> str:
-    return hashlib.sha256(f"{seed}:{row_id}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}:{row_id}".encode()).hexdigest()
 
 
-def select_seeds(rows: Iterable[dict], n_train: int | None, n_eval: int,
-                 seed: int = 0) -> tuple[list[dict], list[dict]]:
+def select_seeds(
+    rows: Iterable[dict], n_train: int | None, n_eval: int, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
     """(training rows in sampling order, held-out rows): a deterministic shuffle by `seed`, the first
     `n_eval` rows held out, the next `n_train` (None: all the rest) for training.
 

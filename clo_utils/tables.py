@@ -22,9 +22,10 @@ clo_utils.report; the method vocabulary comes from clo_utils.methods.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -40,9 +41,28 @@ from clo_utils.runfiles import RunFileError, read_metrics
 RUN_DIR_PATTERN = re.compile(r"^(?P<method>.+?)-(?P<n_seeds>\d+)(?:-s(?P<train_seed>\d+))?$")
 RUN_FIELDS = ("model_id", "model_label", "trainable", "nll_on", "translator")
 TRAIN_FIELDS = ("train_seconds", "seconds_per_step", "peak_memory_mb", "trainable_params", "total_params")
-IDENTITY_COLUMNS = ("recipe", "lang", "method", "n_seeds", "run_name", "run_group", "train_seed", "method_family",
-                    "run_dir", "recipe_root")
-HISTORY_COLUMNS = IDENTITY_COLUMNS + ("trainable", "nll_on", "model_label", "labels", "step", "epoch", "metric", "value")
+IDENTITY_COLUMNS = (
+    "recipe",
+    "lang",
+    "method",
+    "n_seeds",
+    "run_name",
+    "run_group",
+    "train_seed",
+    "method_family",
+    "run_dir",
+    "recipe_root",
+)
+HISTORY_COLUMNS = IDENTITY_COLUMNS + (
+    "trainable",
+    "nll_on",
+    "model_label",
+    "labels",
+    "step",
+    "epoch",
+    "metric",
+    "value",
+)
 TRAINABLE_ORDER = ("attention", "lora", "full")  # the paper's default first
 
 
@@ -56,7 +76,7 @@ class SeedSetMismatch(ValueError):
 
 @dataclass(frozen=True)
 class MetricsTables:
-    evals: pd.DataFrame      # one row per (run, direction)
+    evals: pd.DataFrame  # one row per (run, direction)
     histories: pd.DataFrame  # one row per (run, step, metric)
 
 
@@ -111,7 +131,8 @@ def check_same_seeds(runs: Iterable[tuple[Path, dict[str, Any]]]) -> None:
                 f"{other_dir} and {path.parent} cannot be compared: both are {identity['lang']} at a budget of "
                 f"{identity['n_seeds']} seeds but trained on different seeds ({len(only)} seed ids in one run "
                 f"only, e.g. {only[:3]}). Runs of one budget must train on the same seeds (docs/method.md §4): "
-                "retrain the older run, or move one of them out of the runs root.")
+                "retrain the older run, or move one of them out of the runs root."
+            )
 
 
 def _run_identity(path: Path, run: dict[str, Any]) -> dict[str, Any]:
@@ -167,14 +188,20 @@ def _eval_rows(path: Path, metrics: dict[str, Any]) -> list[dict[str, Any]]:
 def _history_rows(path: Path, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     run = metrics["run"]
     shared = _run_identity(path, run)
-    shared |= {"trainable": run.get("trainable"), "nll_on": run.get("nll_on"),
-               "model_label": run.get("model_label"), "labels": tuple(run.get("labels") or ())}
+    shared |= {
+        "trainable": run.get("trainable"),
+        "nll_on": run.get("nll_on"),
+        "model_label": run.get("model_label"),
+        "labels": tuple(run.get("labels") or ()),
+    }
     rows = []
     for entry in (metrics.get("train") or {}).get("history") or []:
         for metric, value in entry.items():
             if metric in ("step", "epoch") or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            rows.append(dict(shared, step=entry.get("step"), epoch=entry.get("epoch"), metric=metric, value=float(value)))
+            rows.append(
+                dict(shared, step=entry.get("step"), epoch=entry.get("epoch"), metric=metric, value=float(value))
+            )
     return rows
 
 
@@ -209,6 +236,7 @@ def load_metrics(root: str | Path) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # Selections
 # --------------------------------------------------------------------------------------------
+
 
 def trainable_rank(trainable: Any) -> int:
     return TRAINABLE_ORDER.index(trainable) if trainable in TRAINABLE_ORDER else len(TRAINABLE_ORDER)

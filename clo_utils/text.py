@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from .languages import get_language
 
@@ -34,7 +34,7 @@ def count_words(text: str) -> int:
     return sum(any(ch.isalpha() for ch in token) for token in normalized_tokens(text))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _detector(lingua_names: frozenset[str]):
     """A lingua detector for exactly these languages, built once per set (building loads models)."""
     from lingua import Language, LanguageDetectorBuilder
@@ -46,8 +46,10 @@ def language_pair(expected_lang: str, other_lang: str | None = None) -> tuple[st
     """(expected, other) codes, checked; the other language defaults to English for a target language."""
     if other_lang is None:
         if expected_lang == "en":
-            raise ValueError("for English texts pass other_lang= (the run's target language): the "
-                             "detector is restricted to {English, target}")
+            raise ValueError(
+                "for English texts pass other_lang= (the run's target language): the "
+                "detector is restricted to {English, target}"
+            )
         other_lang = "en"
     if other_lang == expected_lang:
         raise ValueError(f"expected_lang and other_lang must differ, both are {expected_lang!r}")

@@ -1,4 +1,4 @@
-"""CLO training on the Hugging Face Trainer stack, and the TRL baselines (SFT, SFT+DPO).
+"""CLO training on the Hugging Face Trainer stack: CLOConfig, CLOTrainer and train_clo.
 
 Why a `transformers.Trainer` subclass rather than a TRL `DPOTrainer` subclass: CLO's unit is the
 *seed* (two triples, four sequences, one batch), its loss adds a target-only NLL term that TRL
@@ -8,37 +8,77 @@ The Trainer base still gives accelerate/DeepSpeed/FSDP, checkpoints, resume, `re
 logging. The sequence convention is TRL's (prompt via the chat template with the generation
 prompt, completion = the rest of the rendered conversation), so CLO with lam = 0 equals
 DPOTrainer's sigmoid loss on the same data (tests/test_train.py checks it).
+
+The tokenisers and the collator live in clo_utils.sequences, the TRL baselines (SFT, SFT+DPO) in
+clo_utils.baselines; their names are importable from here too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import logging
-import resource
-import sys
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
+from .baselines import _pretokenized_dpo_trainer as _pretokenized_dpo_trainer
+from .baselines import dpo_config, sft_config, train_dpo, train_sft
 from .cache import DiskCache, cache_key, default_cache_dir
 from .losses import NLL_ON, clo_loss, packed_sequence_logps, response_nll, response_positions, sequence_logps
+from .sequences import (
+    PADDING_FREE_ATTENTION,
+    PADDING_FREE_MODEL_TYPES,
+    SEQUENCE_ORDER,
+    CLOCollator,
+    pack_sequences,
+    pad_sequences,
+    padding_free_support,
+    seeds_within_max_length,
+    tokenize_clo_pairs,
+    tokenize_dpo_pairs,
+    tokenize_prompt_response,
+    tokenize_sft_rows,
+)
+from .train_callbacks import PeakMemoryCallback, TrainableChangeCallback, peak_memory_mb, summary_callbacks
+from .train_setup import disable_dropout, prepare_mixed_precision, resume_checkpoint, training_profile
+
+__all__ = [
+    "PADDING_FREE_ATTENTION",
+    "PADDING_FREE_MODEL_TYPES",
+    "REFERENCE_CACHE_VERSION",
+    "SEQUENCE_ORDER",
+    "CLOCollator",
+    "CLOConfig",
+    "CLOTrainer",
+    "PeakMemoryCallback",
+    "TrainableChangeCallback",
+    "disable_dropout",
+    "dpo_config",
+    "model_fingerprint",
+    "pack_sequences",
+    "pad_sequences",
+    "padding_free_support",
+    "peak_memory_mb",
+    "prepare_mixed_precision",
+    "seeds_within_max_length",
+    "sft_config",
+    "tokenize_clo_pairs",
+    "tokenize_dpo_pairs",
+    "tokenize_prompt_response",
+    "tokenize_sft_rows",
+    "train_clo",
+    "train_dpo",
+    "train_sft",
+    "training_profile",
+]
 
 log = logging.getLogger(__name__)
 
-# Order of the four sequences of one seed inside a batch.
-SEQUENCE_ORDER = ("en_chosen", "en_rejected", "tgt_chosen", "tgt_rejected")
 REFERENCE_CACHE_VERSION = "clo-ref-v3"  # in every reference cache key: a changed computation never reuses old values
-# Where packed batches are proven equal to padded ones (tests/test_train.py, tiny models of each): the model
-# types whose transformers code builds its masks with masking_utils, and the attention implementations for
-# which masking_utils turns restarting position_ids into a block-diagonal mask.
-PADDING_FREE_MODEL_TYPES = ("llama", "qwen2", "mistral", "gemma3_text")
-PADDING_FREE_ATTENTION = ("eager", "sdpa")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -48,28 +88,63 @@ PADDING_FREE_ATTENTION = ("eager", "sdpa")
 class CLOConfig(TrainingArguments):
     """TrainingArguments plus the CLO objective's knobs (docs/method.md §2)."""
 
-    beta: float = field(default=0.1, metadata={"help": "DPO temperature of the cross-lingual preference term. "
-                                                       "Not recovered from the paper; CRPO's re-run used 0.1."})
-    lam: float = field(default=0.5, metadata={"help": "Weight of the target NLL: loss = lam*NLL + (1-lam)*L_CL "
-                                                      "(0.5, 'recommended in the original paper' per CRPO)."})
-    nll_on: str = field(default="target", metadata={"help": "'target': NLL on target-language chosen responses "
-                                                            "only (paper); 'both': also English (the ablation)."})
-    max_length: int = field(default=1024, metadata={"help": "Max tokens of one prompt+response sequence; a seed "
-                                                            "with a longer sequence is dropped and counted."})
-    disable_dropout: bool = field(default=True, metadata={"help": "Every dropout probability to 0, as in TRL's "
-                                                                  "DPO: the policy at step 0 equals the reference, "
-                                                                  "and the reward margins are not noise."})
-    ref_cache_dir: str | None = field(default=None, metadata={"help": "Where reference log-probs are cached "
-                                                                     "(default: the kit's cache dir)."})
+    beta: float = field(
+        default=0.1,
+        metadata={
+            "help": "DPO temperature of the cross-lingual preference term. "
+            "Not recovered from the paper; CRPO's re-run used 0.1."
+        },
+    )
+    lam: float = field(
+        default=0.5,
+        metadata={
+            "help": "Weight of the target NLL: loss = lam*NLL + (1-lam)*L_CL "
+            "(0.5, 'recommended in the original paper' per CRPO)."
+        },
+    )
+    nll_on: str = field(
+        default="target",
+        metadata={
+            "help": "'target': NLL on target-language chosen responses "
+            "only (paper); 'both': also English (the ablation)."
+        },
+    )
+    max_length: int = field(
+        default=1024,
+        metadata={
+            "help": "Max tokens of one prompt+response sequence; a seed with a longer sequence is dropped and counted."
+        },
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "Every dropout probability to 0, as in TRL's "
+            "DPO: the policy at step 0 equals the reference, "
+            "and the reward margins are not noise."
+        },
+    )
+    ref_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where reference log-probs are cached (default: the kit's cache dir)."}
+    )
     precompute_ref_batch_size: int = field(default=8, metadata={"help": "Seeds per batch in the reference pass."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every column."})
-    train_sampling_strategy: str = field(default="group_by_length", metadata={
-        "help": "'group_by_length' (default): batches of seeds of similar length (clo_utils.batching), little "
-                "compute on padding; 'random', 'sequential': the Trainer's samplers."})
-    padding_free: bool = field(default=True, metadata={
-        "help": "Pack a batch's sequences into one row (position_ids restart at 0 per sequence, no attention "
-                "mask): no compute on padding. Used where it is proven equal to padded batches "
-                "(PADDING_FREE_MODEL_TYPES with eager or sdpa attention); other models get padded batches."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator needs every column."}
+    )
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "'group_by_length' (default): batches of seeds of similar length (clo_utils.batching), little "
+            "compute on padding; 'random', 'sequential': the Trainer's samplers."
+        },
+    )
+    padding_free: bool = field(
+        default=True,
+        metadata={
+            "help": "Pack a batch's sequences into one row (position_ids restart at 0 per sequence, no attention "
+            "mask): no compute on padding. Used where it is proven equal to padded batches "
+            "(PADDING_FREE_MODEL_TYPES with eager or sdpa attention); other models get padded batches."
+        },
+    )
     report_to: str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
 
     def __post_init__(self):
@@ -80,216 +155,6 @@ class CLOConfig(TrainingArguments):
             raise ValueError(f"CLOConfig.lam must be in [0, 1], got {self.lam}")
         if self.nll_on not in NLL_ON:
             raise ValueError(f"CLOConfig.nll_on must be one of {NLL_ON}, got {self.nll_on!r}")
-
-
-def training_profile(device: str = "auto") -> dict:
-    """Trainer keyword arguments per hardware profile.
-
-    CPU: fp32 without gradient checkpointing (TRL's defaults, bf16 and checkpointing, are slow on a
-    CPU without bf16 arithmetic). GPU: bf16 autocast; `prepare_mixed_precision` keeps the trainable
-    parameters in fp32.
-    """
-    if device == "auto":
-        device = "gpu" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return {"use_cpu": True, "bf16": False, "fp16": False, "gradient_checkpointing": False,
-                "dataloader_num_workers": 0}
-    if device == "gpu":
-        return {"use_cpu": False, "bf16": True, "fp16": False, "gradient_checkpointing": False}
-    raise ValueError(f"profile device must be 'auto', 'cpu' or 'gpu', got {device!r}")
-
-
-# --------------------------------------------------------------------------- tokenisation
-
-
-def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-    # The chat template renders BOS itself when the model wants one, so the text is tokenised
-    # without adding special tokens again: one BOS, never two.
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt,
-                                        return_dict=True)
-    return list(out["input_ids"])
-
-
-def tokenize_prompt_response(tokenizer, prompt: list[dict], response: list[dict]) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one conversation: labels are -100 on the prompt, the token ids on the response.
-
-    Same convention as TRL's DPOTrainer: the completion is what the rendered full conversation
-    adds after the prompt rendered with the generation prompt. If the template does not close the
-    turn with EOS, EOS is appended so the model learns to stop.
-    """
-    if tokenizer.chat_template is None:
-        raise ValueError("the tokenizer has no chat template; set tokenizer.chat_template before training")
-    prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
-    full_ids = _chat_ids(tokenizer, prompt + response)
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise ValueError("the chat template renders the prompt differently inside the full conversation; "
-                         "CLO needs the prompt to be a token prefix of prompt+response")
-    response_ids = full_ids[len(prompt_ids):]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in response_ids:
-        response_ids.append(tokenizer.eos_token_id)
-    return prompt_ids + response_ids, [-100] * len(prompt_ids) + response_ids
-
-
-def tokenize_clo_pairs(pairs: list[dict], tokenizer, max_length: int) -> tuple[list[dict], dict]:
-    """One training example per seed: its four sequences (SEQUENCE_ORDER) tokenised.
-
-    A seed whose en or tgt triple is missing is dropped and counted. A sequence longer than
-    `max_length` is an error: `seeds_within_max_length` filters the seeds once, before any method
-    tokenises them, so SFT, SFT+DPO and CLO train on the same seeds and never on a cut copy.
-    """
-    by_seed: dict[str, dict] = defaultdict(dict)
-    for pair in pairs:
-        if pair.get("direction") not in ("en", "tgt"):
-            raise ValueError(f"pair for seed {pair.get('seed_id')!r}: direction must be 'en' or 'tgt', "
-                             f"got {pair.get('direction')!r}")
-        by_seed[pair["seed_id"]][pair["direction"]] = pair
-    examples, stats = [], {"seeds_in": len(by_seed), "dropped_incomplete": 0}
-    too_long = []
-    for seed_id, triples in by_seed.items():
-        if set(triples) != {"en", "tgt"}:
-            stats["dropped_incomplete"] += 1
-            continue
-        seqs = []
-        for name in SEQUENCE_ORDER:
-            direction, side = name.split("_")
-            triple = triples[direction]
-            seqs.append(tokenize_prompt_response(tokenizer, triple["prompt"], triple[side]))
-        if any(len(ids) > max_length for ids, _ in seqs):
-            too_long.append(seed_id)
-            continue
-        examples.append({"seed_id": seed_id, "index": len(examples),
-                         "input_ids": [ids for ids, _ in seqs], "labels": [lab for _, lab in seqs]})
-    _refuse_too_long(too_long, len(by_seed), max_length, "CLO seeds")
-    stats["seeds_kept"] = len(examples)
-    if not examples:
-        raise ValueError(f"no seed left to train on after tokenisation: {stats}")
-    return examples, stats
-
-
-def seeds_within_max_length(seeds: list[dict], tokenizer, max_length: int,
-                            system_prompt: str | None = None) -> tuple[list[dict], list[str]]:
-    """(the seeds whose four CLO sequences all fit `max_length` tokens, the ids of the others).
-
-    The sequences are tokenised exactly as training tokenises them (`tokenize_prompt_response` on
-    `build_cross_lingual_pairs`). Every SFT row and DPO pair of a seed is one of its four CLO
-    sequences, so the kept seeds fit every method: filtering once here gives SFT, SFT+DPO and CLO
-    the same seeds, where per-method dropping would keep the English half of a seed CLO drops.
-    """
-    from .data import build_cross_lingual_pairs
-
-    seeds = list(seeds)
-    too_long: set[str] = set()
-    for pair in build_cross_lingual_pairs(seeds, system_prompt=system_prompt):
-        if pair["seed_id"] in too_long:
-            continue
-        for side in ("chosen", "rejected"):
-            if len(tokenize_prompt_response(tokenizer, pair["prompt"], pair[side])[0]) > max_length:
-                too_long.add(pair["seed_id"])
-                break
-    kept = [s for s in seeds if s["id"] not in too_long]
-    dropped = [s["id"] for s in seeds if s["id"] in too_long]
-    if not kept:
-        raise ValueError(f"no seed fits max_length={max_length} tokens: all {len(seeds)} have a longer "
-                         "prompt+response sequence; raise max_length")
-    if dropped:
-        log.warning("dropped %d of %d seeds with a sequence longer than max_length=%d tokens: %s",
-                    len(dropped), len(seeds), max_length, dropped[:10])
-    return kept, dropped
-
-
-def _refuse_too_long(ids: list, n_total: int, max_length: int | None, what: str) -> None:
-    if ids:
-        raise ValueError(f"{len(ids)} of {n_total} {what} are longer than max_length={max_length} tokens "
-                         f"(seeds {list(dict.fromkeys(ids))[:5]}): filter the seeds once with "
-                         "seeds_within_max_length(seeds, tokenizer, max_length) before building the rows, so that "
-                         "every method trains on the same seeds")
-
-
-def pad_sequences(seqs: list[list[int]], labels: list[list[int]], pad_token_id: int) -> dict:
-    """(len(seqs), L) right-padded input_ids, attention_mask and labels (-100 on padding)."""
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
-    label_t = torch.full((len(seqs), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, (s, lab) in enumerate(zip(seqs, labels)):
-        input_ids[row, : len(s)] = torch.tensor(s)
-        label_t[row, : len(lab)] = torch.tensor(lab)
-        mask[row, : len(s)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": label_t}
-
-
-def pack_sequences(seqs: list[list[int]], labels: list[list[int]]) -> dict:
-    """The sequences end to end in one (1, T) row, T their total length: no padding.
-
-    `position_ids` restart at 0 with each sequence, and there is no attention mask: transformers then
-    builds a block-diagonal causal mask from the position_ids (masking_utils.find_packed_sequence_indices),
-    so each sequence attends to itself only, at the positions it has alone. `segment_ids` says which
-    sequence each position belongs to. Each sequence's first label is -100, so no position predicts
-    the next sequence's first token (a prompt token, never a label in CLO).
-    """
-    labels = [[-100, *lab[1:]] for lab in labels]
-    lengths = torch.tensor([len(s) for s in seqs])
-    return {"input_ids": torch.tensor([t for s in seqs for t in s]).unsqueeze(0),
-            "position_ids": torch.cat([torch.arange(n) for n in lengths.tolist()]).unsqueeze(0),
-            "labels": torch.tensor([t for lab in labels for t in lab]).unsqueeze(0),
-            "segment_ids": torch.repeat_interleave(torch.arange(len(seqs)), lengths).unsqueeze(0)}
-
-
-@dataclass
-class CLOCollator:
-    """A batch of seeds as its 4 * n_seeds sequences (SEQUENCE_ORDER per seed): right-padded into a
-    (4 * n_seeds, L) batch, or with `padding_free` packed into one row (`pack_sequences`).
-
-    The batching unit is the seed, so both triples of a seed always share a batch, on one process,
-    whatever the shuffling.
-    """
-
-    pad_token_id: int
-    padding_free: bool = False
-
-    def __call__(self, features: list[dict]) -> dict:
-        seqs = [ids for f in features for ids in f["input_ids"]]
-        labels = [lab for f in features for lab in f["labels"]]
-        batch = pack_sequences(seqs, labels) if self.padding_free else pad_sequences(seqs, labels, self.pad_token_id)
-        batch["seed_index"] = torch.tensor([f["index"] for f in features])
-        if "ref_logps" in features[0]:
-            batch["ref_logps"] = torch.tensor([f["ref_logps"] for f in features], dtype=torch.float32)
-        return batch
-
-
-# --------------------------------------------------------------------------- precision and dropout
-
-
-def prepare_mixed_precision(model, args: TrainingArguments) -> None:
-    """Trainable parameters in fp32 (master weights) when the model is loaded in bf16 or fp16.
-
-    An AdamW update at the paper's lr (8e-6) is smaller than half a bf16 step for every weight above
-    about 4e-3, so bf16 weights stepped in place never move. In fp32 the updates accumulate; the
-    forward still computes in bf16 under the trainer's autocast (`bf16=True`). Frozen weights stay
-    as loaded. Without autocast, fp32 and bf16 weights would meet in one matmul: a clear error.
-    """
-    half = [n for n, p in model.named_parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
-    if not half:
-        return
-    if not (args.bf16 or args.fp16):
-        raise ValueError(f"{len(half)} trainable parameter tensors are in half precision (first: {half[0]}) but "
-                         "the training arguments set no mixed precision: bf16 weights do not take small AdamW "
-                         "updates. Pass training_profile('gpu') (bf16=True), or load the model with dtype='float32'")
-    for p in model.parameters():
-        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
-            p.data = p.data.float()
-    log.info("mixed precision: %d trainable parameter tensors in fp32, compute in %s",
-             len(half), "bf16" if args.bf16 else "fp16")
-
-
-def disable_dropout(model) -> None:
-    """Every dropout probability to 0: the nn.Dropout modules (what TRL's disable_dropout_in_model
-    does) and the attention-probability dropout that attention modules read as a float."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -311,26 +176,6 @@ def model_fingerprint(model) -> str:
 
 
 # --------------------------------------------------------------------------- trainer
-
-
-def padding_free_support(model) -> str | None:
-    """None when packed batches are proven for `model`, else why not (for the log)."""
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    attn = getattr(config, "_attn_implementation", None)
-    if model_type not in PADDING_FREE_MODEL_TYPES:
-        return f"model type {model_type!r} is not among {PADDING_FREE_MODEL_TYPES}"
-    if attn not in PADDING_FREE_ATTENTION:
-        return f"attention implementation {attn!r} is not among {PADDING_FREE_ATTENTION}"
-    return None
-
-
-def peak_memory_mb() -> float:
-    """Peak GPU memory allocated (CUDA) or peak resident memory of this process (CPU), in MB."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated() / 2**20
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
 class CLOTrainer(Trainer):
@@ -398,13 +243,19 @@ class CLOTrainer(Trainer):
         self._check_whole_weights()
         model_key = model_fingerprint(self.model) + "|" + self.reference_conditions()
         keys = [cache_key(REFERENCE_CACHE_VERSION, model_key, ex["input_ids"], ex["labels"]) for ex in examples]
-        self.reference_cache_path = Path(self.args.ref_cache_dir or default_cache_dir() / "ref_logps") / "ref_logps.sqlite"
+        self.reference_cache_path = (
+            Path(self.args.ref_cache_dir or default_cache_dir() / "ref_logps") / "ref_logps.sqlite"
+        )
         with DiskCache(self.reference_cache_path) as store:
             cached = store.get_many(keys)
         ref = torch.tensor([cached.get(k, [float("nan")] * len(SEQUENCE_ORDER)) for k in keys], dtype=torch.float32)
         todo = [ex for ex, k in zip(examples, keys) if k not in cached]
-        log.info("reference log-probs: %d of %d seeds cached at %s", len(examples) - len(todo), len(examples),
-                 self.reference_cache_path)
+        log.info(
+            "reference log-probs: %d of %d seeds cached at %s",
+            len(examples) - len(todo),
+            len(examples),
+            self.reference_cache_path,
+        )
         if todo:
             self._reference_pass(todo, ref)
             if self.accelerator.is_main_process:  # one transaction: a kill keeps all of it or none
@@ -421,8 +272,10 @@ class CLOTrainer(Trainer):
         import transformers
 
         attn = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
-        return (f"mixed_precision={self.accelerator.mixed_precision}|device={self.accelerator.device.type}|"
-                f"attn={attn}|torch={torch.__version__}|transformers={transformers.__version__}")
+        return (
+            f"mixed_precision={self.accelerator.mixed_precision}|device={self.accelerator.device.type}|"
+            f"attn={attn}|torch={torch.__version__}|transformers={transformers.__version__}"
+        )
 
     def _reference_pass(self, todo: list[dict], ref: torch.Tensor) -> None:
         """Fill ref[index] for the seeds in `todo` with the starting model (adapters off for LoRA).
@@ -435,14 +288,26 @@ class CLOTrainer(Trainer):
 
         rows_per_batch = len(SEQUENCE_ORDER) * self.args.precompute_ref_batch_size
         batches = sequence_batches([[len(ids) for ids in ex["input_ids"]] for ex in todo], rows_per_batch)
-        rows = [{"index": todo[i]["index"], "column": c, "input_ids": todo[i]["input_ids"][c],
-                 "labels": todo[i]["labels"][c]} for batch in batches for i, c in batch]
+        rows = [
+            {
+                "index": todo[i]["index"],
+                "column": c,
+                "input_ids": todo[i]["input_ids"][c],
+                "labels": todo[i]["labels"][c],
+            }
+            for batch in batches
+            for i, c in batch
+        ]
 
         def collate(features):
-            batch = pad_sequences([f["input_ids"] for f in features], [f["labels"] for f in features],
-                                  self.pad_token_id)
-            return {**batch, "index": torch.tensor([f["index"] for f in features]),
-                    "column": torch.tensor([f["column"] for f in features])}
+            batch = pad_sequences(
+                [f["input_ids"] for f in features], [f["labels"] for f in features], self.pad_token_id
+            )
+            return {
+                **batch,
+                "index": torch.tensor([f["index"] for f in features]),
+                "column": torch.tensor([f["column"] for f in features]),
+            }
 
         # Every batch but the last is full, so the loader cuts `rows` back into `batches`.
         loader = torch.utils.data.DataLoader(rows, batch_size=rows_per_batch, shuffle=False, collate_fn=collate)
@@ -450,8 +315,9 @@ class CLOTrainer(Trainer):
         self._place_for_reference_pass()
         was_training = self.model.training
         self.model.eval()
-        adapters_off = (self.model.disable_adapter() if hasattr(self.model, "disable_adapter")
-                        else contextlib.nullcontext())
+        adapters_off = (
+            self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
+        )
         # The training forward runs under accelerate's autocast (bf16 on the GPU profile); the
         # reference runs under the same one, so that policy and reference agree at step 0.
         with torch.no_grad(), adapters_off, self.accelerator.autocast():
@@ -476,14 +342,24 @@ class CLOTrainer(Trainer):
         is_target = torch.tensor([False, True] * n_seeds, device=logps.device)
         nll = response_nll(chosen, chosen_counts, is_target, self.args.nll_on)
         nll = self._nll_over_window(nll, chosen_counts, is_target)
-        loss, metrics = clo_loss(chosen, rejected, ref_chosen, ref_rejected, nll, beta=self.args.beta,
-                                 lam=self.args.lam, directions=["en", "tgt"] * n_seeds)
+        loss, metrics = clo_loss(
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
+            nll,
+            beta=self.args.beta,
+            lam=self.args.lam,
+            directions=["en", "tgt"] * n_seeds,
+        )
         if self._any_process(not torch.isfinite(loss).item()):
             # Stop before backward: the weights are still those of the last good step. Every process
             # learns of it (a process raising alone would leave the others waiting in the all-reduce).
             ids = self._seed_ids(inputs)
-            raise FloatingPointError(f"non-finite CLO loss ({loss.item()}) at global step {self.state.global_step}, "
-                                     f"seeds {ids}{self._where()}; metrics { {k: float(v) for k, v in metrics.items()} }")
+            raise FloatingPointError(
+                f"non-finite CLO loss ({loss.item()}) at global step {self.state.global_step}, "
+                f"seeds {ids}{self._where()}; metrics { {k: float(v) for k, v in metrics.items()} }"
+            )
         for k, v in metrics.items():
             self._stored_metrics[k].append(float(v))
         return (loss, out) if return_outputs else loss
@@ -507,8 +383,9 @@ class CLOTrainer(Trainer):
             except TypeError as err:  # custom model code without the argument
                 if "logits_to_keep" not in str(err):
                     raise
-                log.warning("%s has no logits_to_keep argument: computing logits at every position",
-                            type(model).__name__)
+                log.warning(
+                    "%s has no logits_to_keep argument: computing logits at every position", type(model).__name__
+                )
             if out is not None and out.logits.ndim == 2:
                 return packed_sequence_logps(out.logits, batch["labels"], keep, **per_sequence), out
             self._logits_to_keep_works = False  # rejected, or accepted and ignored (logits at every position)
@@ -530,12 +407,17 @@ class CLOTrainer(Trainer):
         grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
         # One fused pass (the per-tensor norms clip_grad_norm_ computes too), not one isfinite per tensor.
         if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
-            bad = [n for n, p in model.named_parameters()
-                   if p.requires_grad and p.grad is not None and not torch.isfinite(p.grad).all()]
-            raise FloatingPointError(f"non-finite gradient at global step {self.state.global_step}, seeds "
-                                     f"{self._seed_ids(inputs)}{self._where()} (loss {loss.item()}): inf/nan in "
-                                     f"{len(bad)} parameter tensors, first {bad[:3]} (or a gradient norm overflowing "
-                                     "float32); the optimizer step was not taken")
+            bad = [
+                n
+                for n, p in model.named_parameters()
+                if p.requires_grad and p.grad is not None and not torch.isfinite(p.grad).all()
+            ]
+            raise FloatingPointError(
+                f"non-finite gradient at global step {self.state.global_step}, seeds "
+                f"{self._seed_ids(inputs)}{self._where()} (loss {loss.item()}): inf/nan in "
+                f"{len(bad)} parameter tensors, first {bad[:3]} (or a gradient norm overflowing "
+                "float32); the optimizer step was not taken"
+            )
         return loss
 
     def _seed_ids(self, inputs) -> list[str]:
@@ -560,7 +442,8 @@ class CLOTrainer(Trainer):
                     f"parameter {name} is partitioned (DeepSpeed ZeRO-3 zero3_init_flag) or on the meta device "
                     "(FSDP cpu_ram_efficient_loading): CLO computes reference log-probs and their cache key from "
                     "the whole model before training. Set zero3_init_flag: false / fsdp_cpu_ram_efficient_loading: "
-                    "false (params/accelerate/*.yaml), or precompute them in a DDP/ZeRO-2 run (they are cached).")
+                    "false (params/accelerate/*.yaml), or precompute them in a DDP/ZeRO-2 run (they are cached)."
+                )
 
     def _place_for_reference_pass(self) -> None:
         # Under DeepSpeed or FSDP the Trainer leaves the model where it was loaded (CPU) until
@@ -611,8 +494,11 @@ class CLOTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._stored_metrics:  # training logs: add the CLO terms averaged since last log
             names = sorted(self._stored_metrics)
-            means = torch.tensor([sum(self._stored_metrics[k]) / len(self._stored_metrics[k]) for k in names],
-                                 dtype=torch.float64, device=self.accelerator.device)
+            means = torch.tensor(
+                [sum(self._stored_metrics[k]) / len(self._stored_metrics[k]) for k in names],
+                dtype=torch.float64,
+                device=self.accelerator.device,
+            )
             if self.accelerator.num_processes > 1:
                 # Every process holds the same number of triples per step, so the mean of the
                 # per-process means is the global mean (for nll_loss: the rescaled per-process terms
@@ -623,211 +509,26 @@ class CLOTrainer(Trainer):
         super().log(logs, start_time)
 
 
-class PeakMemoryCallback(TrainerCallback):
-    """Records wall time and peak memory of training into `summary` (read by train.json writers)."""
-
-    def __init__(self):
-        self.summary: dict[str, float] = {}
-        self._start = 0.0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.reset_peak_memory_stats()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        seconds = time.perf_counter() - self._start
-        self.summary.update(train_seconds=seconds, peak_memory_mb=peak_memory_mb(),
-                            seconds_per_step=seconds / max(state.global_step, 1), steps=state.global_step)
-
-
-class TrainableChangeCallback(TrainerCallback):
-    """Records `trainable_changed_fraction` into `summary`: the share of trainable elements whose value
-    differs from the start of training, and warns when it is near zero (weights that never move, as
-    with bf16 weights stepped in place). The snapshot costs one copy of the trainable parameters in
-    host memory."""
-
-    def __init__(self, warn_below: float = 0.01):
-        self.summary: dict[str, float | None] = {}
-        self.warn_below = warn_below
-        self._start: dict[str, torch.Tensor] = {}
-        self._from_step = 0
-
-    @staticmethod
-    def _trainable(model):
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                t = p.detach()
-                yield name, (t.to_local() if hasattr(t, "to_local") else t)  # FSDP2: this process's shard
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        # A resumed run starts from its checkpoint: the fraction then counts from that step (recorded).
-        self._from_step = state.global_step
-        self._start = {name: t.to("cpu", copy=True) for name, t in self._trainable(model)}
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        changed = total = 0
-        for name, t in self._trainable(model):
-            if name in self._start and self._start[name].shape == t.shape:
-                changed += int((t.cpu() != self._start[name]).sum())
-                total += t.numel()
-        self._start = {}
-        fraction = changed / total if total else None  # None: no local elements (ZeRO-3 partitions)
-        self.summary["trainable_changed_fraction"] = fraction
-        self.summary["trainable_changed_from_step"] = self._from_step
-        if fraction is not None and state.global_step > self._from_step and fraction < self.warn_below:
-            log.warning("after %d optimizer steps only %.4f%% of the trainable elements differ from the start: the "
-                        "weights barely learn (bf16 weights without fp32 master copies? a learning rate of 0?)",
-                        state.global_step, 100 * fraction)
-
-
-def _summary_callbacks() -> tuple[PeakMemoryCallback, TrainableChangeCallback]:
-    return PeakMemoryCallback(), TrainableChangeCallback()
-
-
 # --------------------------------------------------------------------------- entry points
 
 
 def train_clo(model, tokenizer, pairs: list[dict], config: CLOConfig, callbacks: list | None = None):
     """Tokenise the cross-lingual pairs, run CLO, return (trainer, summary)."""
     examples, token_stats = tokenize_clo_pairs(pairs, tokenizer, config.max_length)
-    memory, change = _summary_callbacks()
-    trainer = CLOTrainer(model=model, args=config, train_dataset=examples, processing_class=tokenizer,
-                         callbacks=[memory, change, *(callbacks or [])])
-    trainer.train(resume_from_checkpoint=_resume_arg(config))
-    summary = {**token_stats, **memory.summary, **change.summary,
-               "reference_forward_batches": trainer.reference_forward_batches,
-               "reference_seeds_computed": trainer.reference_seeds_computed}
+    memory, change = summary_callbacks()
+    trainer = CLOTrainer(
+        model=model,
+        args=config,
+        train_dataset=examples,
+        processing_class=tokenizer,
+        callbacks=[memory, change, *(callbacks or [])],
+    )
+    trainer.train(resume_from_checkpoint=resume_checkpoint(config))
+    summary = {
+        **token_stats,
+        **memory.summary,
+        **change.summary,
+        "reference_forward_batches": trainer.reference_forward_batches,
+        "reference_seeds_computed": trainer.reference_seeds_computed,
+    }
     return trainer, summary
-
-
-def _resume_arg(config: TrainingArguments):
-    # Resume when the output folder already holds a checkpoint (a killed run picks up where it was).
-    from transformers.trainer_utils import get_last_checkpoint
-
-    out = Path(config.output_dir)
-    return get_last_checkpoint(str(out)) if out.is_dir() else None
-
-
-def sft_config(output_dir: str, max_length: int = 1024, device: str = "auto", **overrides):
-    """TRL SFTConfig for the baseline: completion-only loss on conversational prompt-completion rows, in
-    batches of rows of similar length (transformers' LengthGroupedSampler), as CLO's batches are."""
-    from trl import SFTConfig
-
-    kwargs = {"output_dir": output_dir, "max_length": max_length, "completion_only_loss": True,
-              "report_to": "none", "packing": False, "train_sampling_strategy": "group_by_length",
-              **training_profile(device)}
-    kwargs.update(overrides)
-    return SFTConfig(**kwargs)
-
-
-def tokenize_sft_rows(rows: list[dict], tokenizer, max_length: int | None) -> list[dict]:
-    """TRL pre-tokenised rows {"input_ids", "labels"} from `build_sft_rows`, tokenised like CLO's
-    sequences (`tokenize_prompt_response`): every method's labels end the same way."""
-    out, too_long = [], []
-    for row in rows:
-        ids, labels = tokenize_prompt_response(tokenizer, row["prompt"], row["completion"])
-        if max_length is not None and len(ids) > max_length:
-            too_long.append(row.get("seed_id", len(out)))
-        out.append({"input_ids": ids, "labels": labels})
-    _refuse_too_long(too_long, len(out), max_length, "SFT rows")
-    return out
-
-
-def train_sft(model, tokenizer, sft_rows: list[dict], config, callbacks: list | None = None):
-    """The SFT baseline with TRL's SFTTrainer on rows from `build_sft_rows` (both / en / tgt).
-
-    TRL gets the rows pre-tokenised by `tokenize_sft_rows`, so its labels are CLO's: the same
-    response ending, the loss on the response only. The model arrives with its trainable subset
-    already chosen (`select_trainable`), so SFT and CLO update the same parameters.
-    """
-    from datasets import Dataset
-    from trl import SFTTrainer
-
-    dataset = Dataset.from_list(tokenize_sft_rows(list(sft_rows), tokenizer, getattr(config, "max_length", None)))
-    prepare_mixed_precision(model, config)
-    memory, change = _summary_callbacks()
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[memory, change, *(callbacks or [])])
-    trainer.train(resume_from_checkpoint=_resume_arg(config))
-    return trainer, {"rows": len(dataset), **memory.summary, **change.summary}
-
-
-def dpo_config(output_dir: str, beta: float = 0.1, max_length: int = 1024, device: str = "auto", **overrides):
-    """TRL DPOConfig for the SFT+DPO baseline: sigmoid loss, reference log-probs precomputed, batches of
-    pairs of similar length (the rows' `length` column, see `tokenize_dpo_pairs`)."""
-    from trl import DPOConfig
-
-    kwargs = {"output_dir": output_dir, "beta": beta, "max_length": max_length, "loss_type": ["sigmoid"],
-              "precompute_ref_log_probs": True, "report_to": "none", "train_sampling_strategy": "group_by_length",
-              **training_profile(device)}
-    kwargs.update(overrides)
-    return DPOConfig(**kwargs)
-
-
-def tokenize_dpo_pairs(pairs: list[dict], tokenizer, max_length: int | None) -> list[dict]:
-    """TRL pre-tokenised preference rows {"prompt_ids", "chosen_ids", "rejected_ids"}, tokenised
-    like CLO's sequences (`tokenize_prompt_response`), and the padded width each pair asks for
-    ("length": prompt plus the longer completion), read by group_by_length sampling."""
-    out, too_long = [], []
-    for pair in pairs:
-        chosen, labels = tokenize_prompt_response(tokenizer, pair["prompt"], pair["chosen"])
-        rejected, _ = tokenize_prompt_response(tokenizer, pair["prompt"], pair["rejected"])
-        n_prompt = next(i for i, x in enumerate(labels) if x != -100)
-        if max_length is not None and max(len(chosen), len(rejected)) > max_length:
-            too_long.append(pair.get("seed_id", len(out)))
-        out.append({"prompt_ids": chosen[:n_prompt], "chosen_ids": chosen[n_prompt:],
-                    "rejected_ids": rejected[n_prompt:], "length": max(len(chosen), len(rejected))})
-    _refuse_too_long(too_long, len(out), max_length, "preference pairs")
-    return out
-
-
-def _pretokenized_dpo_trainer():
-    """TRL's DPOTrainer on rows from `tokenize_dpo_pairs`: its own tokenisation is skipped, and the
-    rows' `length` column survives the removal of unused columns (group_by_length sampling reads it;
-    TRL's collator ignores it)."""
-    from trl import DPOTrainer
-
-    class PreTokenizedDPOTrainer(DPOTrainer):
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-            return dataset
-
-        def _set_signature_columns_if_needed(self):
-            super()._set_signature_columns_if_needed()
-            if "length" not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, "length"]
-
-    return PreTokenizedDPOTrainer
-
-
-def _fsdp_enabled(config) -> bool:
-    """FSDP requested by the training arguments or by `accelerate launch` (its environment)."""
-    import os
-
-    return bool(getattr(config, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-
-
-def train_dpo(model, tokenizer, pairs: list[dict], config, callbacks: list | None = None):
-    """DPO with TRL's DPOTrainer on the same cross-lingual pairs (the second stage of SFT+DPO).
-
-    The reference is the model as it arrives (the SFT model). Without FSDP, TRL takes it from the
-    policy itself; under FSDP, TRL would reload the config's `_name_or_path` (the untouched base),
-    so a frozen copy is passed as `ref_model`, used for the precomputed log-probs, then released.
-    """
-    from datasets import Dataset
-
-    dataset = Dataset.from_list(tokenize_dpo_pairs(list(pairs), tokenizer, getattr(config, "max_length", None)))
-    prepare_mixed_precision(model, config)
-    ref_model = None
-    if _fsdp_enabled(config):
-        if not getattr(config, "precompute_ref_log_probs", False):
-            raise ValueError("SFT+DPO under FSDP needs precompute_ref_log_probs=True (dpo_config's default): the "
-                             "reference is the SFT model, passed once for the precomputed log-probs")
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    memory, change = _summary_callbacks()
-    trainer = _pretokenized_dpo_trainer()(model=model, ref_model=ref_model, args=config, train_dataset=dataset,
-                                          processing_class=tokenizer, callbacks=[memory, change, *(callbacks or [])])
-    if ref_model is not None:  # the log-probs are precomputed: the copy is no longer needed
-        trainer.ref_model = None
-    trainer.train(resume_from_checkpoint=_resume_arg(config))
-    return trainer, {"pairs": len(dataset), **memory.summary, **change.summary}

@@ -28,8 +28,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 from .cache import DiskCache, cache_key, open_cache
 from .languages import get_language
@@ -37,9 +37,24 @@ from .neural_translators import ChatTranslator, M2M100Translator, MarianTranslat
 from .segments import Piece, around_spans, spans_survived, split_for_translation
 from .translators import SOURCE_LANG, ApertiumTranslator, Translator, TranslatorError, parse_apertium_html
 
-__all__ = ["BACKENDS", "ApertiumTranslator", "ChatTranslator", "M2M100Translator", "MarianTranslator",
-           "NllbTranslator", "Piece", "TranslateStats", "Translator", "TranslatorError", "get_translator",
-           "parse_apertium_html", "split_for_translation", "translate", "translate_shard", "translate_with_stats"]
+__all__ = [
+    "BACKENDS",
+    "ApertiumTranslator",
+    "ChatTranslator",
+    "M2M100Translator",
+    "MarianTranslator",
+    "NllbTranslator",
+    "Piece",
+    "TranslateStats",
+    "Translator",
+    "TranslatorError",
+    "get_translator",
+    "parse_apertium_html",
+    "split_for_translation",
+    "translate",
+    "translate_shard",
+    "translate_with_stats",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +67,9 @@ BACKENDS: dict[str, type[Translator]] = {
 }
 
 
-def get_translator(backend: str, target_lang: str, model: str | None = None, device: str | None = None,
-                   dtype=None, **options) -> Translator:
+def get_translator(
+    backend: str, target_lang: str, model: str | None = None, device: str | None = None, dtype=None, **options
+) -> Translator:
     """Build a backend once (models load on first use) to reuse it over several translate() calls."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown translation backend {backend!r}; known backends: {', '.join(BACKENDS)}")
@@ -72,12 +88,12 @@ def get_translator(backend: str, target_lang: str, model: str | None = None, dev
 @dataclass
 class TranslateStats:
     texts: int = 0
-    segments: int = 0            # unique segments in the texts
-    cached: int = 0              # found in the cache before this call
-    translated: int = 0          # translated and cached by this call
+    segments: int = 0  # unique segments in the texts
+    cached: int = 0  # found in the cache before this call
+    translated: int = 0  # translated and cached by this call
     skipped_other_shards: int = 0
-    failed: int = 0              # segments the backend could not translate (not cached)
-    spans_repaired: int = 0      # segments redone piece by piece because code/URLs did not survive
+    failed: int = 0  # segments the backend could not translate (not cached)
+    spans_repaired: int = 0  # segments redone piece by piece because code/URLs did not survive
     batches: int = 0
     seconds: float = 0.0
     translator: dict = field(default_factory=dict)
@@ -96,8 +112,12 @@ def _in_shard(key: str, shard: tuple[int, int] | None) -> bool:
 def _check_shard(shard) -> None:
     if shard is None:
         return
-    if (not isinstance(shard, tuple) or len(shard) != 2 or not all(isinstance(v, int) for v in shard)
-            or not 0 <= shard[0] < shard[1]):
+    if (
+        not isinstance(shard, tuple)
+        or len(shard) != 2
+        or not all(isinstance(v, int) for v in shard)
+        or not 0 <= shard[0] < shard[1]
+    ):
         raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
 
 
@@ -130,8 +150,19 @@ def _assemble(pieces: list[Piece], translations: dict[str, str | None]) -> str |
     return None if any(x is None for x in parts) else "".join(parts)
 
 
-def _run(texts: Sequence[str], target_lang: str, backend, model, batch_size, cache, device, dtype,
-         progress: bool, shard, options) -> tuple[list[str | None], TranslateStats]:
+def _run(
+    texts: Sequence[str],
+    target_lang: str,
+    backend,
+    model,
+    batch_size,
+    cache,
+    device,
+    dtype,
+    progress: bool,
+    shard,
+    options,
+) -> tuple[list[str | None], TranslateStats]:
     start = time.perf_counter()
     _check_shard(shard)
     if isinstance(backend, Translator):
@@ -164,10 +195,14 @@ def _run(texts: Sequence[str], target_lang: str, backend, model, batch_size, cac
         todo = translator.batch_order(todo)
         from tqdm import tqdm  # plain bar: tqdm.auto warns without ipywidgets
 
-        with tqdm(total=len(todo), unit="seg", disable=not progress or not todo,
-                  desc=f"translate en->{translator.lang.code} [{translator.label}]") as bar:
+        with tqdm(
+            total=len(todo),
+            unit="seg",
+            disable=not progress or not todo,
+            desc=f"translate en->{translator.lang.code} [{translator.label}]",
+        ) as bar:
             for i in range(0, len(todo), batch_size):
-                batch = todo[i:i + batch_size]
+                batch = todo[i : i + batch_size]
                 result = _translate_batch_checked(translator, batch, stats)
                 good = {keys[s]: t for s, t in result.items() if t is not None}
                 if db is not None:
@@ -182,42 +217,61 @@ def _run(texts: Sequence[str], target_lang: str, backend, model, batch_size, cac
     return outputs, stats
 
 
-def translate_with_stats(texts: Sequence[str], target_lang: str, backend: str | Translator = "apertium",
-                         model: str | None = None, batch_size: int | None = None,
-                         cache: DiskCache | str | os.PathLike | None = None, device: str | None = None,
-                         dtype=None, progress: bool = True, **options) -> tuple[list[str], TranslateStats]:
+def translate_with_stats(
+    texts: Sequence[str],
+    target_lang: str,
+    backend: str | Translator = "apertium",
+    model: str | None = None,
+    batch_size: int | None = None,
+    cache: DiskCache | str | os.PathLike | None = None,
+    device: str | None = None,
+    dtype=None,
+    progress: bool = True,
+    **options,
+) -> tuple[list[str], TranslateStats]:
     """`translate` plus counts (segments cached / translated / failed, batches, seconds)."""
-    outputs, stats = _run(texts, target_lang, backend, model, batch_size, cache, device, dtype,
-                          progress, None, options)
+    outputs, stats = _run(
+        texts, target_lang, backend, model, batch_size, cache, device, dtype, progress, None, options
+    )
     if stats.failed:
-        log.warning("%d segments could not be translated; %d texts come back empty (not cached: a rerun retries)",
-                    stats.failed, sum(o is None for o in outputs))
+        log.warning(
+            "%d segments could not be translated; %d texts come back empty (not cached: a rerun retries)",
+            stats.failed,
+            sum(o is None for o in outputs),
+        )
     return ["" if o is None else o for o in outputs], stats
 
 
-def translate(texts: Sequence[str], target_lang: str, backend: str | Translator = "apertium",
-              model: str | None = None, batch_size: int | None = None,
-              cache: DiskCache | str | os.PathLike | None = None, device: str | None = None, dtype=None,
-              progress: bool = True, **options) -> list[str]:
+def translate(texts: Sequence[str], target_lang: str, backend: str | Translator = "apertium", **kwargs) -> list[str]:
     """Translate English `texts` into `target_lang`; one output per text, in order.
 
     backend: a name in BACKENDS or a Translator from get_translator() (reuse a loaded model).
+    kwargs, as translate_with_stats takes them:
     model: Apertium mode or model id/folder (None: the backend's default for the language).
     batch_size: segments per backend call (None: the backend's default).
     cache: DiskCache, a path (a file; a folder or a path without suffix -> translations.sqlite), or None.
     device/dtype: HF backends (default: CUDA + bf16/fp16 when available, else CPU fp32).
-    options: backend options, e.g. n_procs for apertium, num_beams for the HF models.
+    progress: a progress bar.
+    any other keyword: a backend option, e.g. n_procs for apertium, num_beams for the HF models.
     A text whose translation failed comes back as "" (the quality filter drops it as empty);
     nothing is cached for it, so a rerun retries.
     """
-    return translate_with_stats(texts, target_lang, backend=backend, model=model, batch_size=batch_size,
-                                cache=cache, device=device, dtype=dtype, progress=progress, **options)[0]
+    return translate_with_stats(texts, target_lang, backend, **kwargs)[0]
 
 
-def translate_shard(texts: Sequence[str], target_lang: str, shard: tuple[int, int],
-                    cache: DiskCache | str | os.PathLike, backend: str | Translator = "apertium",
-                    model: str | None = None, batch_size: int | None = None, device: str | None = None,
-                    dtype=None, progress: bool = True, **options) -> TranslateStats:
+def translate_shard(
+    texts: Sequence[str],
+    target_lang: str,
+    shard: tuple[int, int],
+    cache: DiskCache | str | os.PathLike,
+    backend: str | Translator = "apertium",
+    model: str | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    dtype=None,
+    progress: bool = True,
+    **options,
+) -> TranslateStats:
     """Translate one slice of the unique segments into the shared cache; returns counts only.
 
     Recipe for N processes or machines (the cache is the merge point):

@@ -13,8 +13,8 @@ import logging
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 from .languages import Language, apertium_languages, get_language
 from .segments import PROTECTED, protected_spans, tidy
@@ -62,7 +62,6 @@ class Translator(abc.ABC):
         return {"backend": self.name, "model": self.model, "label": self.label, "target": self.lang.code}
 
 
-
 _P_BLOCK = re.compile(r'<p id="s(\d+)">(.*?)</p>', re.DOTALL)
 _PLACEHOLDER = re.compile(r"<!--c(\d+)-->")
 
@@ -77,7 +76,7 @@ def _apertium_html(segments: Sequence[str]) -> str:
     for i, seg in enumerate(segments):
         parts, pos = [], 0
         for j, m in enumerate(PROTECTED.finditer(seg)):
-            parts += [html.escape(seg[pos:m.start()], quote=False), f"<!--c{j}-->"]
+            parts += [html.escape(seg[pos : m.start()], quote=False), f"<!--c{j}-->"]
             pos = m.end()
         parts.append(html.escape(seg[pos:], quote=False))
         blocks.append(f'<p id="s{i}">{"".join(parts)}</p>\n')
@@ -130,14 +129,22 @@ class ApertiumTranslator(Translator):
     name = "apertium"
     default_batch_size = 200
 
-    def __init__(self, target_lang: str, model: str | None = None, n_procs: int = 1,
-                 timeout: float = 600.0, executable: str = "apertium"):
+    def __init__(
+        self,
+        target_lang: str,
+        model: str | None = None,
+        n_procs: int = 1,
+        timeout: float = 600.0,
+        executable: str = "apertium",
+    ):
         super().__init__(target_lang)
         self.mode = model or self.lang.apertium
         if not self.mode:
             known = ", ".join(f"{c} ({l.apertium})" for c, l in apertium_languages().items())
-            raise TranslatorError(f"no Apertium pair English -> {self.lang.name} ({self.lang.code}) in the "
-                                  f"registry; languages with one: {known}. Use backend='m2m100' or 'nllb'.")
+            raise TranslatorError(
+                f"no Apertium pair English -> {self.lang.name} ({self.lang.code}) in the "
+                f"registry; languages with one: {known}. Use backend='m2m100' or 'nllb'."
+            )
         if n_procs < 1:
             raise ValueError(f"n_procs must be >= 1, got {n_procs}")
         self.n_procs = n_procs
@@ -157,17 +164,25 @@ class ApertiumTranslator(Translator):
     def _check_installed(self) -> None:
         hint = apertium_install_hint(self.lang, self.mode)
         if shutil.which(self.executable) is None:
-            raise TranslatorError(f"Apertium is not installed (no {self.executable!r} on PATH). "
-                                  f"Install it with: {hint}")
+            raise TranslatorError(
+                f"Apertium is not installed (no {self.executable!r} on PATH). Install it with: {hint}"
+            )
         listed = subprocess.run([self.executable, "-l"], capture_output=True, text=True, timeout=60)
         if self.mode not in listed.stdout.split():
-            raise TranslatorError(f"the Apertium mode {self.mode!r} (English -> {self.lang.name}) is not "
-                                  f"installed. Install it with: {hint}")
+            raise TranslatorError(
+                f"the Apertium mode {self.mode!r} (English -> {self.lang.name}) is not "
+                f"installed. Install it with: {hint}"
+            )
 
     def _run(self, document: str) -> str:
         self.calls += 1
-        done = subprocess.run([self.executable, "-u", "-f", "html", self.mode], input=document,
-                              capture_output=True, text=True, timeout=self.timeout)
+        done = subprocess.run(
+            [self.executable, "-u", "-f", "html", self.mode],
+            input=document,
+            capture_output=True,
+            text=True,
+            timeout=self.timeout,
+        )
         if done.returncode != 0:
             raise TranslatorError(f"apertium {self.mode} failed (exit {done.returncode}): {done.stderr.strip()[:500]}")
         return done.stdout
@@ -176,8 +191,10 @@ class ApertiumTranslator(Translator):
         parsed = parse_apertium_html(self._run(_apertium_html(segments)), segments)
         if parsed is not None:
             return parsed
-        log.warning("apertium: a batch of %d segments did not split back one-to-one; "
-                    "redoing it one segment per call", len(segments))
+        log.warning(
+            "apertium: a batch of %d segments did not split back one-to-one; redoing it one segment per call",
+            len(segments),
+        )
         return [self._translate_one(seg) for seg in segments]
 
     def _translate_one(self, segment: str) -> str | None:
@@ -191,14 +208,17 @@ class ApertiumTranslator(Translator):
         if self.n_procs == 1 or len(segments) < 2 * self.n_procs:
             return self._translate_chunk(segments)
         size = -(-len(segments) // self.n_procs)
-        chunks = [segments[i:i + size] for i in range(0, len(segments), size)]
+        chunks = [segments[i : i + size] for i in range(0, len(segments), size)]
         with ThreadPoolExecutor(len(chunks)) as pool:  # the work happens in the subprocesses
             return [t for part in pool.map(self._translate_chunk, chunks) for t in part]
 
     def describe(self) -> dict:
-        return {**super().describe(), "apertium_version": apertium_version(self.executable),
-                "package": self.lang.apertium_package,
-                "package_version": debian_package_version(self.lang.apertium_package)}
+        return {
+            **super().describe(),
+            "apertium_version": apertium_version(self.executable),
+            "package": self.lang.apertium_package,
+            "package_version": debian_package_version(self.lang.apertium_package),
+        }
 
 
 def apertium_version(executable: str = "apertium") -> str | None:

@@ -25,7 +25,7 @@ PROBE_SECONDS = 3
 
 
 def pinned_version(constraints: Path) -> str:
-    for number, line in enumerate(constraints.read_text(encoding="utf-8").splitlines(), start=1):
+    for _number, line in enumerate(constraints.read_text(encoding="utf-8").splitlines(), start=1):
         match = re.fullmatch(r"torch==([\w.]+)", line.split("#")[0].strip())
         if match:
             return match.group(1)
@@ -54,8 +54,17 @@ def pip(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
 
 def is_cuda_build(requirement: str) -> bool:
     """What pip would install for `requirement` from its configured indexes: a CUDA build needs nvidia-* packages."""
-    report = pip("install", "--dry-run", "--no-deps", "--ignore-installed", "--quiet", "--report", "-", requirement,
-                  capture=True)
+    report = pip(
+        "install",
+        "--dry-run",
+        "--no-deps",
+        "--ignore-installed",
+        "--quiet",
+        "--report",
+        "-",
+        requirement,
+        capture=True,
+    )
     install = json.loads(report.stdout)["install"]
     requires = install[0]["metadata"].get("requires_dist") or []
     return "+cpu" not in install[0]["metadata"]["version"] and any(r.startswith("nvidia-") for r in requires)
@@ -63,7 +72,9 @@ def is_cuda_build(requirement: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--index", required=True, help="PyTorch's CPU wheel index URL, or 'pypi' for pip's own indexes")
+    parser.add_argument(
+        "--index", required=True, help="PyTorch's CPU wheel index URL, or 'pypi' for pip's own indexes"
+    )
     parser.add_argument("--constraints", type=Path, required=True, help="the file pinning torch==<version>")
     args = parser.parse_args()
     version = pinned_version(args.constraints)
@@ -76,13 +87,16 @@ def main() -> None:
             print(f"torch: installing {requirement} from {args.index}")
             pip("install", "-q", "--no-deps", requirement, "--index-url", args.index)
             return
-        print(f"torch: {args.index} not reachable within {PROBE_SECONDS} s; looking for a CPU build of {requirement} "
-              "through pip's configured indexes")
+        print(
+            f"torch: {args.index} not reachable within {PROBE_SECONDS} s; looking for a CPU build of {requirement} "
+            "through pip's configured indexes"
+        )
         if is_cuda_build(requirement):
             raise SystemExit(
                 f"torch: pip's configured indexes offer only the CUDA build of {requirement} (several GB). Reach "
                 f"{args.index}, or point TORCH_INDEX at a mirror of it (make TORCH_INDEX=<url>), or put the CPU "
-                "wheel in a pip find-links folder; on a CUDA machine, make TORCH_INDEX=pypi takes the CUDA build.")
+                "wheel in a pip find-links folder; on a CUDA machine, make TORCH_INDEX=pypi takes the CUDA build."
+            )
     print(f"torch: installing {requirement} through pip's configured indexes")
     pip("install", "-q", "--no-deps", requirement)
 

@@ -17,8 +17,10 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE_RE = re.compile(r'(KIT_SOURCE = os\.environ\.get\("CLO_KIT_SOURCE", "git\+https://github\.com/)'
-                       r'([\w.-]+/[\w.-]+)@([\w./-]+)(")')
+SOURCE_RE = re.compile(
+    r'(KIT_SOURCE = os\.environ\.get\("CLO_KIT_SOURCE", "git\+https://github\.com/)'
+    r'([\w.-]+/[\w.-]+)@([\w./-]+)(")'
+)
 LINK_RE = re.compile(r"(https://colab\.research\.google\.com/github/)([\w.-]+/[\w.-]+)/blob/([\w./-]+?)(/notebooks/)")
 
 

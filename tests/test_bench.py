@@ -1,5 +1,6 @@
 """The benchmark runs (README: `make bench`) and measures what it says: translation calls, FLOP counts,
 padding, a run folder's stage breakdown; and the length-grouped batches CLO trains on."""
+
 import json
 import random
 import subprocess
@@ -19,9 +20,24 @@ from clo_utils.batching import LengthGroupedSeedSampler, length_grouped_batches,
 
 def test_translation_section_counts_backend_calls_and_decoder_positions(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), str(out), "--only", "translate",
-                           "--translate-texts", "4", "--m2m100-batch", "4", "--threads", "1"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench.py"),
+            str(out),
+            "--only",
+            "translate",
+            "--translate-texts",
+            "4",
+            "--m2m100-batch",
+            "4",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads(out.read_text())
     ratios = results["ratios"]
@@ -58,7 +74,7 @@ def test_grouped_batches_waste_less_than_random_ones():
     items = [[n] for n in lengths]
     grouped = share(*counts_of(items, length_grouped_batches(lengths, 4, seed=0)))
     order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
-    shuffled = share(*counts_of(items, [order[i: i + 4] for i in range(0, len(order), 4)]))
+    shuffled = share(*counts_of(items, [order[i : i + 4] for i in range(0, len(order), 4)]))
     assert grouped < 0.05 < shuffled
 
 
@@ -169,8 +185,14 @@ def test_flop_costs_match_a_hand_count_for_full_and_attention_only_training():
 
 
 def test_sequence_flops_count_causal_pairs_and_head_positions():
-    c = FlopCosts(stack_forward=10, stack_backward=20, head_forward=100, head_backward=100, attention_width=2,
-                  attention_backward_width=2)
+    c = FlopCosts(
+        stack_forward=10,
+        stack_backward=20,
+        head_forward=100,
+        head_backward=100,
+        attention_width=2,
+        attention_backward_width=2,
+    )
     # n=3: 6 causal pairs; forward 3*10 + 2*100 + 4*6*2; backward 3*20 + 2*100 + 8*6*2
     assert c.sequence(3, 2, train=False) == 30 + 200 + 48
     assert c.sequence(3, 2, train=True) == 30 + 200 + 48 + 60 + 200 + 96
@@ -188,26 +210,55 @@ def test_generation_tokens_count_prompt_padding_and_positions_after_eos():
 
 
 def _notebook(cells):
-    return {"cells": [{"cell_type": "code", "source": src, "metadata": {"papermill": {"duration": d}}}
-                      for src, d in cells], "metadata": {"papermill": {"duration": sum(d for _, d in cells)}}}
+    return {
+        "cells": [
+            {"cell_type": "code", "source": src, "metadata": {"papermill": {"duration": d}}} for src, d in cells
+        ],
+        "metadata": {"papermill": {"duration": sum(d for _, d in cells)}},
+    }
 
 
 def _run_folder(root: Path) -> Path:
     (root / "ca" / "data").mkdir(parents=True)
     (root / "ca" / "clo-2").mkdir(parents=True)
-    (root / "ca" / "data" / "01_translate_data.ipynb").write_text(json.dumps(_notebook([
-        ("import pandas as pd\nfrom clo_utils.data import x", 3.0), ("prepared = translate_and_filter(a, b)", 20.0),
-        ("manifest = write_data_folder(out_dir, prepared)", 1.0)])))
-    (root / "ca" / "clo-2" / "03_clo_training.ipynb").write_text(json.dumps(_notebook([
-        ('if "google.colab" in sys.modules:\n    subprocess.run(["pip", "install", "x"])', 0.0),
-        ("model, tok = load_model_and_tokenizer(model_id)", 5.0),
-        ("trainer, summary = train_clo(model, tok, p, c)", 40.0),
-        ("runs.save_run(output_dir, trainer)", 2.0), ("display(df)", 1.0)])))
-    (root / "timings.json").write_text(json.dumps({
-        "stages": [{"lang": "ca", "stage": "data", "status": "done", "seconds": 30.0},
-                   {"lang": "ca", "stage": "clo-2 train", "status": "done", "seconds": 50.0},
-                   {"lang": "ca", "stage": "clo-2 eval", "status": "done", "seconds": 10.0}],
-        "wall_seconds": 95.0, "stage_seconds": 90.0, "invocations": [{"started": "t", "wall_seconds": 95.0}]}))
+    (root / "ca" / "data" / "01_translate_data.ipynb").write_text(
+        json.dumps(
+            _notebook(
+                [
+                    ("import pandas as pd\nfrom clo_utils.data import x", 3.0),
+                    ("prepared = translate_and_filter(a, b)", 20.0),
+                    ("manifest = write_data_folder(out_dir, prepared)", 1.0),
+                ]
+            )
+        )
+    )
+    (root / "ca" / "clo-2" / "03_clo_training.ipynb").write_text(
+        json.dumps(
+            _notebook(
+                [
+                    ('if "google.colab" in sys.modules:\n    subprocess.run(["pip", "install", "x"])', 0.0),
+                    ("model, tok = load_model_and_tokenizer(model_id)", 5.0),
+                    ("trainer, summary = train_clo(model, tok, p, c)", 40.0),
+                    ("runs.save_run(output_dir, trainer)", 2.0),
+                    ("display(df)", 1.0),
+                ]
+            )
+        )
+    )
+    (root / "timings.json").write_text(
+        json.dumps(
+            {
+                "stages": [
+                    {"lang": "ca", "stage": "data", "status": "done", "seconds": 30.0},
+                    {"lang": "ca", "stage": "clo-2 train", "status": "done", "seconds": 50.0},
+                    {"lang": "ca", "stage": "clo-2 eval", "status": "done", "seconds": 10.0},
+                ],
+                "wall_seconds": 95.0,
+                "stage_seconds": 90.0,
+                "invocations": [{"started": "t", "wall_seconds": 95.0}],
+            }
+        )
+    )
     return root
 
 
@@ -215,8 +266,14 @@ def test_end_to_end_splits_each_stage_into_compute_and_waiting(tmp_path):
     data = breakdown(_run_folder(tmp_path / "demo"))
     data_stage, train, evaluation = data["stages"]
     assert data_stage["compute_seconds"] == 20.0 and data_stage["categories"]["process and kernel start"] == 6.0
-    assert train["categories"] == {"install": 0.0, "model load": 5.0, "train": 40.0, "writing": 2.0,
-                                   "other (display, tables)": 1.0, "process and kernel start": 2.0}
+    assert train["categories"] == {
+        "install": 0.0,
+        "model load": 5.0,
+        "train": 40.0,
+        "writing": 2.0,
+        "other (display, tables)": 1.0,
+        "process and kernel start": 2.0,
+    }
     assert evaluation["notebook"] is None and evaluation["compute_seconds"] == 0.0  # no executed notebook
     assert data["compute_seconds"] == 60.0 and data["stage_seconds"] == 90.0
 
@@ -245,19 +302,56 @@ def test_sections_run_on_a_tiny_model(tmp_path):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=3)
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=3,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
     make_tokenizer().save_pretrained(model_dir)
     out = tmp_path / "bench.json"
     run_dir = _run_folder(tmp_path / "run")
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), str(out), "--only",
-                           "train,generate,mfu,padding,end_to_end", "--model", str(model_dir), "--max-length", "4000",
-                           "--threads", "1", "--steps", "1", "--seeds", "4", "--gen-prompts", "6", "--gen-batch", "3",
-                           "--gen-tokens", "4", "--padding-seeds", "12", "--gemm-size", "128",
-                           "--run-dir", str(run_dir)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench.py"),
+            str(out),
+            "--only",
+            "train,generate,mfu,padding,end_to_end",
+            "--model",
+            str(model_dir),
+            "--max-length",
+            "4000",
+            "--threads",
+            "1",
+            "--steps",
+            "1",
+            "--seeds",
+            "4",
+            "--gen-prompts",
+            "6",
+            "--gen-batch",
+            "3",
+            "--gen-tokens",
+            "4",
+            "--padding-seeds",
+            "12",
+            "--gemm-size",
+            "128",
+            "--run-dir",
+            str(run_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
     ratios = results["ratios"]

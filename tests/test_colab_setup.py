@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -45,19 +44,27 @@ print(json.dumps({"torch_dist": importlib.metadata.version("torch"), "torch": to
 
 def link_tree(src: Path, dst: Path) -> None:
     """Hard links where possible (fast, no extra disk); pip replaces files by unlinking, never in place."""
+
     def link(s, d):
         try:
             os.link(s, d)
         except OSError:
             shutil.copy2(s, d)
+
     shutil.copytree(src, dst, copy_function=link)
 
 
 def venv_with_relabelled_torch(where: Path) -> Path:
     venv.EnvBuilder(with_pip=True).create(where)
     python = where / "bin" / "python"
-    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     dist = importlib.metadata.distribution("torch")
     version = dist.version
     relabelled = f"{version.split('+')[0]}+{COLAB_LABEL}"
@@ -90,16 +97,29 @@ def test_setup_cell_on_fake_colab_keeps_torch_and_loads_the_embedded_model(tmp_p
     for name in checkout_files():
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
-    env = {**os.environ, "CLO_KIT_SOURCE": source.as_uri(), "CLO_CACHE_DIR": str(tmp_path / "cache"),
-           "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONNOUSERSITE": "1"}
+    env = {
+        **os.environ,
+        "CLO_KIT_SOURCE": source.as_uri(),
+        "CLO_CACHE_DIR": str(tmp_path / "cache"),
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONNOUSERSITE": "1",
+    }
     env.pop("PYTHONPATH", None)
-    done = subprocess.run([python, "-c", FAKE_COLAB_THEN_SETUP, tmp_path / "setup.py"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=1500)
+    done = subprocess.run(
+        [python, "-c", FAKE_COLAB_THEN_SETUP, tmp_path / "setup.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert (tmp_path / "colab" / "clo-kit-installed").exists()
 
-    after = subprocess.run([python, "-c", AFTER_SETUP], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=600)
+    after = subprocess.run(
+        [python, "-c", AFTER_SETUP], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert after.returncode == 0, after.stderr[-3000:]
     result = json.loads(after.stdout.strip().splitlines()[-1])
     assert result["torch_dist"].endswith(f"+{COLAB_LABEL}") and result["torch"].endswith(f"+{COLAB_LABEL}")
@@ -107,6 +127,12 @@ def test_setup_cell_on_fake_colab_keeps_torch_and_loads_the_embedded_model(tmp_p
     assert "site-packages" in result["kit"]  # installed from the checkout, not imported from it
     assert result["logits"][0] == 1 and result["logits"][2] > 1000  # one sequence, logits over the vocabulary
 
-    again = subprocess.run([python, "-c", FAKE_COLAB_THEN_SETUP, tmp_path / "setup.py"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [python, "-c", FAKE_COLAB_THEN_SETUP, tmp_path / "setup.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 0 and "pip" not in again.stdout, "a second run of the cell installs nothing"

@@ -13,9 +13,20 @@ import pytest
 
 from clo_utils.data import build_cross_lingual_pairs, build_sft_rows, check_seed_rows, make_seed_row
 from clo_utils.runfiles import file_sha256, read_jsonl
-from clo_utils.sources import (COLUMN_PRESETS, DATA_FILES, default_data_source, drop_exact_duplicates,
-                               filter_by_token_length, load_english_sft, prepare_english_rows, reduce_oasst_messages,
-                               resolve_columns, select_seeds, translate_and_filter, write_data_folder)
+from clo_utils.sources import (
+    COLUMN_PRESETS,
+    DATA_FILES,
+    default_data_source,
+    drop_exact_duplicates,
+    filter_by_token_length,
+    load_english_sft,
+    prepare_english_rows,
+    reduce_oasst_messages,
+    resolve_columns,
+    select_seeds,
+    translate_and_filter,
+    write_data_folder,
+)
 from clo_utils.translate import Translator
 
 HERE = Path(__file__).resolve().parent
@@ -25,8 +36,10 @@ sys.path.insert(0, str(HERE))
 
 
 def _rows(n: int, prefix: str = "r") -> list[dict]:
-    return [{"id": f"{prefix}{i}", "prompt": f"Prompt number {i}?", "response": f"Answer number {i}.",
-             "source": "test"} for i in range(n)]
+    return [
+        {"id": f"{prefix}{i}", "prompt": f"Prompt number {i}?", "response": f"Answer number {i}.", "source": "test"}
+        for i in range(n)
+    ]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -50,8 +63,10 @@ def test_smoke_set_is_packaged_and_well_formed():
     raw = read_jsonl(REPO / "clo_utils" / "assets" / "smoke_sft.jsonl")
     assert all(set(r) == {"id", "instruction", "input", "output", "source"} for r in raw)
     with_input = next(r for r in raw if r["input"])
-    assert next(x for x in rows if x["id"] == with_input["id"])["prompt"] == \
-        with_input["instruction"] + "\n\n" + with_input["input"]
+    assert (
+        next(x for x in rows if x["id"] == with_input["id"])["prompt"]
+        == with_input["instruction"] + "\n\n" + with_input["input"]
+    )
 
 
 @pytest.mark.skipif(not BUNDLED_SFT.exists(), reason="data/english_sft.jsonl not in this checkout")
@@ -65,8 +80,11 @@ def test_default_source_outside_a_checkout_is_a_clear_error(monkeypatch):
     from clo_utils import sources
 
     monkeypatch.setattr(sources, "repo_root", lambda: None)
-    with pytest.raises(FileNotFoundError, match=r"expected at <repository>/data/english_sft\.jsonl.*data_source.*"
-                                                r"\.jsonl/\.json/\.csv/\.parquet file or hub dataset id"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"expected at <repository>/data/english_sft\.jsonl.*data_source.*"
+        r"\.jsonl/\.json/\.csv/\.parquet file or hub dataset id",
+    ):
         default_data_source()
     assert "shared" not in Path(sources.__file__).read_text(encoding="utf-8")  # nothing reads ../shared
 
@@ -85,21 +103,31 @@ def test_jsonl_error_at_the_end_of_a_line_names_that_line_and_column(tmp_path):
 
 
 def test_a_utf8_bom_is_accepted(tmp_path):
-    for suffix, text in (("jsonl", '{"instruction": "Què?", "output": "Res."}\n'),
-                         ("json", '[{"instruction": "Què?", "output": "Res."}]'),
-                         ("csv", "instruction,output\nQuè?,Res.\n")):
+    for suffix, text in (
+        ("jsonl", '{"instruction": "Què?", "output": "Res."}\n'),
+        ("json", '[{"instruction": "Què?", "output": "Res."}]'),
+        ("csv", "instruction,output\nQuè?,Res.\n"),
+    ):
         path = tmp_path / f"bom.{suffix}"
         path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
         rows = load_english_sft(path)
         assert [(r["prompt"], r["response"]) for r in rows] == [("Què?", "Res.")], suffix
 
 
-@pytest.mark.parametrize("record,suggested", [
-    ({"prompt": "Name a colour.", "completion": "Blue."}, {"instruction": "prompt", "output": "completion"}),
-    ({"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Bleu."}, {"instruction": "prompt", "output": "chosen"}),
-    ({"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]},
-     {"instruction": "messages", "output": "messages"}),
-])
+@pytest.mark.parametrize(
+    "record,suggested",
+    [
+        ({"prompt": "Name a colour.", "completion": "Blue."}, {"instruction": "prompt", "output": "completion"}),
+        (
+            {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Bleu."},
+            {"instruction": "prompt", "output": "chosen"},
+        ),
+        (
+            {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]},
+            {"instruction": "messages", "output": "messages"},
+        ),
+    ],
+)
 def test_trl_columns_get_a_column_map_that_notebook_01_and_recipes_can_pass(tmp_path, record, suggested):
     path = _write(tmp_path / "trl.jsonl", json.dumps(record) + "\n")
     with pytest.raises(ValueError) as error:
@@ -150,14 +178,19 @@ def test_a_hub_id_offline_fails_at_once_with_a_clear_message(monkeypatch, tmp_pa
     if not datasets_offline:  # datasets would go online: it must not be called
         monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub must not be tried"))
     start = time.perf_counter()
-    with pytest.raises(FileNotFoundError, match=r"'someorg/not-cached' is a hub dataset id, but HF_HUB_OFFLINE is set "
-                                                r"and it is not in the local cache"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"'someorg/not-cached' is a hub dataset id, but HF_HUB_OFFLINE is set "
+        r"and it is not in the local cache",
+    ):
         load_english_sft("someorg/not-cached")
     assert time.perf_counter() - start < 10
 
 
 def test_jsonl_missing_field_names_field_file_and_line(tmp_path):
-    path = _write(tmp_path / "data.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c", "answer": "d"}\n')
+    path = _write(
+        tmp_path / "data.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c", "answer": "d"}\n'
+    )
     with pytest.raises(ValueError, match=r"data\.jsonl line 2: missing field 'output'.*column_map"):
         load_english_sft(path)
     mapped = _write(tmp_path / "mapped.jsonl", '{"question": "c", "answer": "d"}\n')
@@ -176,8 +209,10 @@ def test_jsonl_empty_file_and_wrong_types(tmp_path):
 
 
 def test_duplicate_ids_are_an_error(tmp_path):
-    path = _write(tmp_path / "d.jsonl", '{"id": "x", "instruction": "a", "output": "b"}\n'
-                                        '{"id": "x", "instruction": "c", "output": "d"}\n')
+    path = _write(
+        tmp_path / "d.jsonl",
+        '{"id": "x", "instruction": "a", "output": "b"}\n{"id": "x", "instruction": "c", "output": "d"}\n',
+    )
     with pytest.raises(ValueError, match="duplicate id 'x'"):
         load_english_sft(path)
 
@@ -185,8 +220,14 @@ def test_duplicate_ids_are_an_error(tmp_path):
 def test_csv_json_parquet_and_column_presets(tmp_path):
     import pandas as pd
 
-    frame = pd.DataFrame({"instruction": ["Name a fruit.", "Summarise."], "context": ["", "A long text."],
-                          "response": ["An apple.", "Short."], "category": ["open_qa", "summarization"]})
+    frame = pd.DataFrame(
+        {
+            "instruction": ["Name a fruit.", "Summarise."],
+            "context": ["", "A long text."],
+            "response": ["An apple.", "Short."],
+            "category": ["open_qa", "summarization"],
+        }
+    )
     frame.to_csv(tmp_path / "dolly.csv", index=False)
     frame.to_parquet(tmp_path / "dolly.parquet")
     (tmp_path / "dolly.json").write_text(frame.to_json(orient="records"))
@@ -206,34 +247,120 @@ def test_csv_json_parquet_and_column_presets(tmp_path):
 
 OASST_MESSAGES = [
     # An English tree: root prompt, two ranked replies, and a follow-up turn (ignored).
-    {"message_id": "p1", "parent_id": None, "message_tree_id": "p1", "role": "prompter", "lang": "en",
-     "text": " How do I boil an egg? ", "rank": None, "deleted": False},
-    {"message_id": "a1", "parent_id": "p1", "message_tree_id": "p1", "role": "assistant", "lang": "en",
-     "text": "Second best answer.", "rank": 1, "deleted": False},
-    {"message_id": "a0", "parent_id": "p1", "message_tree_id": "p1", "role": "assistant", "lang": "en",
-     "text": "Boil it for seven minutes.", "rank": 0, "deleted": False},
-    {"message_id": "p2", "parent_id": "a0", "message_tree_id": "p1", "role": "prompter", "lang": "en",
-     "text": "And a soft one?", "rank": 0, "deleted": False},
-    {"message_id": "a2", "parent_id": "p2", "message_tree_id": "p1", "role": "assistant", "lang": "en",
-     "text": "Six minutes.", "rank": 0, "deleted": False},
+    {
+        "message_id": "p1",
+        "parent_id": None,
+        "message_tree_id": "p1",
+        "role": "prompter",
+        "lang": "en",
+        "text": " How do I boil an egg? ",
+        "rank": None,
+        "deleted": False,
+    },
+    {
+        "message_id": "a1",
+        "parent_id": "p1",
+        "message_tree_id": "p1",
+        "role": "assistant",
+        "lang": "en",
+        "text": "Second best answer.",
+        "rank": 1,
+        "deleted": False,
+    },
+    {
+        "message_id": "a0",
+        "parent_id": "p1",
+        "message_tree_id": "p1",
+        "role": "assistant",
+        "lang": "en",
+        "text": "Boil it for seven minutes.",
+        "rank": 0,
+        "deleted": False,
+    },
+    {
+        "message_id": "p2",
+        "parent_id": "a0",
+        "message_tree_id": "p1",
+        "role": "prompter",
+        "lang": "en",
+        "text": "And a soft one?",
+        "rank": 0,
+        "deleted": False,
+    },
+    {
+        "message_id": "a2",
+        "parent_id": "p2",
+        "message_tree_id": "p1",
+        "role": "assistant",
+        "lang": "en",
+        "text": "Six minutes.",
+        "rank": 0,
+        "deleted": False,
+    },
     # A Spanish tree: dropped.
-    {"message_id": "q1", "parent_id": None, "message_tree_id": "q1", "role": "prompter", "lang": "es",
-     "text": "¿Qué hora es?", "rank": None, "deleted": False},
-    {"message_id": "b0", "parent_id": "q1", "message_tree_id": "q1", "role": "assistant", "lang": "es",
-     "text": "No lo sé.", "rank": 0, "deleted": False},
+    {
+        "message_id": "q1",
+        "parent_id": None,
+        "message_tree_id": "q1",
+        "role": "prompter",
+        "lang": "es",
+        "text": "¿Qué hora es?",
+        "rank": None,
+        "deleted": False,
+    },
+    {
+        "message_id": "b0",
+        "parent_id": "q1",
+        "message_tree_id": "q1",
+        "role": "assistant",
+        "lang": "es",
+        "text": "No lo sé.",
+        "rank": 0,
+        "deleted": False,
+    },
     # An English tree whose rank-0 reply was deleted and whose other reply is unranked: dropped.
-    {"message_id": "r1", "parent_id": None, "message_tree_id": "r1", "role": "prompter", "lang": "en",
-     "text": "Tell me a joke.", "rank": None, "deleted": False},
-    {"message_id": "c0", "parent_id": "r1", "message_tree_id": "r1", "role": "assistant", "lang": "en",
-     "text": "Deleted joke.", "rank": 0, "deleted": True},
-    {"message_id": "c1", "parent_id": "r1", "message_tree_id": "r1", "role": "assistant", "lang": "en",
-     "text": "Unranked joke.", "rank": None, "deleted": False},
+    {
+        "message_id": "r1",
+        "parent_id": None,
+        "message_tree_id": "r1",
+        "role": "prompter",
+        "lang": "en",
+        "text": "Tell me a joke.",
+        "rank": None,
+        "deleted": False,
+    },
+    {
+        "message_id": "c0",
+        "parent_id": "r1",
+        "message_tree_id": "r1",
+        "role": "assistant",
+        "lang": "en",
+        "text": "Deleted joke.",
+        "rank": 0,
+        "deleted": True,
+    },
+    {
+        "message_id": "c1",
+        "parent_id": "r1",
+        "message_tree_id": "r1",
+        "role": "assistant",
+        "lang": "en",
+        "text": "Unranked joke.",
+        "rank": None,
+        "deleted": False,
+    },
 ]
 
 
 def test_oasst_reduction_keeps_english_roots_with_their_top_reply():
     assert reduce_oasst_messages(OASST_MESSAGES) == [
-        {"id": "oasst1-p1", "prompt": "How do I boil an egg?", "response": "Boil it for seven minutes.", "source": "oasst1"}]
+        {
+            "id": "oasst1-p1",
+            "prompt": "How do I boil an egg?",
+            "response": "Boil it for seven minutes.",
+            "source": "oasst1",
+        }
+    ]
     assert [r["id"] for r in reduce_oasst_messages(OASST_MESSAGES, lang="es")] == ["oasst1-q1"]
 
 
@@ -246,14 +373,21 @@ def test_hub_sources_go_through_datasets(monkeypatch):
         calls.append((name, split))
         if name == "OpenAssistant/oasst1":
             return datasets.Dataset.from_list(OASST_MESSAGES)
-        return datasets.Dataset.from_list([{"instruction": "Name a colour.", "context": "", "response": "Blue.",
-                                            "category": "open_qa"}])
+        return datasets.Dataset.from_list(
+            [{"instruction": "Name a colour.", "context": "", "response": "Blue.", "category": "open_qa"}]
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert [r["id"] for r in load_english_sft("oasst1")] == ["oasst1-p1"]
     dolly = load_english_sft("databricks/databricks-dolly-15k", split="train")  # preset found by id
-    assert dolly == [{"id": "databricks-dolly-15k-00000", "prompt": "Name a colour.", "response": "Blue.",
-                      "source": "databricks-dolly-15k"}]
+    assert dolly == [
+        {
+            "id": "databricks-dolly-15k-00000",
+            "prompt": "Name a colour.",
+            "response": "Blue.",
+            "source": "databricks-dolly-15k",
+        }
+    ]
     assert calls == [("OpenAssistant/oasst1", "train"), ("databricks/databricks-dolly-15k", "train")]
 
 
@@ -272,13 +406,20 @@ def test_token_length_filter():
     from tiny_models import make_tokenizer
 
     tok = make_tokenizer()
-    rows = _rows(2) + [{"id": "long", "prompt": "Hello, how are you? " * 30, "response": "Fine.", "source": "t"},
-                       {"id": "longr", "prompt": "Hi", "response": "The sea is blue and wide. " * 30, "source": "t"}]
+    rows = _rows(2) + [
+        {"id": "long", "prompt": "Hello, how are you? " * 30, "response": "Fine.", "source": "t"},
+        {"id": "longr", "prompt": "Hi", "response": "The sea is blue and wide. " * 30, "source": "t"},
+    ]
     kept, dropped = filter_by_token_length(rows, tok, max_prompt_tokens=40, max_response_tokens=40)
     assert [r["id"] for r in kept] == ["r0", "r1"] and dropped == 2
     assert filter_by_token_length(rows, tok, None, 40)[1] == 1
     kept_all, counts = prepare_english_rows("smoke", tok, None, None)
-    assert counts == {"loaded": len(kept_all), "duplicates_dropped": 0, "too_long_dropped": 0, "candidates": len(kept_all)}
+    assert counts == {
+        "loaded": len(kept_all),
+        "duplicates_dropped": 0,
+        "too_long_dropped": 0,
+        "candidates": len(kept_all),
+    }
 
 
 def test_everything_over_the_token_limits_is_an_error_naming_them():
@@ -301,7 +442,8 @@ def test_select_seeds_nested_disjoint_deterministic():
     # Adding rows to the source keeps the relative order of the old ones (budgets stay comparable).
     grown, _ = select_seeds(rows + _rows(50, prefix="new"), None, 0, seed=0)
     assert [r for r in grown if not r["id"].startswith("new")] == sorted(
-        rows, key=lambda r: [x["id"] for x in grown].index(r["id"]))
+        rows, key=lambda r: [x["id"] for x in grown].index(r["id"])
+    )
     with pytest.raises(ValueError, match="n_train=81 but only 80 rows remain"):
         select_seeds(rows, 81, 20)
     with pytest.raises(ValueError, match="n_eval=101"):
@@ -333,21 +475,27 @@ class DictTranslator(Translator):
         return [self.table.get(s, s) for s in segments]
 
 
-CA = {f"Prompt number {i}?": f"Pregunta número {i}?" for i in range(100)} | \
-     {f"Answer number {i}.": f"Resposta número {i}." for i in range(100)}
+CA = {f"Prompt number {i}?": f"Pregunta número {i}?" for i in range(100)} | {
+    f"Answer number {i}.": f"Resposta número {i}." for i in range(100)
+}
 
 
 def test_translate_and_filter_tops_up_and_stays_nested():
     rows = _rows(60)
     train_candidates, held = select_seeds(rows, None, 5, seed=0)
     untranslatable = {r["id"] for r in train_candidates[:12:3]}  # 4 of the first 12 candidates fail
-    table = {k: v for k, v in CA.items() if not any(k.endswith(f" {r[1:]}?") or k.endswith(f" {r[1:]}.")
-                                                    for r in untranslatable)}
+    table = {
+        k: v
+        for k, v in CA.items()
+        if not any(k.endswith(f" {r[1:]}?") or k.endswith(f" {r[1:]}.") for r in untranslatable)
+    }
     translator = DictTranslator(table)
     prepared = translate_and_filter(train_candidates, held, 10, "ca", translator, progress=False)
     assert len(prepared.train) == 10 and len(prepared.eval) == 5
     assert prepared.drops_train["identical_to_english"] == 4 and prepared.shortfall == 0
-    assert [s["id"] for s in prepared.train] == [r["id"] for r in train_candidates if r["id"] not in untranslatable][:10]
+    assert [s["id"] for s in prepared.train] == [r["id"] for r in train_candidates if r["id"] not in untranslatable][
+        :10
+    ]
     assert prepared.train_translated < 20  # translated only as much as needed (12 + top-up), not all 55
     assert len(prepared.translation) >= 3  # eval round + first round + at least one top-up
     smaller = translate_and_filter(train_candidates, held, 4, "ca", DictTranslator(table), progress=False)
@@ -360,8 +508,9 @@ def test_nothing_surviving_the_filter_is_an_error_naming_the_reasons(tmp_path):
 
     train_candidates, held = select_seeds(_rows(6), None, 1, seed=0)
     with pytest.raises(ValueError, match=r"no training seed survived.*'identical_to_english': 5"):
-        translate_and_filter(train_candidates, held, 3, "ca", DictTranslator({}), cache=tmp_path / "c.sqlite",
-                             progress=False)
+        translate_and_filter(
+            train_candidates, held, 3, "ca", DictTranslator({}), cache=tmp_path / "c.sqlite", progress=False
+        )
     with DiskCache(tmp_path / "c.sqlite") as db:
         assert len(db) == 12  # the translations are kept for the next attempt
 
@@ -378,8 +527,14 @@ def test_write_data_folder_matches_run_layout(tmp_path):
     train_candidates, held = select_seeds(_rows(20), None, 3, seed=0)
     translator = DictTranslator(CA)
     prepared = translate_and_filter(train_candidates, held, 5, "ca", translator, progress=False)
-    manifest = write_data_folder(tmp_path / "data", prepared, translator=translator.describe(),
-                                 load_counts={"loaded": 20}, parameters={"seed": 0}, data_source="test")
+    manifest = write_data_folder(
+        tmp_path / "data",
+        prepared,
+        translator=translator.describe(),
+        load_counts={"loaded": 20},
+        parameters={"seed": 0},
+        data_source="test",
+    )
     for name in DATA_FILES:
         path = tmp_path / "data" / name
         assert manifest["files"][name]["sha256"] == file_sha256(path)
@@ -399,7 +554,10 @@ def test_existing_pair_and_sft_builders_are_unchanged():
     seeds = [make_seed_row(r, "ca", CA[r["prompt"]], CA[r["response"]]) for r in _rows(2)]
     pairs = build_cross_lingual_pairs(seeds)
     assert [p["direction"] for p in pairs] == ["en", "tgt", "en", "tgt"]
-    assert pairs[0]["chosen"][0]["content"] == "Answer number 0." and pairs[0]["rejected"][0]["content"] == "Resposta número 0."
+    assert (
+        pairs[0]["chosen"][0]["content"] == "Answer number 0."
+        and pairs[0]["rejected"][0]["content"] == "Resposta número 0."
+    )
     assert pairs[1]["prompt"] == [{"role": "user", "content": "Pregunta número 0?"}]
     assert len(build_sft_rows(seeds, "both")) == 4 and len(build_sft_rows(seeds, "en")) == 2
 
@@ -436,12 +594,24 @@ def test_notebook_01_runs_with_smoke_parameters(tmp_path, monkeypatch):
     make_tokenizer().save_pretrained(tokenizer_dir)
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the kernel imports clo_utils from this checkout
     out_dir = tmp_path / "run" / "ca" / "data"
-    pm.execute_notebook(str(notebook), str(tmp_path / "executed.ipynb"), kernel_name="python3",
-                        cwd=str(REPO / "notebooks"), progress_bar=False,
-                        parameters={"n_seeds": 6, "n_eval": 3, "translator": "apertium", "data_source": "smoke",
-                                    "tokenizer_id": str(tokenizer_dir), "max_prompt_tokens": 400,
-                                    "max_response_tokens": 400, "output_dir": str(out_dir),
-                                    "cache_dir": str(tmp_path / "cache")})
+    pm.execute_notebook(
+        str(notebook),
+        str(tmp_path / "executed.ipynb"),
+        kernel_name="python3",
+        cwd=str(REPO / "notebooks"),
+        progress_bar=False,
+        parameters={
+            "n_seeds": 6,
+            "n_eval": 3,
+            "translator": "apertium",
+            "data_source": "smoke",
+            "tokenizer_id": str(tokenizer_dir),
+            "max_prompt_tokens": 400,
+            "max_response_tokens": 400,
+            "output_dir": str(out_dir),
+            "cache_dir": str(tmp_path / "cache"),
+        },
+    )
     for name in DATA_FILES + ("manifest.json",):
         assert (out_dir / name).exists(), name
     assert len(read_jsonl(out_dir / "seeds_train.jsonl")) == 6 and len(read_jsonl(out_dir / "seeds_eval.jsonl")) == 3

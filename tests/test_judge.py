@@ -9,12 +9,11 @@ import os
 import re
 import sqlite3
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 import pytest
-import torch
 
 from clo_utils import judge as jd
 from clo_utils.cache import DiskCache
@@ -22,14 +21,9 @@ from clo_utils.cache import DiskCache
 API_KEY_ENV = "CLO_TEST_JUDGE_KEY"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run on one thread: their ops are so small that thread hand-offs cost more than
-    the arithmetic (60x slower with 2 threads on a busy 2-core machine)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 ANSWER = re.compile(r"\[The Start of Assistant (A|B)'s Answer\]\n(.*?)\n\[The End of Assistant \1's Answer\]", re.S)
 
 
@@ -65,8 +59,9 @@ class ChatCompletionsServer(LoopbackServer):
     It checks the Authorization header against `api_key` (401 otherwise), counts requests, and can
     fail the first `fail_first` requests with `fail_status` (to exercise retries)."""
 
-    def __init__(self, rule: Callable[[str], str], api_key: str | None = None, fail_first: int = 0,
-                 fail_status: int = 503):
+    def __init__(
+        self, rule: Callable[[str], str], api_key: str | None = None, fail_first: int = 0, fail_status: int = 503
+    ):
         self.rule, self.api_key = rule, api_key
         self.fail_first, self.fail_status = fail_first, fail_status
         self.requests = 0
@@ -100,9 +95,17 @@ class ChatCompletionsServer(LoopbackServer):
                     return self._send(server.fail_status, {"error": {"message": "try again"}})
                 assert body["messages"][0]["role"] == "system" and body["temperature"] == 0.0
                 reply = server.rule(body["messages"][-1]["content"])
-                return self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"],
-                                        "choices": [{"index": 0, "finish_reason": "stop",
-                                                     "message": {"role": "assistant", "content": reply}}]})
+                return self._send(
+                    200,
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}
+                        ],
+                    },
+                )
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -141,11 +144,15 @@ def test_ties_count_half(api_key, tmp_path):
     with ChatCompletionsServer(lambda _: "Equally good. [[tie]]", api_key=api_key) as server:
         result = jd.win_rate(http_judge(server), QUESTIONS, CANDIDATE, BASELINE, "ca", cache=tmp_path)
     assert result["win_rate"] == 0.5 and result["ties"] == 3
+
     # one win and one tie across the two orders: the pair scores 0.75 and counts as a win
     def win_then_tie(message: str) -> str:
         return "[[A]]" if answers_in(message)["A"].startswith("GOOD") else "[[tie]]"
+
     with ChatCompletionsServer(win_then_tie, api_key=api_key) as server:
-        result = jd.win_rate(http_judge(server), QUESTIONS[:1], CANDIDATE[:1], BASELINE[:1], "ca", cache=tmp_path / "2")
+        result = jd.win_rate(
+            http_judge(server), QUESTIONS[:1], CANDIDATE[:1], BASELINE[:1], "ca", cache=tmp_path / "2"
+        )
     assert result == {"win_rate": 0.75, "n": 1, "wins": 1, "ties": 0, "losses": 0, "n_malformed": 0}
 
 
@@ -158,8 +165,14 @@ def test_second_run_is_served_from_the_cache(api_key, tmp_path):
         assert server.requests == 6  # no new HTTP call
         assert second == first
         # a different judge model is a different cache entry
-        jd.win_rate(jd.OpenAIChatJudge(server.base_url, "other-judge", api_key_env=API_KEY_ENV),
-                    QUESTIONS, CANDIDATE, BASELINE, "ca", cache=cache)
+        jd.win_rate(
+            jd.OpenAIChatJudge(server.base_url, "other-judge", api_key_env=API_KEY_ENV),
+            QUESTIONS,
+            CANDIDATE,
+            BASELINE,
+            "ca",
+            cache=cache,
+        )
         assert server.requests == 12
     assert len(DiskCache(cache)) == 12
 
@@ -167,7 +180,12 @@ def test_second_run_is_served_from_the_cache(api_key, tmp_path):
 def test_malformed_replies_are_counted_not_fatal(api_key, tmp_path):
     def sometimes_silent(message: str) -> str:
         # no verdict whenever the baseline's first answer is in position A
-        return "I cannot decide between these." if answers_in(message)["A"] == BASELINE[0] else prefer_marked_answer(message)
+        return (
+            "I cannot decide between these."
+            if answers_in(message)["A"] == BASELINE[0]
+            else prefer_marked_answer(message)
+        )
+
     with ChatCompletionsServer(sometimes_silent, api_key=api_key) as server:
         result = jd.win_rate(http_judge(server), QUESTIONS, CANDIDATE, BASELINE, "ca", cache=tmp_path)
     # the first pair lost one order: it is not scored on the other order alone
@@ -180,8 +198,14 @@ def test_malformed_replies_are_counted_not_fatal(api_key, tmp_path):
 def test_retries_on_429_and_5xx(api_key, tmp_path):
     for status in (429, 503):
         with ChatCompletionsServer(prefer_marked_answer, api_key=api_key, fail_first=2, fail_status=status) as server:
-            result = jd.win_rate(http_judge(server, concurrency=1), QUESTIONS[:1], CANDIDATE[:1], BASELINE[:1], "ca",
-                                 cache=tmp_path / str(status))
+            result = jd.win_rate(
+                http_judge(server, concurrency=1),
+                QUESTIONS[:1],
+                CANDIDATE[:1],
+                BASELINE[:1],
+                "ca",
+                cache=tmp_path / str(status),
+            )
         assert result["n"] == 1 and server.requests == 4  # two failures, then both orders answered
 
 
@@ -196,10 +220,13 @@ def test_the_api_key_never_leaks(api_key, tmp_path, caplog, fail_status):
     assert api_key not in repr(result) and api_key not in repr(vars(judge))
     # failures: a rejected key (401, not retried) and a server that keeps failing (500, retried)
     rejects = "wrong-key" if fail_status == 401 else api_key
-    with ChatCompletionsServer(prefer_marked_answer, api_key=rejects, fail_first=99, fail_status=fail_status) as server:
+    with ChatCompletionsServer(
+        prefer_marked_answer, api_key=rejects, fail_first=99, fail_status=fail_status
+    ) as server:
         with pytest.raises(jd.JudgeError) as failure:
-            jd.win_rate(http_judge(server, max_retries=2, concurrency=1), ["new question"], ["a"], ["b"], "ca",
-                        cache=cache)
+            jd.win_rate(
+                http_judge(server, max_retries=2, concurrency=1), ["new question"], ["a"], ["b"], "ca", cache=cache
+            )
         assert server.requests == (1 if fail_status == 401 else 3)  # 401 is not retried; 500 is, twice
     assert str(fail_status) in str(failure.value)
     assert api_key not in str(failure.value) and api_key not in repr(failure.value)
@@ -215,12 +242,26 @@ def test_server_rejects_requests_without_the_key(monkeypatch, tmp_path):
             jd.win_rate(http_judge(server), QUESTIONS[:1], CANDIDATE[:1], BASELINE[:1], "ca", cache=tmp_path)
 
 
-@pytest.mark.parametrize("reply, verdict", [
-    ("[[A]]", "A"), ("Explanation... [[B]]", "B"), ("[[tie]]", "tie"), ("[[C]]", "tie"), ("[[ a ]]", "A"),
-    ("First I thought [[A]], but on reflection [[B]]", "B"), ("Verdict: B", "B"), ("Final verdict: tie", "tie"),
-    ("verdict: Assistant A", "A"), ("B", "B"), ("**A**", "A"),
-    ("I cannot decide.", None), ("", None), (None, None), ("Assistant A is better.", None),
-])
+@pytest.mark.parametrize(
+    "reply, verdict",
+    [
+        ("[[A]]", "A"),
+        ("Explanation... [[B]]", "B"),
+        ("[[tie]]", "tie"),
+        ("[[C]]", "tie"),
+        ("[[ a ]]", "A"),
+        ("First I thought [[A]], but on reflection [[B]]", "B"),
+        ("Verdict: B", "B"),
+        ("Final verdict: tie", "tie"),
+        ("verdict: Assistant A", "A"),
+        ("B", "B"),
+        ("**A**", "A"),
+        ("I cannot decide.", None),
+        ("", None),
+        (None, None),
+        ("Assistant A is better.", None),
+    ],
+)
 def test_parse_verdict(reply, verdict):
     assert jd.parse_verdict(reply) == verdict
 
@@ -243,7 +284,9 @@ def test_local_hf_judge_runs_and_counts_its_malformed_replies(tmp_path, monkeypa
     judge = jd.HFChatJudge(model=tiny_chat_model(tokenizer), tokenizer=tokenizer, max_new_tokens=6, batch_size=2)
     calls = []
     generate = judge.complete_many
-    monkeypatch.setattr(judge, "complete_many", lambda messages, system: calls.append(len(messages)) or generate(messages, system))
+    monkeypatch.setattr(
+        judge, "complete_many", lambda messages, system: calls.append(len(messages)) or generate(messages, system)
+    )
     cache = tmp_path / "judge.sqlite"
     first = jd.win_rate(judge, QUESTIONS[:1], CANDIDATE[:1], BASELINE[:1], "ca", cache=cache)
     replies = cached_replies(cache)
@@ -259,8 +302,12 @@ def test_judge_run_writes_the_judge_block(api_key, tmp_path):
     from clo_utils.evaluate import write_answers
 
     def answers(marked: bool):
-        return [{"direction": d, "id": f"s{i}", "prompt": q, "answer": ("GOOD " if marked else "") + q,
-                 "reference": ""} for d in ("tgt", "en") for i, q in enumerate(QUESTIONS)]
+        return [
+            {"direction": d, "id": f"s{i}", "prompt": q, "answer": ("GOOD " if marked else "") + q, "reference": ""}
+            for d in ("tgt", "en")
+            for i, q in enumerate(QUESTIONS)
+        ]
+
     for name, marked in (("clo-3", True), ("sft-3", False)):
         (tmp_path / name).mkdir()
         write_answers(tmp_path / name, answers(marked))
@@ -279,12 +326,24 @@ def test_judge_runs_uses_the_sibling_baseline_and_skips_what_it_cannot_judge(api
 
     for name in ("clo-3", "sft-3"):
         (tmp_path / name).mkdir()
-        write_answers(tmp_path / name, [{"direction": "tgt", "id": "s0", "prompt": QUESTIONS[0],
-                                         "answer": CANDIDATE[0] if name == "clo-3" else BASELINE[0], "reference": ""}])
+        write_answers(
+            tmp_path / name,
+            [
+                {
+                    "direction": "tgt",
+                    "id": "s0",
+                    "prompt": QUESTIONS[0],
+                    "answer": CANDIDATE[0] if name == "clo-3" else BASELINE[0],
+                    "reference": "",
+                }
+            ],
+        )
     with ChatCompletionsServer(prefer_marked_answer, api_key=api_key) as server:
         judge = http_judge(server)
         blocks = jd.judge_runs([tmp_path / "clo-3"], "sft-3", judge, "ca", cache=tmp_path / "c")  # baseline not listed
         assert blocks["clo-3"]["tgt"]["win_rate"] == 1.0 and server.requests == 2
-        assert jd.judge_runs([tmp_path / "clo-3", tmp_path / "sft-3"], "sft-9", judge, "ca", cache=tmp_path / "c") == {}
+        assert (
+            jd.judge_runs([tmp_path / "clo-3", tmp_path / "sft-3"], "sft-9", judge, "ca", cache=tmp_path / "c") == {}
+        )
         assert jd.judge_runs([tmp_path / "sft-3"], "sft-3", judge, "ca", cache=tmp_path / "c") == {}
     assert "the baseline" in caplog.text and "sft-9" in caplog.text

@@ -15,16 +15,13 @@ from clo_utils.languages import PAPER_LANGUAGES
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "knowledge"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run on one thread: their ops are so small that thread hand-offs cost more than
-    the arithmetic (60x slower with 2 threads on a busy 2-core machine)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-needs_lm_eval = pytest.mark.skipif(kn.lm_eval_available() is None,
-                                   reason=f"lm-evaluation-harness is not installed ({kn.LM_EVAL_PIN}, the 'knowledge' extra)")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+needs_lm_eval = pytest.mark.skipif(
+    kn.lm_eval_available() is None,
+    reason=f"lm-evaluation-harness is not installed ({kn.LM_EVAL_PIN}, the 'knowledge' extra)",
+)
 
 
 def test_every_paper_language_has_mmmlu_and_belebele_plus_english_retention():
@@ -47,9 +44,12 @@ def test_task_names_exist_in_the_installed_lm_eval():
 
     declared = re.compile(r"^(?:task|group):\s*['\"]?([\w.-]+)", re.M)
     tasks_dir = Path(lm_eval.__file__).parent / "tasks"
-    known = {name for folder in ("mmlu", "openai-mmmlu", "global_mmlu", "belebele")
-             for path in (tasks_dir / folder).rglob("*.yaml")
-             for name in declared.findall(path.read_text(encoding="utf-8", errors="replace"))}
+    known = {
+        name
+        for folder in ("mmlu", "openai-mmmlu", "global_mmlu", "belebele")
+        for path in (tasks_dir / folder).rglob("*.yaml")
+        for name in declared.findall(path.read_text(encoding="utf-8", errors="replace"))
+    }
     missing = [t for tasks in kn.KNOWLEDGE_TASKS.values() for t in tasks.values() if t not in known]
     assert not missing
 

@@ -24,7 +24,10 @@ RR = [-11.5, -21.5, -8.0, -39.0]
 @pytest.mark.parametrize("lam", [0.0, 0.25, 0.5, 1.0])
 def test_clo_loss_matches_hand_computation(beta, lam):
     nll = 1.7
-    t = lambda x: torch.tensor(x, dtype=torch.float32)
+
+    def t(x):
+        return torch.tensor(x, dtype=torch.float32)
+
     loss, metrics = clo_loss(t(PC), t(PR), t(RC), t(RR), torch.tensor(nll), beta=beta, lam=lam)
     assert loss.item() == pytest.approx(_hand_clo(PC, PR, RC, RR, nll, beta, lam), rel=1e-6)
     margins = [beta * ((a - c) - (b - d)) for a, b, c, d in zip(PC, PR, RC, RR)]
@@ -36,19 +39,32 @@ def test_clo_loss_per_direction_metrics_and_policy_equals_reference():
     x = torch.tensor([-5.0, -6.0])
     loss, metrics = clo_loss(x, x - 1, x, x - 1, torch.tensor(0.0), beta=0.1, lam=0.0, directions=["en", "tgt"])
     assert loss.item() == pytest.approx(math.log(2))  # policy == reference: every margin is 0
-    assert set(k for k in metrics if k.startswith("rewards_en/")) == {
-        "rewards_en/chosen", "rewards_en/rejected", "rewards_en/margins", "rewards_en/accuracies"}
+    assert {k for k in metrics if k.startswith("rewards_en/")} == {
+        "rewards_en/chosen",
+        "rewards_en/rejected",
+        "rewards_en/margins",
+        "rewards_en/accuracies",
+    }
     assert "rewards_tgt/margins" in metrics
 
 
 def test_clo_loss_is_fp32_for_bf16_inputs():
-    t = lambda x: torch.tensor(x, dtype=torch.bfloat16)
+    def t(x):
+        return torch.tensor(x, dtype=torch.bfloat16)
+
     loss, _ = clo_loss(t(PC), t(PR), t(RC), t(RR), torch.tensor(1.0, dtype=torch.bfloat16))
     assert loss.dtype == torch.float32
 
 
-@pytest.mark.parametrize("kwargs, match", [({"beta": 0.0}, "beta must be > 0"), ({"beta": -1.0}, "beta"),
-                                           ({"lam": -0.1}, r"lam must be in \[0, 1\]"), ({"lam": 1.5}, "lam")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"beta": 0.0}, "beta must be > 0"),
+        ({"beta": -1.0}, "beta"),
+        ({"lam": -0.1}, r"lam must be in \[0, 1\]"),
+        ({"lam": 1.5}, "lam"),
+    ],
+)
 def test_clo_loss_rejects_bad_hyperparameters(kwargs, match):
     x = torch.zeros(2)
     with pytest.raises(ValueError, match=match):
@@ -115,7 +131,7 @@ def test_packed_sequence_logps_rejects_logits_of_the_wrong_positions():
 
 
 def test_response_nll_target_only_excludes_english():
-    logps = torch.tensor([-100.0, -6.0, -300.0, -4.0])   # en, tgt, en, tgt chosen responses
+    logps = torch.tensor([-100.0, -6.0, -300.0, -4.0])  # en, tgt, en, tgt chosen responses
     counts = torch.tensor([10, 3, 20, 2])
     is_target = torch.tensor([False, True, False, True])
     assert response_nll(logps, counts, is_target, "target").item() == pytest.approx(10.0 / 5)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clo_utils.methods import (METHOD_ORDER, METHODS, TRAINED_METHODS, method_family, method_label,
-                               split_method)
+from clo_utils.methods import METHOD_ORDER, METHODS, TRAINED_METHODS, method_family, method_label, split_method
 from clo_utils.text import chat_messages, count_words, detect_languages
 
 
@@ -19,8 +18,11 @@ def test_every_method_has_one_row_with_a_distinct_legend_entry():
 
 def test_split_method_reads_suffixes_and_refuses_untrainable_names():
     assert split_method("clo_full") == ("clo", "03_clo_training", {"trainable": "full"})
-    assert split_method("sft_dpo_lora") == ("sft_dpo", "02_sft_baseline",
-                                            {"variant": "both", "then_dpo": True, "trainable": "lora"})
+    assert split_method("sft_dpo_lora") == (
+        "sft_dpo",
+        "02_sft_baseline",
+        {"variant": "both", "then_dpo": True, "trainable": "lora"},
+    )
     assert split_method("clo_nll_both") == ("clo_nll_both", "03_clo_training", {"nll_on": "both"})
     split_method("clo")[2]["trainable"] = "x"  # the table's fixed parameters are copied, never shared
     assert METHODS["clo"].fixed == {}
@@ -42,13 +44,16 @@ def test_word_count_is_cjk_aware_and_ignores_numbers():
 
 
 def test_language_id_is_restricted_to_the_pair():
-    assert detect_languages(["El gat dorm a la cadira calenta del menjador.",
-                             "The cat sleeps on the warm chair in the dining room."], "ca") == ["ca", "en"]
+    assert detect_languages(
+        ["El gat dorm a la cadira calenta del menjador.", "The cat sleeps on the warm chair in the dining room."], "ca"
+    ) == ["ca", "en"]
     with pytest.raises(ValueError, match="pass other_lang="):
         detect_languages(["Hello there my friend"], "en")
 
 
 def test_chat_messages():
     assert chat_messages("Hi") == [{"role": "user", "content": "Hi"}]
-    assert chat_messages("Hi", "Be brief.") == [{"role": "system", "content": "Be brief."},
-                                                {"role": "user", "content": "Hi"}]
+    assert chat_messages("Hi", "Be brief.") == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]

@@ -16,10 +16,10 @@ EN = "The village library opens every day at nine in the morning and closes at e
 
 def test_line_pass_rate_judges_every_long_line():
     answers = [
-        f"{CA}\n{CA}",          # every line Catalan: passes
-        f"{CA}\n{EN}",          # one English line: fails
+        f"{CA}\n{CA}",  # every line Catalan: passes
+        f"{CA}\n{EN}",  # one English line: fails
         f"{CA}\nVale, gràcies.",  # the short line is not judged: passes
-        "Hola, bon dia.",       # no line of five words: not judged
+        "Hola, bon dia.",  # no line of five words: not judged
     ]
     assert metrics.line_pass_flags(answers, "ca") == [True, False, True, None]
     assert metrics.line_pass_rate(answers, "ca") == pytest.approx(2 / 3)
@@ -84,18 +84,21 @@ def test_pooled_bootstrap_over_seeds_matches_an_independent_resampling():
     for _ in range(20000):
         drawn = [rng.randrange(20) for _ in range(20)]
 
-        def mean_share(runs):
+        def mean_share(runs, drawn=drawn):
             shares = []
             for flags in runs:
                 kept = [flags[i] for i in drawn if flags[i] is not None]
                 shares.append(sum(kept) / len(kept))
             return sum(shares) / len(shares)
+
         stats.append(mean_share(a) - mean_share(b))
     stats.sort()
     assert result["low"] == pytest.approx(stats[int(0.025 * len(stats))], abs=0.02)
     assert result["high"] == pytest.approx(stats[int(0.975 * len(stats))], abs=0.02)
     # One run against one run is the paired bootstrap.
-    assert metrics.pooled_bootstrap([a[0]], [b[0]], n_resamples=500) == metrics.paired_bootstrap(a[0], b[0], n_resamples=500)
+    assert metrics.pooled_bootstrap([a[0]], [b[0]], n_resamples=500) == metrics.paired_bootstrap(
+        a[0], b[0], n_resamples=500
+    )
     one = metrics.pooled_bootstrap([a[0]], n_resamples=500)
     assert one["difference"] == pytest.approx(18 / 19) and one["low"] <= 18 / 19 <= one["high"]
 

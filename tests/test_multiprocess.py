@@ -37,7 +37,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiny_models import make_model, make_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,9 +122,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _accelerate_launch(*args: str) -> list[str]:
+    """`accelerate launch` with two CPU processes on a free port, running `args`."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    return [
+        str(accelerate),
+        "launch",
+        "--config_file",
+        str(CPU_2PROC),
+        "--main_process_port",
+        str(_free_port()),
+        *args,
+    ]
+
+
 def _env() -> dict:
-    env = {**os.environ, "CLO_TESTS_DIR": str(Path(__file__).resolve().parent), "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_DISABLE_RICH": "1"}
+    env = {
+        **os.environ,
+        "CLO_TESTS_DIR": str(Path(__file__).resolve().parent),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "ACCELERATE_DISABLE_RICH": "1",
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     return env
 
@@ -142,18 +160,34 @@ def runs(tmp_path_factory):
     steps = 4  # 8 seeds, 4 per global batch: two epochs
 
     def args(out, per_device, world, ga=1):
-        return json.dumps({"model_dir": str(root / "model"), "out": str(out), "per_device": per_device,
-                           "steps": steps, "expect_world": world, "ga": ga})
+        return json.dumps(
+            {
+                "model_dir": str(root / "model"),
+                "out": str(out),
+                "per_device": per_device,
+                "steps": steps,
+                "expect_world": world,
+                "ga": ga,
+            }
+        )
 
     one, two, accumulated = root / "one", root / "two", root / "ga2"
     one.mkdir(), two.mkdir(), accumulated.mkdir()
-    single = subprocess.Popen([sys.executable, str(script), args(one, 4, 1)], env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ga2 = subprocess.Popen([sys.executable, str(script), args(accumulated, 2, 1, ga=2)], env=_env(),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--config_file", str(CPU_2PROC), "--main_process_port", str(_free_port()),
-           str(script), args(two, 2, 2)]
+    single = subprocess.Popen(
+        [sys.executable, str(script), args(one, 4, 1)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    ga2 = subprocess.Popen(
+        [sys.executable, str(script), args(accumulated, 2, 1, ga=2)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    cmd = _accelerate_launch(str(script), args(two, 2, 2))
     double = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
     out_single = single.communicate(timeout=240)[0]
     assert single.returncode == 0, out_single[-4000:]
@@ -209,22 +243,29 @@ def test_both_triples_of_a_seed_stay_on_one_process_and_seeds_are_disjoint_and_c
             assert len(rec["texts"]) == 4 * len(rec["seeds"])
             for k, seed in enumerate(rec["seeds"]):
                 i = int(seed[1:]) % 4
-                en_c, en_r, tgt_c, tgt_r = rec["texts"][4 * k: 4 * k + 4]
+                en_c, en_r, tgt_c, tgt_r = rec["texts"][4 * k : 4 * k + 4]
                 from tiny_models import seed_rows
+
                 row = seed_rows(4)[i]
                 assert row["prompt_en"] in en_c and row["response_en"] in en_c
                 assert row["prompt_en"] in en_r and row["response_tgt"] in en_r
                 assert row["prompt_tgt"] in tgt_c and row["response_tgt"] in tgt_c
                 assert row["prompt_tgt"] in tgt_r and row["response_en"] in tgt_r
     for step in range(1, runs["steps"] + 1):
-        seen = [set(seed for rec in rank_steps if rec["step"] == step for seed in rec["seeds"])
-                for rank_steps in per_rank]
+        seen = [
+            {seed for rec in rank_steps if rec["step"] == step for seed in rec["seeds"]} for rank_steps in per_rank
+        ]
         assert seen[0] and seen[1] and not seen[0] & seen[1], f"step {step}: a seed on both processes {seen}"
         single = {seed for rec in one_steps if rec["step"] == step for seed in rec["seeds"]}
         assert seen[0] | seen[1] == single, f"step {step}: 2 processes saw {seen}, 1 process {single}"
     for epoch_steps in ((1, 2), (3, 4)):  # 8 seeds / 4 per step: each epoch covers every seed once
-        epoch = [seed for rank_steps in per_rank for rec in rank_steps if rec["step"] in epoch_steps
-                 for seed in rec["seeds"]]
+        epoch = [
+            seed
+            for rank_steps in per_rank
+            for rec in rank_steps
+            if rec["step"] in epoch_steps
+            for seed in rec["seeds"]
+        ]
         assert sorted(epoch) == sorted(all_ids), epoch
 
 
@@ -267,13 +308,27 @@ def test_the_clo_notebook_under_accelerate_launch_trains_on_two_processes_and_sa
     data_dir.mkdir()
     (data_dir / "seeds_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in seed_rows(8)))
     (data_dir / "manifest.json").write_text(json.dumps({"lang": "ca", "translator": {"backend": "test"}}))
-    params = {"data_dir": data_dir, "output_dir": out, "n_seeds": 8, "model_id": model_dir, "batch_seeds": 2,
-              "device": "cpu", "dtype": "float32", "max_length": 256, "num_threads": 1,
-              "ref_cache_dir": tmp_path / "ref"}
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--config_file", str(CPU_2PROC), "--main_process_port", str(_free_port()),
-           "-m", "clo_utils.launch", str(REPO / "notebooks" / "03_clo_training.ipynb"), str(out / "03.ipynb"),
-           "--log-output", "-k", "python3"]
+    params = {
+        "data_dir": data_dir,
+        "output_dir": out,
+        "n_seeds": 8,
+        "model_id": model_dir,
+        "batch_seeds": 2,
+        "device": "cpu",
+        "dtype": "float32",
+        "max_length": 256,
+        "num_threads": 1,
+        "ref_cache_dir": tmp_path / "ref",
+    }
+    cmd = _accelerate_launch(
+        "-m",
+        "clo_utils.launch",
+        str(REPO / "notebooks" / "03_clo_training.ipynb"),
+        str(out / "03.ipynb"),
+        "--log-output",
+        "-k",
+        "python3",
+    )
     for name, value in params.items():
         cmd += ["-p", name, str(value)]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=480, cwd=REPO)

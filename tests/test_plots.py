@@ -28,8 +28,10 @@ NOTEBOOK = REPO / "notebooks" / "05_analysis.ipynb"
 
 def fixture_metrics() -> dict[Path, dict]:
     """run folder (relative to the recipe) -> its parsed metrics.json, read independently of clo_utils."""
-    return {path.parent.relative_to(FIXTURE_RECIPE): json.loads(path.read_text(encoding="utf-8"))
-            for path in sorted(FIXTURE_RECIPE.glob("*/*/metrics.json"))}
+    return {
+        path.parent.relative_to(FIXTURE_RECIPE): json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(FIXTURE_RECIPE.glob("*/*/metrics.json"))
+    }
 
 
 def copy_recipe(destination: Path) -> Path:
@@ -100,8 +102,14 @@ def test_load_accepts_the_folder_above_the_recipes(recipe_root: Path) -> None:
 def test_only_run_metrics_files_are_read(tmp_path: Path) -> None:
     root = copy_recipe(tmp_path)
     garbage = "{ this is not json"
-    for stray in ("ca/data/metrics.json", "figures/metrics.json", "ca/clo-100/notes.json",
-                  "ca/clo-100/checkpoint-10/metrics.json", "ca/.ipynb_checkpoints/metrics.json", "metrics.json"):
+    for stray in (
+        "ca/data/metrics.json",
+        "figures/metrics.json",
+        "ca/clo-100/notes.json",
+        "ca/clo-100/checkpoint-10/metrics.json",
+        "ca/.ipynb_checkpoints/metrics.json",
+        "metrics.json",
+    ):
         (root / stray).parent.mkdir(parents=True, exist_ok=True)
         (root / stray).write_text(garbage)
     assert len(plots.load_metrics(root)) == 2 * len(fixture_metrics())
@@ -191,7 +199,12 @@ def test_png_is_saved_at_150_dpi(built: plots.FigureResult) -> None:
 def test_figure_carries_caption_units_and_legend(tables: MetricsTables) -> None:
     figure = plots.plot_direction_scores(tables.evals)
     caption = " ".join(text.get_text() for text in figure.texts)
-    for label in ("SmolLM2-135M 4-bit dequantized", "Apertium rule-based MT", "tiny budget", "synthetic fixture numbers"):
+    for label in (
+        "SmolLM2-135M 4-bit dequantized",
+        "Apertium rule-based MT",
+        "tiny budget",
+        "synthetic fixture numbers",
+    ):
         assert label in caption
     ylabels = {ax.get_ylabel() for ax in figure.axes}
     assert any("share of answers" in label for label in ylabels)
@@ -215,10 +228,16 @@ def test_training_curves_show_sft_loss_only(tables: MetricsTables) -> None:
     sft_colour = plots.METHOD_COLOURS["sft"]
     assert len(figure.axes) == 4 * 2  # loss, nll_loss and two margins, for two languages
     assert [ax.get_ylabel() for ax in figure.axes[::2]] == [
-        "training loss\n(nats)", "target NLL\n(nats/token)",
-        "margin, English triples\n(β-scaled nats)", "margin, target triples\n(β-scaled nats)"]
-    with_sft = [i for i, ax in enumerate(figure.axes)
-                if any(tuple(line.get_color()) == tuple(sft_colour) for line in ax.get_lines())]
+        "training loss\n(nats)",
+        "target NLL\n(nats/token)",
+        "margin, English triples\n(β-scaled nats)",
+        "margin, target triples\n(β-scaled nats)",
+    ]
+    with_sft = [
+        i
+        for i, ax in enumerate(figure.axes)
+        if any(tuple(line.get_color()) == tuple(sft_colour) for line in ax.get_lines())
+    ]
     assert with_sft == [0, 1]  # the loss row of each language, nowhere else
 
 
@@ -232,8 +251,10 @@ def test_figures_without_data_are_skipped_with_a_reason(tables: MetricsTables, t
     # Only base and one budget of SFT and CLO, no judge: most of the paper's figures have no data.
     evals = tables.evals
     kept = evals["run_name"].isin(["base-0", "sft-200", "clo-200"])
-    small = MetricsTables(evals[kept].assign(judge_win_rate=None),
-                          tables.histories[tables.histories["run_name"].isin(["sft-200", "clo-200"])])
+    small = MetricsTables(
+        evals[kept].assign(judge_win_rate=None),
+        tables.histories[tables.histories["run_name"].isin(["sft-200", "clo-200"])],
+    )
     with caplog.at_level("INFO", logger="clo_utils.plots"):
         result = plots.build_figures(small, tmp_path, formats=("png",))
     reasons = dict(result.skipped)
@@ -306,7 +327,7 @@ def test_report_table_equals_the_fixture_values(report_text: str) -> None:
             if expected is None:
                 assert cell == "—", (run, header)
             else:
-                assert float(cell) == pytest.approx(expected, abs=0.5 * 10 ** -decimals + 1e-9), (run, header)
+                assert float(cell) == pytest.approx(expected, abs=0.5 * 10**-decimals + 1e-9), (run, header)
 
 
 def test_report_has_labels_and_wall_time(report_text: str) -> None:
@@ -365,15 +386,20 @@ def test_notebook_executes_under_papermill(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     executed = tmp_path / "05_analysis.executed.ipynb"
     papermill.execute_notebook(
-        str(NOTEBOOK), str(executed), parameters={"runs_root": str(root), "formats": ["png"]},
-        kernel_name="python3", cwd=str(REPO), progress_bar=False,
+        str(NOTEBOOK),
+        str(executed),
+        parameters={"runs_root": str(root), "formats": ["png"]},
+        kernel_name="python3",
+        cwd=str(REPO),
+        progress_bar=False,
     )
     assert {path.name for path in (root / "figures").iterdir()} == {f"{name}.png" for name in plots.FIGURES}
     text = (root / "REPORT.md").read_text(encoding="utf-8")
     assert parse_measured_table(text).keys() == parse_measured_table(report.render_report(root)).keys()
     outputs = nbformat.read(executed, as_version=4)
-    shown_images = [output for cell in outputs.cells for output in cell.get("outputs", [])
-                    if "image/png" in output.get("data", {})]
+    shown_images = [
+        output for cell in outputs.cells for output in cell.get("outputs", []) if "image/png" in output.get("data", {})
+    ]
     assert len(shown_images) == len(plots.FIGURES)
 
 
@@ -383,8 +409,14 @@ CA_SENTENCE = "La biblioteca del poble obre cada dia a les nou del matí i tanca
 EN_SENTENCE = "The village library opens every day at nine in the morning and closes at eight in the evening."
 N_PROMPTS = 20
 # (method, budget, training seed) -> target prompts answered in English (the rest in Catalan).
-STUDY_ENGLISH = {("sft", 50, 0): 8, ("clo", 50, 0): 4,
-                 ("sft", 100, 0): 6, ("sft", 100, 1): 4, ("clo", 100, 0): 2, ("clo", 100, 1): 0}
+STUDY_ENGLISH = {
+    ("sft", 50, 0): 8,
+    ("clo", 50, 0): 4,
+    ("sft", 100, 0): 6,
+    ("sft", 100, 1): 4,
+    ("clo", 100, 0): 2,
+    ("clo", 100, 1): 0,
+}
 STUDY_LABELS = ["SmolLM2-135M 4-bit dequantized", "Apertium rule-based MT", "tiny budget"]
 
 
@@ -400,20 +432,53 @@ def write_study(root: Path) -> Path:
         rows = []
         for i in range(N_PROMPTS + (method == "clo")):
             tgt = EN_SENTENCE if i < n_english else CA_SENTENCE
-            rows += [{"id": f"p{i:02d}", "direction": "tgt", "prompt": f"Pregunta {i}: on és la biblioteca?",
-                      "answer": tgt, "reference": "r"},
-                     {"id": f"p{i:02d}", "direction": "en", "prompt": f"Question {i}: where is the library?",
-                      "answer": EN_SENTENCE, "reference": "r"}]
+            rows += [
+                {
+                    "id": f"p{i:02d}",
+                    "direction": "tgt",
+                    "prompt": f"Pregunta {i}: on és la biblioteca?",
+                    "answer": tgt,
+                    "reference": "r",
+                },
+                {
+                    "id": f"p{i:02d}",
+                    "direction": "en",
+                    "prompt": f"Question {i}: where is the library?",
+                    "answer": EN_SENTENCE,
+                    "reference": "r",
+                },
+            ]
         rows = rows[::-1] if method == "clo" else rows
         (run_dir / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         share = 1 - n_english / N_PROMPTS
-        block = {"n_prompts": N_PROMPTS, "fidelity": share, "fidelity_clean": share, "n_clean": N_PROMPTS,
-                 "wrong_language": 1 - share, "line_pass": share, "too_short": 0.0, "echo": 0.0, "repetition": 0.0,
-                 "chrf": 20.0, "nll": 2.0, "ppl": 7.4}
-        metrics = {"run": {"recipe": "study", "lang": "ca", "method": method, "n_seeds": n_seeds, "seed": seed,
-                           "trainable": "attention", "labels": STUDY_LABELS},
-                   "train": {"train_seconds": 1.0}, "eval": {"tgt": block, "en": dict(block, fidelity_clean=1.0)},
-                   "eval_settings": {"min_words": 5}}
+        block = {
+            "n_prompts": N_PROMPTS,
+            "fidelity": share,
+            "fidelity_clean": share,
+            "n_clean": N_PROMPTS,
+            "wrong_language": 1 - share,
+            "line_pass": share,
+            "too_short": 0.0,
+            "echo": 0.0,
+            "repetition": 0.0,
+            "chrf": 20.0,
+            "nll": 2.0,
+            "ppl": 7.4,
+        }
+        metrics = {
+            "run": {
+                "recipe": "study",
+                "lang": "ca",
+                "method": method,
+                "n_seeds": n_seeds,
+                "seed": seed,
+                "trainable": "attention",
+                "labels": STUDY_LABELS,
+            },
+            "train": {"train_seconds": 1.0},
+            "eval": {"tgt": block, "en": dict(block, fidelity_clean=1.0)},
+            "eval_settings": {"min_words": 5},
+        }
         (run_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
     return recipe
 
@@ -439,8 +504,9 @@ def independent_pooled_interval(a_english: list[int], b_english: list[int], resa
     for _ in range(resamples):
         drawn = [rng.randrange(N_PROMPTS) for _ in range(N_PROMPTS)]
 
-        def mean_share(englishes):
+        def mean_share(englishes, drawn=drawn):
             return sum(sum(i >= k for i in drawn) / N_PROMPTS for k in englishes) / len(englishes)
+
         stats.append(mean_share(a_english) - mean_share(b_english))
     stats.sort()
     return stats[int(0.025 * resamples)], stats[int(0.975 * resamples)]

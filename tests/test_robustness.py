@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_judge import LoopbackServer
+from tiny_models import clo_config, make_model, seed_rows
 
 from clo_utils.data import build_cross_lingual_pairs, build_sft_rows
 from clo_utils.models import select_trainable
 from clo_utils.train import CLOTrainer, tokenize_clo_pairs, train_clo
-from test_judge import LoopbackServer
-from tiny_models import clo_config, make_model, seed_rows
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -69,7 +69,9 @@ def test_malformed_jsonl_names_the_file_and_line(tmp_path):
 def test_missing_column_names_the_line_and_field(tmp_path):
     from clo_utils.data import load_english_sft
 
-    path = _write(tmp_path / "sft.jsonl", json.dumps(GOOD) + "\n" + json.dumps({"instruction": "Hi", "id": "b"}) + "\n")
+    path = _write(
+        tmp_path / "sft.jsonl", json.dumps(GOOD) + "\n" + json.dumps({"instruction": "Hi", "id": "b"}) + "\n"
+    )
     with pytest.raises(ValueError, match=r"sft\.jsonl line 2: missing field 'output'.*column_map"):
         load_english_sft(path)
     # the same file loads once the column is mapped to one that exists
@@ -80,7 +82,9 @@ def test_missing_column_names_the_line_and_field(tmp_path):
 def test_empty_dataset_after_filtering_is_an_error_naming_why(tmp_path, tok):
     from clo_utils.data import load_english_sft, prepare_english_rows
 
-    path = _write(tmp_path / "sft.jsonl", "\n".join(json.dumps({**GOOD, "id": str(i), "output": " "}) for i in range(3)))
+    path = _write(
+        tmp_path / "sft.jsonl", "\n".join(json.dumps({**GOOD, "id": str(i), "output": " "}) for i in range(3))
+    )
     with pytest.raises(ValueError, match=r"sft\.jsonl: no usable records"):
         load_english_sft(path)
     # Every row over the token limits: the error should say which limit emptied the set, here and
@@ -107,9 +111,15 @@ def test_all_translations_filtered_out_is_an_error_and_keeps_the_translations(tm
         def translate_batch(self, segments):
             return list(segments)
 
-    rows = [{"id": f"r{i}", "prompt": f"Please describe the colour number {i} in detail.",
-             "response": f"The colour number {i} is a pleasant shade of blue and green.", "source": "t"}
-            for i in range(4)]
+    rows = [
+        {
+            "id": f"r{i}",
+            "prompt": f"Please describe the colour number {i} in detail.",
+            "response": f"The colour number {i} is a pleasant shade of blue and green.",
+            "source": "t",
+        }
+        for i in range(4)
+    ]
     cache = tmp_path / "t.sqlite"
     with pytest.raises(ValueError, match=r"identical_to_english"):
         translate_and_filter(rows[1:], rows[:1], 3, "ca", Identity("ca"), cache=cache, progress=False)
@@ -134,8 +144,10 @@ def test_unknown_translator_backend_and_missing_pair(tmp_path):
     with pytest.raises(TranslatorError, match=r"no Apertium pair English -> German \(de\).*m2m100"):
         get_translator("apertium", "de")
     # nothing was created for a call that could not start
-    assert not (tmp_path / "c.sqlite").exists() or sqlite3.connect(tmp_path / "c.sqlite").execute(
-        "SELECT COUNT(*) FROM kv").fetchone()[0] == 0
+    assert (
+        not (tmp_path / "c.sqlite").exists()
+        or sqlite3.connect(tmp_path / "c.sqlite").execute("SELECT COUNT(*) FROM kv").fetchone()[0] == 0
+    )
 
 
 @pytest.mark.parametrize("beta", [0.0, -0.1, float("nan")])
@@ -163,12 +175,19 @@ def test_lam_must_be_in_unit_interval(tmp_path, lam):
 def test_a_model_without_known_attention_modules(tok):
     from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-    neox = AutoModelForCausalLM.from_config(GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                                          num_hidden_layers=2, num_attention_heads=4))
-    with pytest.raises(ValueError, match=r"no attention-module mapping for architecture 'gpt_neox'.*attention_modules="):
+    neox = AutoModelForCausalLM.from_config(
+        GPTNeoXConfig(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+        )
+    )
+    with pytest.raises(
+        ValueError, match=r"no attention-module mapping for architecture 'gpt_neox'.*attention_modules="
+    ):
         select_trainable(neox, "attention")
     # Naming them works; a wrong name is a clear error too, for attention-only and LoRA alike.
-    model, report = select_trainable(neox, "attention", attention_modules=("attention.query_key_value", "attention.dense"))
+    model, report = select_trainable(
+        neox, "attention", attention_modules=("attention.query_key_value", "attention.dense")
+    )
     assert 0 < report["trainable_share"] < 1
     for mode in ("attention", "lora"):
         with pytest.raises(ValueError, match=r"'llama'.*no Linear module matches \('self_attn\.qkv',\)"):
@@ -186,29 +205,48 @@ def test_a_missing_chat_template_is_named_at_load_and_at_tokenisation(tmp_path, 
         tokenize_clo_pairs(build_cross_lingual_pairs(seed_rows(1)), tok, 256)
 
 
-def test_sequences_over_max_length_are_dropped_and_counted_never_truncated(tmp_path, tok):
-    """CLO drops a seed with any sequence over max_length; the TRL baselines must not train on a
-    truncated copy of it either (TRL truncates silently, cutting the response and its EOS)."""
-    from clo_utils.train import dpo_config, sft_config, train_dpo, train_sft
+def test_every_trainer_refuses_an_over_long_seed_by_id_and_trl_gets_the_kept_rows_uncut(tmp_path, tok):
+    """Over max_length is an error at each trainer's entry (CLO, SFT, DPO), naming the seed, before any
+    step; the seeds seeds_within_max_length keeps reach TRL whole (TRL would otherwise truncate
+    silently, cutting the response and its EOS). The filter and the tokenisers are tested in test_train."""
+    from clo_utils.train import (
+        dpo_config,
+        seeds_within_max_length,
+        sft_config,
+        tokenize_prompt_response,
+        train_dpo,
+        train_sft,
+    )
 
     rows = seed_rows(3)
     rows[1]["response_tgt"] = "molt " * 120
-    examples, stats = tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, max_length=96)
-    assert stats == {"seeds_in": 3, "dropped_incomplete": 0, "dropped_too_long": 1, "seeds_kept": 2}
-    with pytest.raises(ValueError, match=r"no seed left to train on after tokenisation \(max_length=8\)"):
-        tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, max_length=8)
-
-    common = dict(max_length=96, device="cpu", max_steps=1, per_device_train_batch_size=2, save_strategy="no",
-                  disable_tqdm=True)
+    common = dict(
+        max_length=96, device="cpu", max_steps=1, per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True
+    )
     model, _ = select_trainable(make_model("llama", len(tok)), "attention")
-    trainer, summary = train_sft(model, tok, build_sft_rows(rows, "both"), sft_config(str(tmp_path / "sft"), **common))
-    assert summary["rows"] == 5 and summary["dropped_too_long"] == 1
-    for ex in trainer.train_dataset:  # every kept row ends with its EOS: nothing was cut
-        assert ex["input_ids"][-1] == tok.eos_token_id or tok.eos_token_id in ex["input_ids"][-2:]
-    trainer, summary = train_dpo(model, tok, build_cross_lingual_pairs(rows), dpo_config(str(tmp_path / "dpo"), **common))
-    assert summary["pairs"] == 4 and summary["dropped_too_long"] == 2
-    with pytest.raises(ValueError, match=r"max_length=8"):
-        train_sft(model, tok, build_sft_rows(rows, "both"), sft_config(str(tmp_path / "sft2"), **{**common, "max_length": 8}))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    pairs = build_cross_lingual_pairs(rows)
+    refusals = {
+        "clo": lambda: train_clo(model, tok, pairs, _config(tmp_path / "clo", max_length=96)),
+        "sft": lambda: train_sft(model, tok, build_sft_rows(rows, "tgt"), sft_config(str(tmp_path / "sft"), **common)),
+        "dpo": lambda: train_dpo(model, tok, pairs, dpo_config(str(tmp_path / "dpo"), **common)),
+    }
+    for train in refusals.values():
+        with pytest.raises(ValueError, match=r"longer than max_length=96 tokens \(seeds \['s1'\]\)"):
+            train()
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # refused before a step
+
+    kept, dropped = seeds_within_max_length(rows, tok, 96)
+    assert dropped == ["s1"]
+    sft_rows = build_sft_rows(kept, "both")
+    trainer, _ = train_sft(model, tok, sft_rows, sft_config(str(tmp_path / "sft-kept"), **common))
+    whole = [tokenize_prompt_response(tok, r["prompt"], r["completion"])[0] for r in sft_rows]
+    assert [ex["input_ids"] for ex in trainer.train_dataset] == whole
+    assert all(tok.eos_token_id in ids[-2:] for ids in whole)  # the answer's end of turn (+ the template's newline)
+    pairs = build_cross_lingual_pairs(kept)
+    trainer, _ = train_dpo(model, tok, pairs, dpo_config(str(tmp_path / "dpo-kept"), **common))
+    chosen = [tokenize_prompt_response(tok, p["prompt"], p["chosen"])[0] for p in pairs]
+    assert [ex["prompt_ids"] + ex["chosen_ids"] for ex in trainer.train_dataset] == chosen
 
 
 # =========================================================================== NaN guards
@@ -238,7 +276,9 @@ def test_inf_in_an_input_embedding_stops_with_step_and_seed_before_an_update(tmp
         model.get_input_embeddings().weight[poison] = float("inf")
     snaps: dict = {}
     trainer.add_callback(_snapshots(snaps))
-    with pytest.raises(FloatingPointError, match=r"non-finite CLO loss \(nan\) at global step (\d+), seeds \['s3'\]") as err:
+    with pytest.raises(
+        FloatingPointError, match=r"non-finite CLO loss \(nan\) at global step (\d+), seeds \['s3'\]"
+    ) as err:
         trainer.train()
     step = int(re.search(r"global step (\d+)", str(err.value)).group(1))
     after = {n: p.detach() for n, p in model.named_parameters()}
@@ -257,9 +297,19 @@ def test_inf_in_an_input_embedding_stops_with_step_and_seed_before_an_update(tmp
 def test_a_learning_rate_that_blows_up_stops_before_weights_go_non_finite(tmp_path, tok):
     model, _ = select_trainable(make_model("llama", len(tok)), "attention")
     with pytest.raises(FloatingPointError, match=r"at global step [1-9]\d*, seeds \['s\d'\]"):
-        train_clo(model, tok, build_cross_lingual_pairs(seed_rows(4)),
-                  _config(tmp_path, learning_rate=1e30, max_steps=6, max_grad_norm=0.0, lr_scheduler_type="constant",
-                          warmup_steps=0))
+        train_clo(
+            model,
+            tok,
+            build_cross_lingual_pairs(seed_rows(4)),
+            _config(
+                tmp_path,
+                learning_rate=1e30,
+                max_steps=6,
+                max_grad_norm=0.0,
+                lr_scheduler_type="constant",
+                warmup_steps=0,
+            ),
+        )
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -288,8 +338,9 @@ def test_gradient_accumulation_gives_the_loss_of_the_whole_batch(tmp_path, tok):
     pairs = build_cross_lingual_pairs(seed_rows(4))
     runs = {}
     for ga, bs in ((1, 2), (2, 1)):
-        cfg = _config(tmp_path / f"ga{ga}", per_device_train_batch_size=bs, gradient_accumulation_steps=ga, lam=0.0,
-                      max_steps=3)
+        cfg = _config(
+            tmp_path / f"ga{ga}", per_device_train_batch_size=bs, gradient_accumulation_steps=ga, lam=0.0, max_steps=3
+        )
         trainer, _ = train_clo(make_model("llama", len(tok)), tok, pairs, cfg)
         runs[ga] = [(h["loss"], h["grad_norm"]) for h in trainer.state.log_history if "loss" in h]
     for (l1, g1), (l2, g2) in zip(runs[1], runs[2]):
@@ -299,7 +350,7 @@ def test_gradient_accumulation_gives_the_loss_of_the_whole_batch(tmp_path, tok):
 # =========================================================================== kill and resume
 
 
-RESUME_LAUNCHER = r'''
+RESUME_LAUNCHER = r"""
 import json, os, sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -329,7 +380,7 @@ config = CLOConfig(output_dir=out, per_device_train_batch_size=2, max_steps=6, l
 trainer, summary = train_clo(model, tok, build_cross_lingual_pairs(seed_rows(6)), config, callbacks=[Kill()])
 with open(os.path.join(out, "history.json"), "w") as f:
     json.dump(trainer.state.log_history, f)
-'''
+"""
 
 
 def test_killed_after_a_checkpoint_and_resumed_reproduces_the_uninterrupted_losses(tmp_path, tok):
@@ -338,8 +389,13 @@ def test_killed_after_a_checkpoint_and_resumed_reproduces_the_uninterrupted_loss
     script = _write(tmp_path / "train.py", RESUME_LAUNCHER)
 
     def launch(out: str, kill_at: int):
-        return subprocess.Popen([sys.executable, str(script), str(tmp_path / "model"), str(tmp_path / out), str(kill_at)],
-                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "model"), str(tmp_path / out), str(kill_at)],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     straight, killed = launch("straight", -1), launch("killed", 3)
     out_killed = killed.communicate(timeout=240)[0]
@@ -400,8 +456,12 @@ def test_disk_cache_survives_sigkill_mid_transaction(tmp_path):
     # the writer has reached a few milliseconds after its 3rd commit.
     for attempt, pause_in in enumerate([3, -1, -1]):
         path = tmp_path / f"c{attempt}.sqlite"
-        proc = subprocess.Popen([sys.executable, str(script), str(path), str(batch), str(pause_in)], env=_env(),
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(path), str(batch), str(pause_in)],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         printed = -1
         while True:
             line = proc.stdout.readline().strip()
@@ -426,22 +486,29 @@ def test_disk_cache_survives_sigkill_mid_transaction(tmp_path):
             assert all(v["text"] == "x" * 300 for v in sample.values()) and len(sample) == 2 * (n // batch)
             # resuming rewrites the last committed batch and adds the next: no duplicate, no loss
             last = n // batch - 1
-            db.put_many({f"{b:06d}:{i:05d}": {"batch": b, "i": i, "text": "x" * 300}
-                         for b in (last, last + 1) for i in range(batch)})
+            db.put_many(
+                {
+                    f"{b:06d}:{i:05d}": {"batch": b, "i": i, "text": "x" * 300}
+                    for b in (last, last + 1)
+                    for i in range(batch)
+                }
+            )
             assert len(db) == n + batch
         assert not Path(str(path) + "-journal").exists()
 
 
-TRANSLATE_WRITER = r'''
+TRANSLATE_WRITER = r"""
 import json, sys
 from clo_utils.translate import translate
 texts = json.load(open(sys.argv[1]))
 translate(texts, "ca", backend="apertium", batch_size=8, cache=sys.argv[2], progress=False)
-'''
+"""
 
 
-@pytest.mark.skipif(subprocess.run(["sh", "-c", "apertium -l | grep -qw eng-cat"]).returncode != 0,
-                    reason="Apertium eng-cat not installed")
+@pytest.mark.skipif(
+    subprocess.run(["sh", "-c", "apertium -l | grep -qw eng-cat"]).returncode != 0,
+    reason="Apertium eng-cat not installed",
+)
 def test_translation_killed_mid_run_resumes_without_duplicates(tmp_path):
     from clo_utils.cache import DiskCache
     from clo_utils.translate import translate_with_stats
@@ -452,8 +519,12 @@ def test_translation_killed_mid_run_resumes_without_duplicates(tmp_path):
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     cache = tmp_path / "translations.sqlite"
     script = _write(tmp_path / "tr.py", TRANSLATE_WRITER)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "texts.json"), str(cache)], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "texts.json"), str(cache)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 120
     committed = 0
     while committed < 16 and time.time() < deadline and proc.poll() is None:
@@ -464,7 +535,9 @@ def test_translation_killed_mid_run_resumes_without_duplicates(tmp_path):
                     committed = db.execute("SELECT COUNT(*) FROM kv").fetchone()[0]
             except sqlite3.OperationalError:  # table not created yet, or the writer holds the lock
                 pass
-    assert proc.poll() is None, "translation finished before it could be killed: " + proc.stdout.read().decode()[-2000:]
+    assert proc.poll() is None, (
+        "translation finished before it could be killed: " + proc.stdout.read().decode()[-2000:]
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with DiskCache(cache) as db:
@@ -532,8 +605,11 @@ class EchoingServer(LoopbackServer):
                 auth = self.headers.get("Authorization", "")
                 ok = auth == f"Bearer {SECRET}"
                 text = ("[[A]]" + (f" (request had {auth})" if handler_reflect else "")) if ok else f"bad key {auth}"
-                body = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]} if ok
-                                  else {"error": {"message": text}}).encode()
+                body = json.dumps(
+                    {"choices": [{"message": {"role": "assistant", "content": text}}]}
+                    if ok
+                    else {"error": {"message": text}}
+                ).encode()
                 self.send_response(200 if ok else 401)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -564,12 +640,23 @@ def test_judge_key_and_tokens_never_reach_logs_metrics_or_caches(tmp_path, monke
     questions = ["Quina és la capital de França?", "Com estàs?"]
     for name in ("clo-2", "sft-2"):
         (tmp_path / "runs" / name).mkdir(parents=True)
-        write_answers(tmp_path / "runs" / name, [{"direction": d, "id": f"s{i}", "prompt": q, "answer": f"{name} {q}",
-                                                   "reference": ""} for d in ("tgt", "en") for i, q in enumerate(questions)])
+        write_answers(
+            tmp_path / "runs" / name,
+            [
+                {"direction": d, "id": f"s{i}", "prompt": q, "answer": f"{name} {q}", "reference": ""}
+                for d in ("tgt", "en")
+                for i, q in enumerate(questions)
+            ],
+        )
     with EchoingServer(reflect) as server:
         judge = jd.make_judge("openai", "judge-model", base_url=server.base_url)
-        block = jd.judge_run(tmp_path / "runs" / "clo-2", tmp_path / "runs" / "sft-2", judge, "ca",
-                             cache=tmp_path / "cache" / "judge.sqlite")
+        block = jd.judge_run(
+            tmp_path / "runs" / "clo-2",
+            tmp_path / "runs" / "sft-2",
+            judge,
+            "ca",
+            cache=tmp_path / "cache" / "judge.sqlite",
+        )
         assert block["tgt"]["n"] == 2
         monkeypatch.setenv("CLO_JUDGE_API_KEY", SECRET + "-revoked")  # now the server rejects us
         with pytest.raises(jd.JudgeError) as failure:
@@ -582,8 +669,11 @@ def test_judge_key_and_tokens_never_reach_logs_metrics_or_caches(tmp_path, monke
 def test_committed_notebooks_and_recipes_hold_no_secrets():
     """Notebook parameters name environment variables (never hold keys), and no committed notebook
     output or recipe carries anything shaped like a key or an Authorization header."""
-    patterns = re.compile(r"sk-[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{30,}|Bearer\s+[A-Za-z0-9._-]{12,}|"
-                          r"api[_-]?key\s*[:=]\s*['\"][^'\"]{8,}['\"]", re.I)
+    patterns = re.compile(
+        r"sk-[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{30,}|Bearer\s+[A-Za-z0-9._-]{12,}|"
+        r"api[_-]?key\s*[:=]\s*['\"][^'\"]{8,}['\"]",
+        re.I,
+    )
     checked = 0
     for path in list((REPO / "notebooks").glob("*.ipynb")) + list((REPO / "params").rglob("*.yaml")):
         text = path.read_text(encoding="utf-8")
@@ -596,5 +686,7 @@ def test_committed_notebooks_and_recipes_hold_no_secrets():
                     for line in "".join(cell["source"]).splitlines():
                         name = line.split("=")[0].split(":")[0].strip()
                         if re.search(r"api_?key|secret|password|(^|_)(hf|auth|access|api|bearer)_?token", name, re.I):
-                            assert name.endswith("_env"), f"{path.name}: parameter {name!r} should name an env variable"
+                            assert name.endswith("_env"), (
+                                f"{path.name}: parameter {name!r} should name an env variable"
+                            )
     assert checked >= 5

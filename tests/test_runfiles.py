@@ -10,9 +10,25 @@ from pathlib import Path
 import pytest
 
 from clo_utils import runfiles
-from clo_utils.runfiles import (RunFileError, file_sha256, read_answers, read_json, read_jsonl, read_manifest,
-                                read_metrics, read_timings, read_train, repo_root, run_path, update_metrics,
-                                write_answers, write_json, write_jsonl, write_timings, write_train)
+from clo_utils.runfiles import (
+    RunFileError,
+    file_sha256,
+    read_answers,
+    read_json,
+    read_jsonl,
+    read_manifest,
+    read_metrics,
+    read_timings,
+    read_train,
+    repo_root,
+    run_path,
+    update_metrics,
+    write_answers,
+    write_json,
+    write_jsonl,
+    write_timings,
+    write_train,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

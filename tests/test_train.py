@@ -5,14 +5,21 @@ import math
 
 import pytest
 import torch
+from tiny_models import BOS_TEMPLATE, clo_config, make_model, make_tokenizer, make_turn_end_tokenizer, seed_rows
 
 from clo_utils.data import build_cross_lingual_pairs
 from clo_utils.losses import response_positions, sequence_logps
 from clo_utils.models import select_trainable
-from clo_utils.train import (CLOCollator, CLOTrainer, seeds_within_max_length, tokenize_clo_pairs, tokenize_dpo_pairs,
-                             tokenize_prompt_response, tokenize_sft_rows, train_clo)
-from tiny_models import BOS_TEMPLATE, clo_config, make_model, make_tokenizer, make_turn_end_tokenizer, seed_rows
-
+from clo_utils.train import (
+    CLOCollator,
+    CLOTrainer,
+    seeds_within_max_length,
+    tokenize_clo_pairs,
+    tokenize_dpo_pairs,
+    tokenize_prompt_response,
+    tokenize_sft_rows,
+    train_clo,
+)
 
 _config = clo_config
 
@@ -32,30 +39,43 @@ def test_labels_cover_exactly_the_response_and_eos(tok):
 
 def test_one_bos_when_the_template_renders_it():
     tok = make_tokenizer(BOS_TEMPLATE)
-    ids, _ = tokenize_prompt_response(tok, [{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Hello"}])
+    ids, _ = tokenize_prompt_response(
+        tok, [{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Hello"}]
+    )
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
 
 
 def test_eos_is_appended_when_the_template_has_none():
     tok = make_tokenizer("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
-    ids, labels = tokenize_prompt_response(tok, [{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Hello"}])
+    ids, labels = tokenize_prompt_response(
+        tok, [{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Hello"}]
+    )
     assert labels[-1] == tok.eos_token_id
 
 
 def _distinct_seeds(n):
-    return [{**r, "prompt_en": f"{r['prompt_en']} {i}", "prompt_tgt": f"{r['prompt_tgt']} {i}"}
-            for i, r in enumerate(seed_rows(n))]
+    return [
+        {**r, "prompt_en": f"{r['prompt_en']} {i}", "prompt_tgt": f"{r['prompt_tgt']} {i}"}
+        for i, r in enumerate(seed_rows(n))
+    ]
 
 
 def _sequence_lengths(tok, row):
     """The four CLO sequences' lengths, rendered independently with the chat template (+ EOS when the
     rendered answer has none: the tiny template's answer ends with EOS)."""
+
     def length(prompt, response):
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-                                      return_dict=True)["input_ids"]
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], return_dict=True
+        )["input_ids"]
         return len(ids) + (tok.eos_token_id not in ids)
-    return [length(row["prompt_en"], row["response_en"]), length(row["prompt_en"], row["response_tgt"]),
-            length(row["prompt_tgt"], row["response_tgt"]), length(row["prompt_tgt"], row["response_en"])]
+
+    return [
+        length(row["prompt_en"], row["response_en"]),
+        length(row["prompt_en"], row["response_tgt"]),
+        length(row["prompt_tgt"], row["response_tgt"]),
+        length(row["prompt_tgt"], row["response_en"]),
+    ]
 
 
 def test_seeds_within_max_length_keeps_a_seed_only_when_all_four_sequences_fit(tok):
@@ -83,9 +103,11 @@ def test_every_method_trains_on_the_kept_seeds_and_refuses_a_longer_row(tok):
     dpo = tokenize_dpo_pairs(build_cross_lingual_pairs(kept), tok, 96)
     assert [e["seed_id"] for e in examples] == ["s0", "s2", "s3"] and len(sft) == 6 and len(dpo) == 6
     # Fed the unfiltered seeds, no method drops rows on its own: each refuses, naming the fix.
-    for tokenize, data in ((tokenize_clo_pairs, build_cross_lingual_pairs(rows)),
-                           (tokenize_dpo_pairs, build_cross_lingual_pairs(rows)),
-                           (tokenize_sft_rows, build_sft_rows(rows, "en"))):
+    for tokenize, data in (
+        (tokenize_clo_pairs, build_cross_lingual_pairs(rows)),
+        (tokenize_dpo_pairs, build_cross_lingual_pairs(rows)),
+        (tokenize_sft_rows, build_sft_rows(rows, "en")),
+    ):
         with pytest.raises(ValueError, match=r"\['s1'\].*seeds_within_max_length"):
             tokenize(data, tok, 96)
     # SFT-tgt alone would fit seed s1's target row, yet it is not trained on: the filter is per seed.
@@ -114,14 +136,18 @@ def _padded(trainer, batch) -> dict:
 @pytest.mark.parametrize("padding_free", [True, False])
 def test_both_triples_of_a_seed_share_a_batch_under_shuffling(tmp_path, tok, padding_free):
     rows = seed_rows(8)
-    trainer = CLOTrainer(make_model("llama", len(tok)), _config(tmp_path, padding_free=padding_free),
-                         tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, 256)[0], processing_class=tok)
+    trainer = CLOTrainer(
+        make_model("llama", len(tok)),
+        _config(tmp_path, padding_free=padding_free),
+        tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, 256)[0],
+        processing_class=tok,
+    )
     for batch in trainer.get_train_dataloader():
         assert ("segment_ids" in batch) == padding_free
         texts = tok.batch_decode(_sequences(batch), skip_special_tokens=True)
         for k, idx in enumerate(batch["seed_index"].tolist()):
             seed = rows[[r["id"] for r in rows].index(trainer.train_dataset[idx]["seed_id"])]
-            en_c, en_r, tgt_c, tgt_r = texts[4 * k: 4 * k + 4]
+            en_c, en_r, tgt_c, tgt_r = texts[4 * k : 4 * k + 4]
             assert seed["prompt_en"] in en_c and seed["response_en"] in en_c
             assert seed["prompt_en"] in en_r and seed["response_tgt"] in en_r
             assert seed["prompt_tgt"] in tgt_c and seed["response_tgt"] in tgt_c
@@ -156,8 +182,9 @@ def test_lm_head_runs_on_response_positions_only_and_log_probs_are_unchanged(tmp
     batch = next(iter(trainer.get_train_dataloader()))
     padded = _padded(trainer, batch)
     with torch.no_grad():
-        full = sequence_logps(model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits,
-                              padded["labels"])[0]
+        full = sequence_logps(
+            model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits, padded["labels"]
+        )[0]
     # reference pass (run in __init__) and policy pass both took the packed path
     ref = torch.tensor([trainer.train_dataset[int(i)]["ref_logps"] for i in batch["seed_index"]]).view(-1)
     assert torch.allclose(ref, full, atol=1e-4)
@@ -185,8 +212,9 @@ def test_a_model_without_logits_to_keep_gets_full_logits(tmp_path, tok):
             self.inner = inner
 
         def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=use_cache)
+            return self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache
+            )
 
     assert "segment_ids" in batch  # the packed batch: full logits are split per sequence too
     with torch.no_grad():
@@ -204,8 +232,9 @@ def test_reference_pass_batches_single_sequences_and_equals_per_seed_batching(tm
     rows[1]["response_tgt"] = "El mar és blau i ample. " * 3  # a long target side: its seed's rows differ in length
     examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, 256)
     shapes = []
-    hook = model.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
-                                           with_kwargs=True)
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
     trainer = CLOTrainer(model, _config(tmp_path, precompute_ref_batch_size=1), examples, processing_class=tok)
     hook.remove()
     lengths = sorted((len(ids) for ex in examples for ids in ex["input_ids"]), reverse=True)
@@ -218,8 +247,9 @@ def test_reference_pass_batches_single_sequences_and_equals_per_seed_batching(tm
             b = CLOCollator(tok.pad_token_id)([ex])
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             expected.append(sequence_logps(logits, b["labels"])[0])
-    torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_logps"]), torch.stack(expected),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(trainer.train_dataset["ref_logps"]), torch.stack(expected), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -317,19 +347,26 @@ def test_second_run_reuses_cached_reference_logps(tmp_path, tok):
 
 def test_nested_budgets_compute_each_seeds_reference_pass_once(tmp_path, tok):
     model = make_model("llama", len(tok))
-    rows = [{**r, "prompt_en": f"{r['prompt_en']} {i}", "prompt_tgt": f"{r['prompt_tgt']} {i}"}
-            for i, r in enumerate(seed_rows(8))]  # eight distinct seeds (seed_rows repeats four)
+    rows = [
+        {**r, "prompt_en": f"{r['prompt_en']} {i}", "prompt_tgt": f"{r['prompt_tgt']} {i}"}
+        for i, r in enumerate(seed_rows(8))
+    ]  # eight distinct seeds (seed_rows repeats four)
     examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, 256)
     small = CLOTrainer(copy.deepcopy(model), _config(tmp_path), examples[:3], processing_class=tok)
     assert small.reference_seeds_computed == 3
     large = CLOTrainer(copy.deepcopy(model), _config(tmp_path), examples, processing_class=tok)
     assert large.reference_seeds_computed == 5  # the 3 of the smaller budget come from the cache
-    fresh = CLOTrainer(copy.deepcopy(model), _config(tmp_path, ref_cache_dir=str(tmp_path / "empty")), examples,
-                       processing_class=tok)
+    fresh = CLOTrainer(
+        copy.deepcopy(model), _config(tmp_path, ref_cache_dir=str(tmp_path / "empty")), examples, processing_class=tok
+    )
     assert fresh.reference_seeds_computed == 8
     # Batches differ (so does padding), hence float noise, nothing more.
-    assert torch.allclose(torch.tensor(large.train_dataset["ref_logps"]), torch.tensor(fresh.train_dataset["ref_logps"]),
-                          atol=1e-4, rtol=0)
+    assert torch.allclose(
+        torch.tensor(large.train_dataset["ref_logps"]),
+        torch.tensor(fresh.train_dataset["ref_logps"]),
+        atol=1e-4,
+        rtol=0,
+    )
 
 
 def test_loss_falls_when_overfitting_and_runs_reproduce(tmp_path, tok):
@@ -344,11 +381,22 @@ def test_loss_falls_when_overfitting_and_runs_reproduce(tmp_path, tok):
 
 
 def test_logged_metrics_are_named_like_trl(tmp_path, tok):
-    trainer, summary = train_clo(make_model("llama", len(tok)), tok, build_cross_lingual_pairs(seed_rows(2)),
-                                 _config(tmp_path, max_steps=1))
+    trainer, summary = train_clo(
+        make_model("llama", len(tok)), tok, build_cross_lingual_pairs(seed_rows(2)), _config(tmp_path, max_steps=1)
+    )
     logged = trainer.state.log_history[0]
-    for key in ("loss", "nll_loss", "cl_loss", "rewards/margins", "rewards_en/chosen", "rewards_en/rejected",
-                "rewards_en/margins", "rewards_en/accuracies", "rewards_tgt/margins", "rewards_tgt/accuracies"):
+    for key in (
+        "loss",
+        "nll_loss",
+        "cl_loss",
+        "rewards/margins",
+        "rewards_en/chosen",
+        "rewards_en/rejected",
+        "rewards_en/margins",
+        "rewards_en/accuracies",
+        "rewards_tgt/margins",
+        "rewards_tgt/accuracies",
+    ):
         assert key in logged, key
     assert summary["peak_memory_mb"] > 0 and summary["seeds_kept"] == 2
 
@@ -384,10 +432,23 @@ def test_lam0_target_triples_equal_trl_dpo_sigmoid_loss(tmp_path, tok):
     pairs = [p for p in build_cross_lingual_pairs(seed_rows(3)) if p["direction"] == "tgt"]
     beta = 0.3
 
-    dpo_args = DPOConfig(output_dir=str(tmp_path / "dpo"), beta=beta, per_device_train_batch_size=3,
-                         report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False, max_length=256)
-    dpo = DPOTrainer(model=policy, ref_model=reference, args=dpo_args, processing_class=tok,
-                     train_dataset=Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]))
+    dpo_args = DPOConfig(
+        output_dir=str(tmp_path / "dpo"),
+        beta=beta,
+        per_device_train_batch_size=3,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        max_length=256,
+    )
+    dpo = DPOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=dpo_args,
+        processing_class=tok,
+        train_dataset=Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]),
+    )
     batch = next(iter(dpo.get_train_dataloader()))
     with torch.no_grad():
         trl_loss = dpo.compute_loss(dpo.model, batch).item()
@@ -399,6 +460,7 @@ def test_lam0_target_triples_equal_trl_dpo_sigmoid_loss(tmp_path, tok):
         return sequence_logps(out.logits, torch.tensor([labels]))[0]
 
     from clo_utils.losses import clo_loss
+
     pc = torch.cat([logps(policy, p, "chosen") for p in pairs])
     pr = torch.cat([logps(policy, p, "rejected") for p in pairs])
     rc = torch.cat([logps(reference, p, "chosen") for p in pairs])
@@ -415,8 +477,12 @@ def test_end_to_end_clo_on_the_embedded_smollm2(tmp_path):
     torch.set_num_threads(2)
     model, tok = load_model_and_tokenizer("embedded:smollm2-135m-instruct", dtype="float32")
     model, report = select_trainable(model, "attention")
-    trainer, summary = train_clo(model, tok, build_cross_lingual_pairs(seed_rows(4)),
-                                 _config(tmp_path, max_steps=2, learning_rate=1e-5, per_device_train_batch_size=2))
+    trainer, summary = train_clo(
+        model,
+        tok,
+        build_cross_lingual_pairs(seed_rows(4)),
+        _config(tmp_path, max_steps=2, learning_rate=1e-5, per_device_train_batch_size=2),
+    )
     first = trainer.state.log_history[0]
     # SmolLM2 has no dropout: at step 0 policy == reference, so the preference term is exactly log 2.
     assert first["cl_loss"] == pytest.approx(math.log(2), abs=1e-4)
@@ -426,12 +492,11 @@ def test_end_to_end_clo_on_the_embedded_smollm2(tmp_path):
 
 def test_sft_baseline_uses_trl_completion_only_and_the_same_trainable_subset(tmp_path, tok):
     from clo_utils.data import build_sft_rows
-    from clo_utils.train import sft_config, train_sft
+    from clo_utils.train import train_sft
 
     model, _ = select_trainable(make_model("llama", len(tok)), "attention")
     before = _snapshot(model)
-    cfg = sft_config(str(tmp_path / "sft"), max_length=256, device="cpu", max_steps=2, learning_rate=1e-2,
-                     per_device_train_batch_size=2, save_strategy="no", logging_steps=1, disable_tqdm=True)
+    cfg = _trl_cfg("sft", tmp_path, max_steps=2)
     assert cfg.completion_only_loss and not cfg.bf16 and not cfg.gradient_checkpointing
     trainer, summary = train_sft(model, tok, build_sft_rows(seed_rows(2), "tgt"), cfg)
     assert summary["rows"] == 2
@@ -450,19 +515,19 @@ def test_sft_baseline_uses_trl_completion_only_and_the_same_trainable_subset(tmp
 
 
 def test_dpo_baseline_runs_on_the_cross_lingual_pairs(tmp_path, tok):
-    from clo_utils.train import dpo_config, train_dpo
+    from clo_utils.train import train_dpo
 
     model, _ = select_trainable(make_model("llama", len(tok)), "attention")
-    cfg = dpo_config(str(tmp_path / "dpo"), max_length=256, device="cpu", max_steps=2, learning_rate=1e-2,
-                     per_device_train_batch_size=2, save_strategy="no", logging_steps=1, disable_tqdm=True)
+    cfg = _trl_cfg("dpo", tmp_path, max_steps=2)
     trainer, summary = train_dpo(model, tok, build_cross_lingual_pairs(seed_rows(2)), cfg)
     assert summary["pairs"] == 4 and summary["steps"] == 2
     assert trainer.state.log_history[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)
     # batches of pairs of similar length: the `length` column (prompt + longer completion) reaches the sampler
     expected = []
     for pair in build_cross_lingual_pairs(seed_rows(2)):
-        expected.append(max(len(tokenize_prompt_response(tok, pair["prompt"], pair[side])[0])
-                            for side in ("chosen", "rejected")))
+        expected.append(
+            max(len(tokenize_prompt_response(tok, pair["prompt"], pair[side])[0]) for side in ("chosen", "rejected"))
+        )
     sampler = trainer._get_train_sampler()
     assert type(sampler).__name__ == "LengthGroupedSampler" and sampler.lengths == expected
     assert "length" in trainer._remove_unused_columns(trainer.train_dataset).column_names
@@ -485,8 +550,16 @@ def _trl_cfg(kind, tmp_path, **overrides):
     from clo_utils.train import dpo_config, sft_config
 
     make = {"sft": sft_config, "dpo": dpo_config}[kind]
-    base = dict(max_length=256, device="cpu", max_steps=1, learning_rate=1e-2, per_device_train_batch_size=2,
-                save_strategy="no", logging_steps=1, disable_tqdm=True)
+    base = dict(
+        max_length=256,
+        device="cpu",
+        max_steps=1,
+        learning_rate=1e-2,
+        per_device_train_batch_size=2,
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+    )
     return make(str(tmp_path / kind), **{**base, **overrides})
 
 
@@ -523,8 +596,12 @@ def test_an_overfit_sft_model_stops_at_the_turn_end(tmp_path):
     model.config.eos_token_id = model.generation_config.eos_token_id = tok.eos_token_id  # a base model's config
     assert tok.convert_tokens_to_ids("<|im_end|>") in end_of_turn_token_ids(tok, model)
     seed = seed_rows(3)[2]
-    train_sft(model, tok, build_sft_rows([seed], "tgt"),
-              _trl_cfg("sft", tmp_path, max_steps=40, per_device_train_batch_size=1, lr_scheduler_type="constant"))
+    train_sft(
+        model,
+        tok,
+        build_sft_rows([seed], "tgt"),
+        _trl_cfg("sft", tmp_path, max_steps=40, per_device_train_batch_size=1, lr_scheduler_type="constant"),
+    )
     out = generate_answers(model, tok, [seed["prompt_tgt"]], max_new_tokens=40, progress=False)
     assert out == [seed["response_tgt"]]
 
@@ -571,8 +648,12 @@ def test_weights_that_never_move_are_reported_and_warned_about(tmp_path, tok, ca
 def test_step0_policy_equals_reference_under_each_profile(tmp_path, tok, bf16):
     """fp32 weights: the CPU profile (no autocast) and bf16 autocast (the GPU profile's compute)."""
     model, _ = select_trainable(make_model("llama", len(tok)), "attention")
-    trainer, _ = train_clo(model, tok, build_cross_lingual_pairs(seed_rows(2)),
-                           _config(tmp_path, bf16=bf16, max_steps=1, per_device_train_batch_size=2))
+    trainer, _ = train_clo(
+        model,
+        tok,
+        build_cross_lingual_pairs(seed_rows(2)),
+        _config(tmp_path, bf16=bf16, max_steps=1, per_device_train_batch_size=2),
+    )
     first = trainer.state.log_history[0]
     # Same weights, tokens and compute dtype: equal up to batch-composition float noise, which is far
     # below the bf16-vs-fp32 gap of a reference computed outside autocast (about 1e-4 here).
@@ -605,9 +686,18 @@ def test_dropout_is_disabled_so_step0_policy_equals_reference(tmp_path, tok):
 
 def _one_sgd_step(tmp_path, tok, rows, batch, ga, lam, **overrides):
     model, _ = select_trainable(make_model("llama", len(tok)), "attention")
-    cfg = _config(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=ga,
-                  optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", lam=lam, max_grad_norm=0.0,
-                  **overrides)
+    cfg = _config(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=ga,
+        optim="sgd",
+        learning_rate=1.0,
+        lr_scheduler_type="constant",
+        lam=lam,
+        max_grad_norm=0.0,
+        **overrides,
+    )
     trainer, _ = train_clo(model, tok, build_cross_lingual_pairs(rows), cfg)
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, trainer
 
@@ -623,8 +713,9 @@ def test_target_nll_is_the_token_mean_over_the_accumulated_batch(tmp_path, tok, 
     for name in doubled:
         assert torch.allclose(accumulated[name], doubled[name], atol=1e-6, rtol=1e-4), name
     assert _losses(acc_trainer)[0] == pytest.approx(_losses(dbl_trainer)[0], rel=1e-5)
-    assert acc_trainer.state.log_history[0]["nll_loss"] == pytest.approx(dbl_trainer.state.log_history[0]["nll_loss"],
-                                                                         rel=1e-5)
+    assert acc_trainer.state.log_history[0]["nll_loss"] == pytest.approx(
+        dbl_trainer.state.log_history[0]["nll_loss"], rel=1e-5
+    )
 
 
 def test_a_packed_training_step_with_accumulation_equals_a_padded_one(tmp_path, tok):
@@ -636,17 +727,18 @@ def test_a_packed_training_step_with_accumulation_equals_a_padded_one(tmp_path, 
     for name in padded:
         assert torch.allclose(packed[name], padded[name], atol=1e-6, rtol=1e-4), name
     for key in ("loss", "nll_loss", "cl_loss"):
-        assert packed_trainer.state.log_history[0][key] == pytest.approx(padded_trainer.state.log_history[0][key],
-                                                                         rel=1e-5), key
+        assert packed_trainer.state.log_history[0][key] == pytest.approx(
+            padded_trainer.state.log_history[0][key], rel=1e-5
+        ), key
 
 
 def test_sft_dpo_under_fsdp_takes_the_sft_model_as_reference(tmp_path, tok, monkeypatch):
     """Under FSDP TRL would reload the config's _name_or_path (the base); train_dpo passes the model
     it is given (the SFT model) instead. FSDP itself needs several devices: the switch is forced."""
-    import clo_utils.train as train_module
+    import clo_utils.baselines as baselines
     from clo_utils.train import train_dpo
 
-    monkeypatch.setattr(train_module, "_fsdp_enabled", lambda config: True)
+    monkeypatch.setattr(baselines, "_fsdp_enabled", lambda config: True)
     sft_model, _ = select_trainable(make_model("llama", len(tok), seed=3), "attention")
     sft_model.config._name_or_path = str(tmp_path / "the-base-model-that-must-not-be-loaded")
     pairs = build_cross_lingual_pairs(seed_rows(2))

@@ -19,9 +19,18 @@ from pathlib import Path
 import pytest
 
 from clo_utils.cache import DiskCache
-from clo_utils.translate import (BACKENDS, ApertiumTranslator, Translator, TranslatorError, get_translator,
-                                 parse_apertium_html, split_for_translation, translate,
-                                 translate_shard, translate_with_stats)
+from clo_utils.translate import (
+    BACKENDS,
+    ApertiumTranslator,
+    Translator,
+    TranslatorError,
+    get_translator,
+    parse_apertium_html,
+    split_for_translation,
+    translate,
+    translate_shard,
+    translate_with_stats,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,8 +66,9 @@ class UpperTranslator(Translator):
     name = "upper"
     default_batch_size = 4
 
-    def __init__(self, target_lang: str = "ca", fail_on_call: int | None = None, mangle_code: bool = False,
-                 delay: float = 0.0):
+    def __init__(
+        self, target_lang: str = "ca", fail_on_call: int | None = None, mangle_code: bool = False, delay: float = 0.0
+    ):
         super().__init__(target_lang)
         self.fail_on_call = fail_on_call
         self.mangle_code = mangle_code
@@ -132,7 +142,7 @@ def test_unclosed_fence_protects_the_rest_and_no_prose_lines_are_kept():
 def test_structure_survives_and_code_is_never_sent_to_the_backend():
     backend = UpperTranslator()
     out = translate([MARKDOWN], "ca", backend=backend, progress=False)[0]
-    assert "```python\ndef greet(name):\n    # say hello to the user\n    return f\"Hello, {name}\"\n```" in out
+    assert '```python\ndef greet(name):\n    # say hello to the user\n    return f"Hello, {name}"\n```' in out
     assert "1. OPEN THE FILE WITH `open(path)` AND READ IT." in out
     assert "https://docs.python.org/3/" in out
     assert "\n- A BULLET POINT" in out and "\n  * A NESTED POINT" in out
@@ -143,8 +153,9 @@ def test_structure_survives_and_code_is_never_sent_to_the_backend():
 
 def test_code_mangled_by_the_backend_is_repaired_piece_by_piece():
     backend = UpperTranslator(mangle_code=True)
-    out, stats = translate_with_stats(["Call `sorted(xs)` on the list, see https://example.com/a_b."], "ca",
-                                      backend=backend, progress=False)
+    out, stats = translate_with_stats(
+        ["Call `sorted(xs)` on the list, see https://example.com/a_b."], "ca", backend=backend, progress=False
+    )
     assert out == ["CALL `sorted(xs)` ON THE LIST, SEE https://example.com/a_b."]
     assert stats.spans_repaired == 1
     assert not any("sorted" in s for s in backend.segments_seen[1:])  # the repair sent prose only
@@ -225,8 +236,10 @@ def test_kill_mid_run_loses_at_most_the_batch_in_flight(tmp_path):
 def test_two_shards_then_merge_no_duplicates_nothing_retranslated(tmp_path):
     texts, cache = _texts(30), tmp_path / "shared.sqlite"
     shard_backends = [UpperTranslator(), UpperTranslator()]
-    stats = [translate_shard(texts, "ca", shard=(i, 2), cache=cache, backend=b, progress=False)
-             for i, b in enumerate(shard_backends)]
+    stats = [
+        translate_shard(texts, "ca", shard=(i, 2), cache=cache, backend=b, progress=False)
+        for i, b in enumerate(shard_backends)
+    ]
     seen = [set(b.segments_seen) for b in shard_backends]
     assert seen[0] and seen[1] and not seen[0] & seen[1] and len(seen[0] | seen[1]) == 30
     assert stats[0].translated + stats[1].translated == 30 and stats[0].skipped_other_shards == len(seen[1])
@@ -273,8 +286,11 @@ def test_failed_segments_come_back_empty_and_are_not_cached(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 APERTIUM = shutil.which("apertium")
-needs_apertium = pytest.mark.skipif(APERTIUM is None, reason="apertium not installed: sudo apt-get install "
-                                    "apertium apertium-eng-cat apertium-eng-spa (scripts/install_apertium.sh)")
+needs_apertium = pytest.mark.skipif(
+    APERTIUM is None,
+    reason="apertium not installed: sudo apt-get install "
+    "apertium apertium-eng-cat apertium-eng-spa (scripts/install_apertium.sh)",
+)
 
 
 def _require_mode(mode: str) -> None:
@@ -283,8 +299,12 @@ def _require_mode(mode: str) -> None:
         pytest.skip(f"Apertium mode {mode} not installed (scripts/install_apertium.sh)")
 
 
-SENTENCES = ["The cat is sleeping on the warm chair.", "I would like to buy two tickets for the train.",
-             "Water boils at one hundred degrees.", "She reads a book every evening before going to bed."]
+SENTENCES = [
+    "The cat is sleeping on the warm chair.",
+    "I would like to buy two tickets for the train.",
+    "Water boils at one hundred degrees.",
+    "She reads a book every evening before going to bed.",
+]
 
 
 @needs_apertium
@@ -323,8 +343,9 @@ def test_apertium_batching_does_not_change_translations_and_keeps_structure():
 def test_apertium_parallel_processes_give_the_same_output():
     _require_mode("eng-spa")
     texts = SENTENCES * 3 + [f"The house number {i} is red." for i in range(8)]
-    assert translate(texts, "es", backend=get_translator("apertium", "es", n_procs=3), progress=False) == \
-        translate(texts, "es", backend="apertium", progress=False)
+    assert translate(texts, "es", backend=get_translator("apertium", "es", n_procs=3), progress=False) == translate(
+        texts, "es", backend="apertium", progress=False
+    )
 
 
 @needs_apertium
@@ -367,26 +388,50 @@ def test_apertium_missing_mode_gives_install_hint():
 # Hugging Face seq2seq backends and the chat backend, on tiny random models
 # ------------------------------------------------------------------------------------------------
 
-CORPUS = ["The cat sleeps on the warm chair.", "Use the function to compute the sum.",
-          "Hello world, how are you today?", "El gat dorm a la cadira.", "La funció calcula la suma."] * 20
+CORPUS = [
+    "The cat sleeps on the warm chair.",
+    "Use the function to compute the sum.",
+    "Hello world, how are you today?",
+    "El gat dorm a la cadira.",
+    "La funció calcula la suma.",
+] * 20
 
 
 def _sentencepiece(path: Path, vocab_size: int = 80) -> list[str]:
     import sentencepiece as spm
 
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=vocab_size,
-                                   model_type="unigram", character_coverage=1.0, bos_id=-1, eos_id=-1,
-                                   unk_id=0, pad_id=-1, minloglevel=2, hard_vocab_limit=False)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        character_coverage=1.0,
+        bos_id=-1,
+        eos_id=-1,
+        unk_id=0,
+        pad_id=-1,
+        minloglevel=2,
+        hard_vocab_limit=False,
+    )
     path.write_bytes(buf.getvalue())
     sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
     return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
 
 
 def _seq2seq_config(vocab_size: int, config_class, **ids):
-    return config_class(vocab_size=vocab_size, d_model=16, encoder_layers=1, decoder_layers=1,
-                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-                        decoder_ffn_dim=32, max_position_embeddings=128, **ids)
+    return config_class(
+        vocab_size=vocab_size,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=128,
+        **ids,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -403,8 +448,9 @@ def m2m100_dir(tmp_path_factory):
     tok = M2M100Tokenizer(vocab_file=str(out / "vocab.json"), spm_file=str(out / "sentencepiece.bpe.model"))
     size = max(tok.lang_code_to_id.values()) + 1 + tok.num_madeup_words
     torch.manual_seed(0)
-    model = M2M100ForConditionalGeneration(_seq2seq_config(size, M2M100Config, pad_token_id=1, bos_token_id=0,
-                                                           eos_token_id=2, decoder_start_token_id=2))
+    model = M2M100ForConditionalGeneration(
+        _seq2seq_config(size, M2M100Config, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+    )
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -423,8 +469,11 @@ def nllb_dir(tmp_path_factory):
         vocab.setdefault(ch, len(vocab))
     tok = NllbTokenizer(vocab=vocab, merges=[])  # no merges: character-level BPE
     torch.manual_seed(0)
-    model = M2M100ForConditionalGeneration(_seq2seq_config(len(tok), M2M100Config, pad_token_id=1, bos_token_id=0,
-                                                           eos_token_id=2, decoder_start_token_id=2))
+    model = M2M100ForConditionalGeneration(
+        _seq2seq_config(
+            len(tok), M2M100Config, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2
+        )
+    )
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -442,11 +491,13 @@ def marian_dir(tmp_path_factory):
     for p in pieces:
         vocab.setdefault(p, len(vocab))
     (out / "vocab.json").write_text(json.dumps(vocab))
-    tok = MarianTokenizer(source_spm=str(out / "source.spm"), target_spm=str(out / "target.spm"),
-                          vocab=str(out / "vocab.json"))
+    tok = MarianTokenizer(
+        source_spm=str(out / "source.spm"), target_spm=str(out / "target.spm"), vocab=str(out / "vocab.json")
+    )
     torch.manual_seed(0)
-    model = MarianMTModel(_seq2seq_config(len(vocab), MarianConfig, pad_token_id=2, eos_token_id=0,
-                                          decoder_start_token_id=2))
+    model = MarianMTModel(
+        _seq2seq_config(len(vocab), MarianConfig, pad_token_id=2, eos_token_id=0, decoder_start_token_id=2)
+    )
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -500,8 +551,15 @@ def test_nllb_end_to_end_with_flores_codes(nllb_dir):
 
 
 def test_marian_end_to_end(marian_dir):
-    out = translate(["The cat sleeps on the chair.", "Hello"], "ca", backend="marian", model=str(marian_dir),
-                    num_beams=1, device="cpu", progress=False)
+    out = translate(
+        ["The cat sleeps on the chair.", "Hello"],
+        "ca",
+        backend="marian",
+        model=str(marian_dir),
+        num_beams=1,
+        device="cpu",
+        progress=False,
+    )
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
 
 
@@ -522,12 +580,14 @@ def test_chat_backend_plumbing_on_a_tiny_llama(tmp_path):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    translator = get_translator("chat", "ca", model=str(tmp_path), device="cpu", max_new_tokens_factor=1.0,
-                                min_new_tokens=4)
+    translator = get_translator(
+        "chat", "ca", model=str(tmp_path), device="cpu", max_new_tokens_factor=1.0, min_new_tokens=4
+    )
     prompt = translator.chat_prompt(translator._load()[1], "Hello there.")
     assert "to Catalan" in prompt and "Hello there." in prompt and prompt.endswith("<|im_start|>assistant\n")
-    out = translate(["Hello there.", "What is the capital of France?", "Write a poem."], "ca",
-                    backend=translator, progress=False)
+    out = translate(
+        ["Hello there.", "What is the capital of France?", "Write a poem."], "ca", backend=translator, progress=False
+    )
     assert len(out) == 3 and all(isinstance(t, str) for t in out)
 
 

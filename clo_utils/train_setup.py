@@ -1,0 +1,80 @@
+"""Training set-up shared by CLO and the TRL baselines: the Trainer arguments per hardware profile,
+fp32 master weights for half-precision models, dropout off, and resuming from the last checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+log = logging.getLogger(__name__)
+
+
+def training_profile(device: str = "auto") -> dict:
+    """Trainer keyword arguments per hardware profile.
+
+    CPU: fp32 without gradient checkpointing (TRL's defaults, bf16 and checkpointing, are slow on a
+    CPU without bf16 arithmetic). GPU: bf16 autocast; `prepare_mixed_precision` keeps the trainable
+    parameters in fp32.
+    """
+    if device == "auto":
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return {
+            "use_cpu": True,
+            "bf16": False,
+            "fp16": False,
+            "gradient_checkpointing": False,
+            "dataloader_num_workers": 0,
+        }
+    if device == "gpu":
+        return {"use_cpu": False, "bf16": True, "fp16": False, "gradient_checkpointing": False}
+    raise ValueError(f"profile device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+
+
+def prepare_mixed_precision(model, args: TrainingArguments) -> None:
+    """Trainable parameters in fp32 (master weights) when the model is loaded in bf16 or fp16.
+
+    An AdamW update at the paper's lr (8e-6) is smaller than half a bf16 step for every weight above
+    about 4e-3, so bf16 weights stepped in place never move. In fp32 the updates accumulate; the
+    forward still computes in bf16 under the trainer's autocast (`bf16=True`). Frozen weights stay
+    as loaded. Without autocast, fp32 and bf16 weights would meet in one matmul: a clear error.
+    """
+    half = [n for n, p in model.named_parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
+    if not half:
+        return
+    if not (args.bf16 or args.fp16):
+        raise ValueError(
+            f"{len(half)} trainable parameter tensors are in half precision (first: {half[0]}) but "
+            "the training arguments set no mixed precision: bf16 weights do not take small AdamW "
+            "updates. Pass training_profile('gpu') (bf16=True), or load the model with dtype='float32'"
+        )
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+    log.info(
+        "mixed precision: %d trainable parameter tensors in fp32, compute in %s",
+        len(half),
+        "bf16" if args.bf16 else "fp16",
+    )
+
+
+def disable_dropout(model) -> None:
+    """Every dropout probability to 0: the nn.Dropout modules (what TRL's disable_dropout_in_model
+    does) and the attention-probability dropout that attention modules read as a float."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+def resume_checkpoint(config: TrainingArguments) -> str | None:
+    """The checkpoint to resume from: the last one in the output folder, so a killed run picks up where
+    it was; None when the folder holds none."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(config.output_dir)
+    return get_last_checkpoint(str(out)) if out.is_dir() else None

@@ -25,7 +25,9 @@ Modules stay small and single-purpose. From the paper's method to the run driver
   notebook_setup  what training notebooks 02 and 03 share: Trainer arguments, the loss-curve plot
   runs            run-folder glue for training: read a data folder, label and save a run
   metrics         pure evaluation metrics: fidelity and its shares, chrF++, line pass rate, bootstrap
-  evaluate        the evaluation driver: generation, held-out NLL, answers.jsonl and metrics.json
+  intervals       95% intervals for the report: bootstrap over prompts and across training seeds
+  generation      answer generation: length-sorted batches, end-of-turn handling, the on-disk generation cache
+  evaluate        the evaluation driver: held-out NLL, answers.jsonl and metrics.json
   judge           pairwise LLM-judge win rates
   knowledge       knowledge benchmarks through lm-evaluation-harness (optional)
   tables          every run's metrics.json read into the analysis tables (checks runs are comparable)

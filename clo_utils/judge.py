@@ -230,7 +230,7 @@ class HFChatJudge:
         self.name = f"hf:{model_id or getattr(model.config, '_name_or_path', type(model).__name__)}"
 
     def complete_many(self, user_messages: list[str], system_prompt: str) -> list[str]:
-        from .evaluate import generate_answers
+        from .generation import generate_answers
 
         return generate_answers(
             self.model,

@@ -72,7 +72,7 @@ TRAINABLE_MODES = ("attention", "full", "lora")
 
 # For base checkpoints that ship no chat template (the paper applies CLO to base models too).
 # Their tokenizers have no <|im_end|> token: the turn end is plain text, so generation stops on it
-# as a stop string (clo_utils.evaluate), and training appends the tokenizer's EOS after it.
+# as a stop string (clo_utils.generation), and training appends the tokenizer's EOS after it.
 CHATML_TURN_END = "<|im_end|>"
 CHATML_TEMPLATE = (
     # BOS first when the tokenizer has one: prompts are tokenised from the rendered text without

@@ -30,7 +30,7 @@ _FALLBACK_COLOURS = tuple(_PALETTE[i] for i in FALLBACK_COLOUR_INDICES)
 # (axis label, unit) per metric; units are what the axes print.
 METRIC_AXES = {
     "fidelity": ("fidelity", "share of answers"),
-    "wrong_language": ("wrong-language share", "share of answers"),
+    "wrong_language": ("wrong language", "share of answers"),
     "chrf": ("chrF++", "chrF++"),
     "nll": ("held-out NLL", "nats/token"),
     "peak_memory_mb": ("peak training memory", "MB"),

@@ -576,7 +576,7 @@ def test_data_efficiency_figure_draws_intervals(tmp_path: Path) -> None:
     recipe = write_study(tmp_path)
     figure = plots.plot_data_efficiency(plots.load_tables(recipe).evals)
     wrong_target = figure.axes[0]  # first row: wrong-language share on target prompts
-    assert "wrong-language share" in wrong_target.get_ylabel()
+    assert "wrong language" in wrong_target.get_ylabel()
     containers = [c for c in wrong_target.containers if c.has_yerr]
     assert len(containers) == 2  # SFT and CLO
     points = {tuple(np.round(c.lines[0].get_ydata().astype(float), 3)) for c in containers}

@@ -138,11 +138,12 @@ class CLOConfig(TrainingArguments):
         },
     )
     padding_free: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "Pack a batch's sequences into one row (position_ids restart at 0 per sequence, no attention "
-            "mask): no compute on padding. Used where it is proven equal to padded batches "
-            "(PADDING_FREE_MODEL_TYPES with eager or sdpa attention); other models get padded batches."
+            "mask): no compute on padding, but eager and sdpa attention then score the whole packed row, which "
+            "costs more than the padding saves (benchmarks/mfu.py), hence off by default. Used only where it "
+            "is proven equal to padded batches (PADDING_FREE_MODEL_TYPES with eager or sdpa attention)."
         },
     )
     report_to: str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})

@@ -121,7 +121,7 @@ def test_clo_trainer_groups_seeds_by_length_by_default_and_keeps_each_seed_whole
         assert b["input_ids"].shape[0] == 4 * len(b["seed_index"])
     again = [b["seed_index"].tolist() for b in _tiny_clo_trainer(tmp_path, padding_free=False).get_train_dataloader()]
     assert again == [b["seed_index"].tolist() for b in batches]  # reproducible from the seed
-    packed = list(_tiny_clo_trainer(tmp_path).get_train_dataloader())  # the default: the same seeds, packed
+    packed = list(_tiny_clo_trainer(tmp_path, padding_free=True).get_train_dataloader())  # the same seeds, packed
     assert [b["seed_index"].tolist() for b in packed] == again
     for b in packed:  # one row, no padding, the seeds' four sequences each
         assert b["input_ids"].shape[0] == 1 and int(b["segment_ids"].max()) + 1 == 4 * len(b["seed_index"])
@@ -361,8 +361,9 @@ def test_sections_run_on_a_tiny_model(tmp_path):
     positions = results["sections"]["padding"]["positions"]
     real = {positions[k]["real"] for k in ("clo_training", "clo_random", "clo_group_by_length", "reference_pass")}
     assert len(real) == 1  # the same tokens, batched differently
-    # the tiny Llama packs its training batches: every computed position is a token
-    assert ratios["padding_clo_training"]["value"] == 0 and results["sections"]["padding"]["padding_free"]
+    # padded, length-grouped batches by default; packed into one row every computed position is a token
+    assert not results["sections"]["padding"]["padding_free"]
+    assert ratios["padding_clo_training_packed"]["value"] == 0
     assert ratios["padding_reference_pass"]["value"] <= ratios["padding_reference_by_seed"]["value"]
     assert ratios["end_to_end_compute_share"]["value"] == pytest.approx(60 / 90)
     for name in ("clo_vs_dpo_live_step", "clo_vs_sft_per_seed", "generate_batched_speedup"):

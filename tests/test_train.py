@@ -203,7 +203,7 @@ def test_lm_head_runs_on_response_positions_only_and_log_probs_are_unchanged(tmp
 def test_a_model_without_logits_to_keep_gets_full_logits(tmp_path, tok):
     model = make_model("llama", len(tok))
     examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(seed_rows(2)), tok, 256)
-    trainer = CLOTrainer(model, _config(tmp_path), examples, processing_class=tok)
+    trainer = CLOTrainer(model, _config(tmp_path, padding_free=True), examples, processing_class=tok)
     batch = next(iter(trainer.get_train_dataloader()))
 
     class OldStyle(torch.nn.Module):  # custom code that predates the argument
@@ -264,7 +264,7 @@ def test_padding_free_batch_gives_the_padded_batchs_loss_log_probs_and_gradients
     examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, 256)
     generator = torch.Generator().manual_seed(0)
     examples = [{**ex, "ref_logps": (-30 * torch.rand(4, generator=generator)).tolist()} for ex in examples]
-    trainer = CLOTrainer(model, _config(tmp_path, lam=0.5), examples, processing_class=tok)
+    trainer = CLOTrainer(model, _config(tmp_path, lam=0.5, padding_free=True), examples, processing_class=tok)
     assert trainer.padding_free
     features = [trainer.train_dataset[i] for i in range(4)]
     packed, padded = trainer.data_collator(features), CLOCollator(trainer.pad_token_id)(features)
@@ -300,7 +300,7 @@ def test_padding_free_falls_back_to_padded_batches_where_it_is_not_proven(tmp_pa
     flex.config._attn_implementation = "flex_attention"
     for model, why in ((make_model("gpt2", len(tok)), "model type 'gpt2'"), (flex, "'flex_attention'")):
         with caplog.at_level("INFO", logger="clo_utils.train"):
-            trainer = CLOTrainer(model, _config(tmp_path), examples, processing_class=tok)
+            trainer = CLOTrainer(model, _config(tmp_path, padding_free=True), examples, processing_class=tok)
         assert not trainer.padding_free and why in caplog.text
         assert "attention_mask" in next(iter(trainer.get_train_dataloader()))
 

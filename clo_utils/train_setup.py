@@ -72,9 +72,14 @@ def disable_dropout(model) -> None:
 
 
 def resume_checkpoint(config: TrainingArguments) -> str | None:
-    """The checkpoint to resume from: the last one in the output folder, so a killed run picks up where
-    it was; None when the folder holds none."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The checkpoint to resume from: the last complete one in the output folder, so a killed run picks up
+    where it was; None when the folder holds none. The Trainer writes trainer_state.json after the weights,
+    optimizer and RNG state, so a checkpoint without it was cut short by the kill and is passed over (the
+    run rewrites it when it gets there again)."""
     out = Path(config.output_dir)
-    return get_last_checkpoint(str(out)) if out.is_dir() else None
+    steps = []
+    for folder in out.glob("checkpoint-*") if out.is_dir() else ():
+        step = folder.name.removeprefix("checkpoint-")
+        if step.isdigit() and (folder / "trainer_state.json").is_file():
+            steps.append((int(step), folder))
+    return str(max(steps)[1]) if steps else None

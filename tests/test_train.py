@@ -755,3 +755,19 @@ def _logps(model, tok, pair, side):
     ids, labels = tokenize_prompt_response(tok, pair["prompt"], pair[side])
     with torch.no_grad():
         return sequence_logps(model(input_ids=torch.tensor([ids])).logits, torch.tensor([labels]))[0]
+
+
+def test_resume_passes_over_a_checkpoint_cut_short_by_a_kill(tmp_path):
+    from transformers import TrainingArguments
+
+    from clo_utils.train_setup import resume_checkpoint
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert resume_checkpoint(args) is None
+    for step, complete in ((5, True), (10, True), (15, False)):  # 15: weights written, the kill came before the state
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert resume_checkpoint(args) == str(tmp_path / "checkpoint-10")

@@ -22,6 +22,10 @@ against the GEMM rate measured beside it (median over rounds for the training st
 time on a GPU; on a CPU, process CPU time / threads for the call and the GEMM alike, so other jobs on a
 shared machine slow neither figure (a call's single-threaded stretches then count at their CPU time). A GEMM at the
 model's own MLP shape is printed beside it: what a matmul of this model's width can reach here.
+
+The trainers run with the kit's defaults for this machine (training_profile): on a CPU a CLO batch is forwarded
+in chunks of rows of similar length (CLOConfig.forward_chunk_padding); the same step with the batch in one
+forward is measured beside it, on the same trainer, when the defaults chunk.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ from benchmarks.padding import generation_tokens
 NAME = "mfu"
 TARGETS = {
     "mfu_clo_step": (">=", 0.5, "CLO training step: useful FLOP/s / measured GEMM FLOP/s"),
+    "mfu_clo_step_one_forward": (
+        None,
+        None,
+        "CLO training step, the padded batch in one forward (forward_chunk_padding=None): the same",
+    ),
     "mfu_sft_step": (None, None, "TRL SFT step: useful FLOP/s / GEMM FLOP/s"),
     "mfu_dpo_step": (None, None, "TRL DPO step (precomputed reference): useful FLOP/s / GEMM FLOP/s"),
     "mfu_reference_pass": (None, None, "CLO reference pass (forward only): useful FLOP/s / GEMM FLOP/s"),
@@ -220,10 +229,15 @@ def measure_steps(ctx: Context, trainers: dict, costs: dict[str, FlopCosts], rou
             gemm = peak_gemm(args)
             counter = HeadCounter(trainer.model)
             counter.mask = batch.get("attention_mask")
+            variant = "forward_chunk_padding" in entry  # a CLO variant sharing the trainer, its own setting
+            if variant:
+                chunking, trainer.forward_chunk_padding = trainer.forward_chunk_padding, entry["forward_chunk_padding"]
             try:
                 seconds = clock(*one_step(trainer, batch))
             finally:
                 counter.remove()
+                if variant:
+                    trainer.forward_chunk_padding = chunking
             flops, tokens = batch_flops(costs[name], batch, counter.positions, train=True)
             if r >= args.warmup:
                 for key, value in (("flops", flops), ("tokens", tokens), ("seconds", seconds), ("gemm", gemm)):
@@ -340,6 +354,9 @@ def run(ctx: Context) -> None:
     seeds = ctx.seeds(max(B * n_rounds, B))
     print(f"  counting rule: {RULE}")
     trainers = build_trainers(args, ctx.work, seeds, batch_seeds=B, methods=("clo", "sft", "dpo_precomputed"))
+    chunks = trainers["clo"]["trainer"].forward_chunk_padding
+    if chunks is not None:  # the same CLO trainer, each padded batch in one forward
+        trainers["clo_one_forward"] = {**trainers["clo"], "forward_chunk_padding": None}
     costs = {name: flop_costs(entry["trainer"].model) for name, entry in trainers.items()}
     c = costs["clo"]
     cfg = trainers["clo"]["trainer"].model.config
@@ -367,7 +384,11 @@ def run(ctx: Context) -> None:
         "costs": {k: v.__dict__ for k, v in costs.items()},
         "steps": steps,
     }
-    for name, ratio in (("clo", "mfu_clo_step"), ("sft", "mfu_sft_step"), ("dpo_precomputed", "mfu_dpo_step")):
+    rows = {"clo": "mfu_clo_step", "clo_one_forward": "mfu_clo_step_one_forward", "sft": "mfu_sft_step"}
+    rows["dpo_precomputed"] = "mfu_dpo_step"
+    for name, ratio in rows.items():
+        if name not in steps:
+            continue
         s = steps[name]
         mfu = median([f / w / g for f, w, g in zip(s["flops"], s["seconds"], s["gemm"])])
         tok_s = sum(s["tokens"]) / sum(s["seconds"])
@@ -377,7 +398,8 @@ def run(ctx: Context) -> None:
             mfu,
             f"{median([f / w for f, w in zip(s['flops'], s['seconds'])]) / 1e9:.1f} vs "
             f"{median(s['gemm']) / 1e9:.1f} GFLOP/s; {tok_s:.0f} real tokens/s; "
-            f"{B} seeds per step",
+            f"{B} seeds per step"
+            + (f", padded batch forwarded in chunks of <= {chunks:.0%} padding" if name == "clo" and chunks else ""),
         )
     clo = trainers["clo"]["trainer"]
     ref = measure_reference_pass(ctx, clo, costs["clo"])

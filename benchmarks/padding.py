@@ -1,18 +1,20 @@
 """Padding waste: the share of computed token positions that are padding, per stage.
 
   CLO training batches     CLOTrainer's own DataLoader over one epoch with the kit's defaults (seeds of similar
-                           length grouped, clo_utils.batching; the sequences of a batch packed into one row
-                           where the model allows it, CLOConfig.padding_free), and padded batches with the
-                           grouped and with the Trainer's random sampler;
+                           length grouped, clo_utils.batching; on CPU each padded batch forwarded in chunks of
+                           rows of similar length, CLOConfig.forward_chunk_padding; packed into one row where
+                           the model allows it and CLOConfig.padding_free asks for it), and the same batches in
+                           one forward each, packed, and padded with the Trainer's random sampler;
   TRL SFT and DPO batches  the baselines as train_sft / train_dpo build them (pre-tokenised rows), with
                            train_sampling_strategy="group_by_length" (the kit's default) and "random";
-  the reference pass       CLOTrainer._reference_pass's batches (single sequences sorted by length);
+  the reference pass       CLOTrainer._reference_pass's batches (single sequences sorted by length, forwarded in
+                           chunks like the training batches);
   generation               clo_utils.evaluate.generate_answers: left padding of the prompts plus the
                            positions a row still computes after its EOS while others in its batch go on.
 
-A computed position is one row x one column of a padded batch; a real one is a token of the data
-(prompt and response; in generation, the prompt and the answer up to its EOS). A packed batch computes
-its real tokens only.
+A computed position is one row x one column of a padded batch (of a chunk, when a batch is forwarded in
+chunks cut to their own width); a real one is a token of the data (prompt and response; in generation, the
+prompt and the answer up to its EOS). A packed batch computes its real tokens only.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ TARGETS = {
         "<=",
         0.10,
         "CLO training batches (the kit's defaults): padding share of computed positions",
+    ),
+    "padding_clo_training_one_forward": (
+        None,
+        None,
+        "CLO training, padded batches grouped by length, one forward per batch (forward_chunk_padding=None)",
     ),
     "padding_clo_training_packed": (
         None,
@@ -43,18 +50,23 @@ TARGETS = {
 }
 
 
-def mask_counts(batches) -> tuple[int, int]:
-    """(computed positions, real tokens) of batches carrying an attention mask; a batch without one
-    (packed, padding-free) computes its real tokens only."""
+def mask_counts(batches, chunk_padding: float | None = None) -> tuple[int, int]:
+    """(computed positions, real tokens) of batches carrying an attention mask, each forwarded whole or, with
+    `chunk_padding`, in the chunks CLOTrainer forwards (clo_utils.batching.length_chunks, each cut to its
+    own width); a batch without a mask (packed, padding-free) computes its real tokens only."""
+    from clo_utils.batching import length_chunks
+
     computed = real = 0
     for batch in batches:
         mask = batch.get("attention_mask")
         if mask is None:
             computed += batch["input_ids"].numel()
             real += batch["input_ids"].numel()
-        else:
-            computed += mask.numel()
-            real += int(mask.sum())
+            continue
+        lengths = mask.sum(-1).tolist()
+        chunks = [range(len(lengths))] if chunk_padding is None else length_chunks(lengths, chunk_padding)
+        computed += sum(len(rows) * max(lengths[i] for i in rows) for rows in chunks)
+        real += sum(lengths)
     return computed, real
 
 
@@ -156,12 +168,18 @@ def run(ctx: Context) -> None:
         output_dir=str(ctx.work / "pad-clo"), per_device_train_batch_size=B, max_length=args.max_length, **common
     )
     clo = CLOTrainer(model, cfg, examples, processing_class=tok)
-    section = {"seeds": len(examples), "batch_seeds": B, "padding_free": clo.padding_free}
-    figures = {"clo_training": mask_counts(clo_batches(clo, "group_by_length"))}
+    chunks = clo.forward_chunk_padding  # the kit's default on this machine (training_profile)
+    section = {
+        "seeds": len(examples),
+        "batch_seeds": B,
+        "padding_free": clo.padding_free,
+        "forward_chunk_padding": chunks,
+    }
+    figures = {"clo_training": mask_counts(clo_batches(clo, "group_by_length"), chunks)}
     for strategy in ("random", "group_by_length"):
         figures[f"clo_{strategy}"] = mask_counts(clo_batches(clo, strategy, padded=True))
     figures["clo_packed"] = mask_counts(clo_batches(clo, "group_by_length", packed=True))
-    figures["reference_pass"] = mask_counts(reference_batches(clo))
+    figures["reference_pass"] = mask_counts(reference_batches(clo), chunks)
     lengths = [[len(ids) for ids in ex["input_ids"]] for ex in examples]
     figures["clo_seed_floor"] = counts_of(lengths, [[i] for i in range(len(lengths))])
     by_seed = sorted(range(len(lengths)), key=lambda i: -max(lengths[i]))
@@ -226,16 +244,23 @@ def run(ctx: Context) -> None:
     for name, (computed, real) in figures.items():
         print(f"  {name:24s} {computed:8d} positions computed, {real:8d} real, padding {share(computed, real):.1%}")
     pct = {k: share(*v) for k, v in figures.items()}
-    layout = (
-        f"{4 * B} sequences packed in one row (padding_free)"
-        if clo.padding_free
-        else "padded batches (the default: packing costs more attention than it saves, see mfu)"
-    )
+    if clo.padding_free:
+        layout = f"{4 * B} sequences packed in one row (padding_free)"
+    elif chunks is not None:
+        layout = f"padded batches forwarded in chunks of <= {chunks:.0%} padding (forward_chunk_padding)"
+    else:
+        layout = "padded batches, one forward each"
     results.add(
         TARGETS,
         "padding_clo_training",
         pct["clo_training"],
         f"{len(examples)} seeds, {B} per batch, grouped by length, {layout}",
+    )
+    results.add(
+        TARGETS,
+        "padding_clo_training_one_forward",
+        pct["clo_group_by_length"],
+        "forward_chunk_padding=None: each seed's four sequences padded to one width (see padding_clo_seed_floor)",
     )
     results.add(
         TARGETS,
@@ -253,7 +278,8 @@ def run(ctx: Context) -> None:
         TARGETS,
         "padding_reference_pass",
         pct["reference_pass"],
-        f"{4 * ref_seeds} single sequences per batch, sorted by length",
+        f"{4 * ref_seeds} single sequences per batch, sorted by length"
+        + (f", forwarded in chunks of <= {chunks:.0%} padding" if chunks is not None else ""),
     )
     results.add(
         TARGETS, "padding_clo_seed_floor", pct["clo_seed_floor"], "each seed padded to its own longest sequence only"

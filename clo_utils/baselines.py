@@ -23,7 +23,7 @@ def sft_config(output_dir: str, max_length: int = 1024, device: str = "auto", **
         "report_to": "none",
         "packing": False,
         "train_sampling_strategy": "group_by_length",
-        **training_profile(device),
+        **training_profile(device, clo=False),
     }
     kwargs.update(overrides)
     return SFTConfig(**kwargs)
@@ -66,7 +66,7 @@ def dpo_config(output_dir: str, beta: float = 0.1, max_length: int = 1024, devic
         "precompute_ref_log_probs": True,
         "report_to": "none",
         "train_sampling_strategy": "group_by_length",
-        **training_profile(device),
+        **training_profile(device, clo=False),
     }
     kwargs.update(overrides)
     return DPOConfig(**kwargs)

@@ -87,6 +87,34 @@ def sequence_batches(lengths: Sequence[Sequence[int]], rows_per_batch: int) -> l
     return [rows[k : k + rows_per_batch] for k in range(0, len(rows), rows_per_batch)]
 
 
+def length_chunks(lengths: Sequence[int], max_padding: float) -> list[list[int]]:
+    """Row indices of one padded batch, longest first, cut into contiguous chunks of at most
+    `max_padding` padding each: a chunk padded to its own longest row computes rows x width positions,
+    of which at most that share are padding (1 - sum(lengths) / (rows x width) <= max_padding).
+
+    Greedy: a chunk starts at the longest row not yet taken and takes the next rows while the bound
+    holds. Rows come sorted by length (ties by index), so once the next row breaks the bound every
+    shorter one would too, and every chunk meets the bound: so does the whole batch, whose computed
+    positions are the chunks' sum. 0 keeps only rows of equal length together; 1 gives one chunk.
+    """
+    if not 0.0 <= max_padding <= 1.0:
+        raise ValueError(f"max_padding must be in [0, 1], got {max_padding}")
+    if any(n < 1 for n in lengths):
+        raise ValueError(f"every row length must be >= 1, got {min(lengths)}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    chunks: list[list[int]] = []
+    for i in order:
+        if chunks:
+            chunk = chunks[-1]
+            width = lengths[chunk[0]]
+            real = sum(lengths[j] for j in chunk) + lengths[i]
+            if 1.0 - real / ((len(chunk) + 1) * width) <= max_padding:
+                chunk.append(i)
+                continue
+        chunks.append([i])
+    return chunks
+
+
 def seed_lengths(input_ids: Sequence[Sequence[Sequence[int]]]) -> list[int]:
     """The padded width each CLO example asks for: the longest of its four sequences."""
     return [max(len(ids) for ids in seqs) for seqs in input_ids]

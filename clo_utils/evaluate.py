@@ -113,13 +113,17 @@ def reference_nll(
                     input_ids[row, :n_all] = torch.tensor(seqs[row])
                     attention[row, :n_all] = 1
                     scored[row, n_prompt:n_all] = True
-                logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits
-                # Position t predicts token t+1: score the logits just before each answer token.
-                target_mask = scored[:, 1:].to(logits.device)
-                selected = logits[:, :-1][target_mask].float()
-                targets = input_ids[:, 1:].to(logits.device)[target_mask]
+                # Position t predicts token t+1: score the logits just before each answer token. The LM head
+                # runs on those positions only (`logits_to_keep` mask, flattened (N, V) logits), not on the
+                # prompt and the padding; a model that ignores the mask returns every position's logits.
+                keep = torch.zeros_like(scored)
+                keep[:, :-1] = scored[:, 1:]
+                inputs = {"input_ids": input_ids.to(model.device), "attention_mask": attention.to(model.device)}
+                logits = model(**inputs, logits_to_keep=keep.to(model.device)).logits
+                selected = (logits if logits.ndim == 2 else logits[keep.to(logits.device)]).float()
+                targets = input_ids[:, 1:][scored[:, 1:]].to(selected.device)
                 total_nll += torch.nn.functional.cross_entropy(selected, targets, reduction="sum").item()
-                total_tokens += int(target_mask.sum())
+                total_tokens += int(targets.numel())
     finally:
         model.train(was_training)
     if total_tokens == 0:

@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from .methods import METHODS, NB_CLO, NB_SFT, TRAINABLE_SUFFIXES, split_method  # noqa: F401  (re-exported)
@@ -103,28 +103,71 @@ def run_stages(
         if after_each:
             after_each(records)
         print(
-            f"[{label}{i}/{len(stages)}] {stage.lang} {stage.name} ({stage.notebook}) ..."
-            + (f" stale ({stage.why})" if stage.state == "stale" else ""),
+            f"[{label}{i}/{len(stages)}] {stage.lang} {stage.name} ({stage.notebook}) ..." + _stale_note(stage),
             flush=True,
         )
         record = run_stage(stage, force=force, reuse_stale=reuse_stale)
-        print(
-            f"[{label}{i}/{len(stages)}] {stage.lang} {stage.name}: {record['status']}"
-            + (f" in {record['seconds']:.0f} s" if record["status"] == "done" else ""),
-            flush=True,
-        )
+        print(f"[{label}{i}/{len(stages)}] {stage.lang} {stage.name}: {_status(record)}", flush=True)
         records.append(record)
         if after_each:
             after_each(records)
     return records
 
 
-def _run_language(stages: list[Stage], lang: str, threads: int, reuse_stale: bool) -> list[dict]:
-    # A worker process of its own: its kernels inherit these, so side-by-side languages do not
-    # oversubscribe the cores (notebooks without a num_threads parameter included).
+def _limit_threads(threads: int) -> None:
+    # In each worker process: its kernels inherit these, so side-by-side stages do not oversubscribe
+    # the cores (notebooks without a num_threads parameter included).
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
-    return run_stages([s for s in stages if s.lang == lang], label=f"{lang} ", reuse_stale=reuse_stale)
+
+
+def run_side_by_side(
+    stages: list[Stage], jobs: int, threads: int, reuse_stale: bool = False, after_each=None, run=run_stage
+) -> list[dict]:
+    """Run stages on `jobs` worker processes, each as soon as every stage it reads is done, the first
+    ready one in plan order first: languages, and the training seeds of one language, run side by side.
+
+    A failed stage stops new stages from starting; those running finish and are recorded, then the
+    failure is raised. `after_each(records)` is called after every stage, so timings survive a kill.
+    """
+    planned = {s.key for s in stages}
+    pending, running, done, records = list(stages), {}, set(), []
+    failure: BaseException | None = None
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads,)) as pool:
+        while running or (pending and failure is None):
+            while failure is None and len(running) < jobs:
+                ready = next((s for s in pending if all(r in done or r not in planned for r in s.reads)), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                print(f"[{ready.lang}] {ready.name} ({ready.notebook}) ..." + _stale_note(ready), flush=True)
+                running[pool.submit(run, ready, False, reuse_stale)] = ready
+            if not running:
+                raise StageFailed(f"stages wait on stages that never run: {[s.key for s in pending]}")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                stage = running.pop(future)
+                try:
+                    record = future.result()
+                except Exception as err:  # re-raised once the running stages finish
+                    failure = failure or err
+                    continue
+                done.add(stage.key)
+                records.append(record)
+                print(f"[{len(records)}/{len(stages)}] {stage.lang} {stage.name}: {_status(record)}", flush=True)
+                if after_each:
+                    after_each(records)
+    if failure is not None:
+        raise failure
+    return records
+
+
+def _stale_note(stage: Stage) -> str:
+    return f" stale ({stage.why})" if stage.state == "stale" else ""
+
+
+def _status(record: dict) -> str:
+    return record["status"] + (f" in {record['seconds']:.0f} s" if record["status"] == "done" else "")
 
 
 def print_plan(stages: list[Stage]) -> None:
@@ -143,7 +186,6 @@ def run_recipe(
 ) -> list[dict]:
     recipe = load_recipe(path, languages=languages)
     jobs = max(1, int(jobs or recipe.get("jobs", 1)))
-    jobs = min(jobs, len(recipe["languages"]))
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
     stages = plan_stages(recipe, runs_root, num_threads=threads)
     final = analysis_stage(recipe, runs_root, stages)
@@ -192,12 +234,15 @@ def _run(
                 ),
             )
         else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                futures = [
-                    pool.submit(_run_language, stages, lang, threads, reuse_stale) for lang in recipe["languages"]
-                ]
-                for future in futures:
-                    records += future.result()
+            records += run_side_by_side(
+                stages,
+                jobs,
+                threads,
+                reuse_stale=reuse_stale,
+                after_each=lambda done: _write_timings(
+                    final.workdir, done, started, time.perf_counter() - start, jobs
+                ),
+            )
         _write_timings(final.workdir, records, started, time.perf_counter() - start, jobs)  # REPORT.md reads it
         check_one_data_version(final.workdir)
         records += run_stages([final], label="analysis ", force=True)  # cheap: always rebuilt from metrics
@@ -240,7 +285,7 @@ def print_summary(records: list[dict], root: Path, timings: dict) -> None:
     print(
         f"wall time {timings['wall_seconds']:.0f} s ({timings['wall_seconds'] / 60:.1f} min) over "
         f"{len(timings['invocations'])} invocation(s); stage times add up to {timings['stage_seconds']:.0f} s "
-        f"(languages run side by side); report: {root / 'REPORT.md'}; figures: {root / 'figures'}"
+        f"(stages may run side by side); report: {root / 'REPORT.md'}; figures: {root / 'figures'}"
     )
 
 
@@ -250,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("recipe", help="recipe YAML (see params/; relative: from the repository root)")
     parser.add_argument("--runs-root", default=None, help="override the recipe's runs_root")
-    parser.add_argument("--jobs", type=int, default=None, help="languages run side by side")
+    parser.add_argument("--jobs", type=int, default=None, help="stages run side by side (languages, training seeds)")
     parser.add_argument(
         "--language",
         default=None,

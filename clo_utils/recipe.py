@@ -43,7 +43,7 @@ RECIPE_KEYS = {
     "evaluation prompts are shared. An evaluate.judge_baseline naming a run group (sft-100) judges each "
     "seeded run against the baseline of the same training seed (sft-100-s1); base-0 or one seeded "
     "folder (sft-100-s0) is one baseline for every run",
-    "jobs": "languages run side by side in separate processes (threads are split between them)",
+    "jobs": "stages run side by side in separate processes (languages, training seeds; threads are split between them)",
     "data": f"parameters of {NB_DATA}",
     "train": f"parameters shared by {NB_SFT} and {NB_CLO}",
     "method_params": "per-method parameter overrides: {method: {param: value}}",

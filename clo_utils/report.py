@@ -288,7 +288,7 @@ def wall_time_section(recipe_root: Path) -> str:
         runs = len(timings.get("invocations", [])) or 1
         rows.append(
             [
-                f"**wall time** ({runs} invocation{'s' if runs > 1 else ''} of the runner; languages side by side)",
+                f"**wall time** ({runs} invocation{'s' if runs > 1 else ''} of the runner; stages side by side)",
                 f"**{_duration(timings['wall_seconds'])}**",
             ]
         )

@@ -73,6 +73,30 @@ def _training_order(recipe: dict) -> list[tuple[str, int, int, str]]:
     return out
 
 
+# Parameters in which an SFT+DPO run may differ from the SFT run whose model starts its DPO stage.
+_DPO_STAGE_ONLY = frozenset(
+    {"method", "output_dir", "then_dpo", "dpo_beta", "dpo_trainer", "sft_run_dir", "ref_cache_dir", "num_threads"}
+)
+
+
+def _start_dpo_from_sft_runs(runs: dict[str, tuple[str, dict]]) -> dict[str, tuple[str, dict]]:
+    """The runs in execution order, each SFT+DPO run given `sft_run_dir` when the recipe trains an SFT run
+    with the same parameters otherwise (same budget, seed, trainable set, overrides), and placed after it:
+    its DPO stage then starts from that run's model instead of training the same SFT stage again."""
+    out: dict[str, tuple[str, dict]] = {}
+    for folder, (notebook, params) in runs.items():
+        if params.get("then_dpo"):
+            same = {k: v for k, v in params.items() if k not in _DPO_STAGE_ONLY}
+            for sft_folder, (sft_notebook, sft) in runs.items():
+                if sft_notebook == notebook and not sft.get("then_dpo"):
+                    if {k: v for k, v in sft.items() if k not in _DPO_STAGE_ONLY} == same:
+                        out.setdefault(sft_folder, (sft_notebook, sft))  # the SFT run goes first
+                        params = {**params, "sft_run_dir": sft["output_dir"]}
+                        break
+        out.setdefault(folder, (notebook, params))
+    return out
+
+
 def recipe_root(recipe: dict, runs_root: str | None = None) -> Path:
     """<runs_root>/<name>, relative runs roots taken from the repository root whatever the cwd."""
     return run_path(runs_root or recipe.get("runs_root") or "runs") / recipe["name"]
@@ -127,33 +151,37 @@ def plan_stages(recipe: dict, runs_root: str | None = None, num_threads: int = 0
                 reads=(data_key,),
             )
         )
+        trained = {}  # folder -> (notebook, parameters) of every trained run, in execution order
         for method, n, train_seed, folder in _training_order(recipe):
             _, notebook, fixed = split_method(method)
-            run_dir = root / lang / folder
             overrides = (recipe.get("method_params") or {}).get(method) or {}
             params = {
                 **(recipe.get("train") or {}),
                 **fixed,
                 **overrides,
                 "data_dir": str(data_dir),
-                "output_dir": str(run_dir),
+                "output_dir": str(root / lang / folder),
                 "n_seeds": n,
                 "method": method,
                 "recipe": recipe["name"],
                 **common,
                 "seed": train_seed,
             }
+            trained[folder] = (notebook, _only(params, notebook))
+        for folder, (notebook, params) in _start_dpo_from_sft_runs(trained).items():
+            run_dir = root / lang / folder
+            sft_folder = Path(params.get("sft_run_dir", "")).name
             train = Stage(
                 lang,
                 f"{folder} train",
                 notebook,
                 run_dir,
                 run_dir / "train.json",
-                _only(params, notebook),
+                params,
                 kind="train",
-                reads=(data_key,),
+                reads=(data_key,) + ((f"{lang}/{sft_folder} train",) if sft_folder else ()),
             )
-            baseline = judge_baseline_for(recipe, train_seed)
+            baseline = judge_baseline_for(recipe, params["seed"])
             reads = (data_key, train.key) + ((f"{lang}/{baseline} eval",) if judged and folder != baseline else ())
             stages += [
                 train,
@@ -163,7 +191,7 @@ def plan_stages(recipe: dict, runs_root: str | None = None, num_threads: int = 0
                     NB_EVAL,
                     run_dir,
                     run_dir / "metrics.json",
-                    eval_params(run_dir, train_seed),
+                    eval_params(run_dir, params["seed"]),
                     kind="eval",
                     reads=reads,
                 ),

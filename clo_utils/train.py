@@ -146,6 +146,16 @@ class CLOConfig(TrainingArguments):
             "is proven equal to padded batches (PADDING_FREE_MODEL_TYPES with eager or sdpa attention)."
         },
     )
+    forward_chunk_padding: float | None = field(
+        default=None,
+        metadata={
+            "help": "Forward a padded batch as chunks of rows of similar length, each cut to its own width, with at "
+            "most this share of padding per chunk (clo_utils.batching.length_chunks), all before one backward: "
+            "the same loss and gradients, less compute on padding (a seed's four sequences differ in length). "
+            "None: one forward per batch. training_profile sets it on CPU; one forward on GPU, where one large "
+            "batch runs better, and under distributed training (see CLOTrainer._chunk_padding)."
+        },
+    )
     report_to: str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
 
     def __post_init__(self):
@@ -156,6 +166,10 @@ class CLOConfig(TrainingArguments):
             raise ValueError(f"CLOConfig.lam must be in [0, 1], got {self.lam}")
         if self.nll_on not in NLL_ON:
             raise ValueError(f"CLOConfig.nll_on must be one of {NLL_ON}, got {self.nll_on!r}")
+        if self.forward_chunk_padding is not None and not 0.0 <= self.forward_chunk_padding <= 1.0:
+            raise ValueError(
+                f"CLOConfig.forward_chunk_padding must be None or in [0, 1], got {self.forward_chunk_padding}"
+            )
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -215,11 +229,36 @@ class CLOTrainer(Trainer):
         self.reference_seeds_computed = 0
         self.reference_cache_path: Path | None = None
         self._nll_window_tokens: torch.Tensor | None = None  # target tokens of this accumulation window, all processes
+        self.forward_chunk_padding = self._chunk_padding()
         if "ref_logps" not in examples[0]:
             ref = self.compute_reference_logps(examples)
             examples = [{**ex, "ref_logps": ref[ex["index"]].tolist()} for ex in examples]
         self.train_dataset = Dataset.from_list(examples)
         self._stored_metrics: dict[str, list[float]] = defaultdict(list)
+
+    def _chunk_padding(self) -> float | None:
+        """args.forward_chunk_padding, or None (one forward per batch) under a distributed wrapper.
+
+        Chunks mean several forwards before one backward. DDP pairs each forward with a backward: every
+        forward prepares its gradient reducer again (Reducer.prepare_for_forward; with find_unused_parameters
+        it searches the graph from that forward's outputs only, with static_graph it hooks each forward's
+        outputs), and FSDP and DeepSpeed gather and release parameters and hook the backward per forward. So
+        a distributed run keeps to one forward per backward, the use those wrappers are built and tested for.
+        """
+        from accelerate.utils import DistributedType
+
+        padding = self.args.forward_chunk_padding
+        distributed = self.accelerator.distributed_type
+        if padding is not None and (distributed != DistributedType.NO or self.accelerator.num_processes > 1):
+            log.info(
+                "forward_chunk_padding=%s ignored: one forward per padded batch under %s (%d processes), whose "
+                "wrapper expects one forward per backward",
+                padding,
+                distributed.value,
+                self.accelerator.num_processes,
+            )
+            return None
+        return padding
 
     def _get_train_sampler(self, train_dataset=None):
         if self.args.train_sampling_strategy != "group_by_length":
@@ -366,9 +405,37 @@ class CLOTrainer(Trainer):
         return (loss, out) if return_outputs else loss
 
     def _response_logps(self, model, batch):
-        """((B,) summed response log-probs, (B,) counts), model output. The LM head runs on the
-        response positions only (`logits_to_keep` mask): prompt and padding rows of the (T, V)
-        logits, and their gradient, are never built."""
+        """((B,) summed response log-probs, (B,) counts), model output: one forward of the batch, or with
+        `forward_chunk_padding` one per chunk of rows of similar length (`batching.length_chunks`).
+
+        A chunk is cut to its own width (right padding: a row's positions see only the row's own tokens,
+        so the cut changes none of its log-probs), and the chunks' log-probs go back into the batch's row
+        order, so the loss, and the one backward through every chunk's graph, are those of one forward.
+        The output returned is then the last chunk's. Packed batches hold no padding and go in one forward.
+        """
+        if self.forward_chunk_padding is None or "attention_mask" not in batch or "segment_ids" in batch:
+            return self._forward_logps(model, batch)
+        from .batching import length_chunks
+
+        lengths = batch["attention_mask"].sum(-1).tolist()
+        chunks = length_chunks(lengths, self.forward_chunk_padding)
+        if len(chunks) == 1 and lengths[chunks[0][0]] == batch["attention_mask"].shape[1]:
+            return self._forward_logps(model, batch)
+        device = batch["input_ids"].device
+        logps, counts = [], []
+        for rows in chunks:
+            index, width = torch.tensor(rows, device=device), lengths[rows[0]]
+            part = {k: batch[k][index, :width] for k in ("input_ids", "attention_mask", "labels")}
+            (chunk_logps, chunk_counts), out = self._forward_logps(model, part)
+            logps.append(chunk_logps)
+            counts.append(chunk_counts)
+        inverse = torch.argsort(torch.tensor([i for rows in chunks for i in rows], device=device))
+        return (torch.cat(logps)[inverse], torch.cat(counts)[inverse]), out
+
+    def _forward_logps(self, model, batch):
+        """`_response_logps` of one forward. The LM head runs on the response positions only
+        (`logits_to_keep` mask): prompt and padding rows of the (T, V) logits, and their gradient,
+        are never built."""
         keep = response_positions(batch["labels"])
         segments = batch.get("segment_ids")  # present in packed batches (CLOCollator with padding_free)
         if segments is None:

@@ -11,26 +11,34 @@ from transformers import TrainingArguments
 
 log = logging.getLogger(__name__)
 
+# Padding share allowed per forwarded chunk of a CLO batch on CPU (clo_utils.batching.length_chunks).
+CPU_FORWARD_CHUNK_PADDING = 0.1
 
-def training_profile(device: str = "auto") -> dict:
-    """Trainer keyword arguments per hardware profile.
+
+def training_profile(device: str = "auto", clo: bool = True) -> dict:
+    """Trainer keyword arguments per hardware profile; with `clo`, CLOConfig's own ones too (TRL's
+    configs take `clo=False`).
 
     CPU: fp32 without gradient checkpointing (TRL's defaults, bf16 and checkpointing, are slow on a
-    CPU without bf16 arithmetic). GPU: bf16 autocast; `prepare_mixed_precision` keeps the trainable
-    parameters in fp32.
+    CPU without bf16 arithmetic), and CLO's padded batches forwarded in chunks of rows of similar
+    length (CLOConfig.forward_chunk_padding): the time of a CPU step follows the positions computed,
+    padding included. GPU: bf16 autocast; `prepare_mixed_precision` keeps the trainable parameters in
+    fp32; one forward per batch, as a large batch keeps the GPU busier than several smaller ones.
     """
     if device == "auto":
         device = "gpu" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
-        return {
+        profile = {
             "use_cpu": True,
             "bf16": False,
             "fp16": False,
             "gradient_checkpointing": False,
             "dataloader_num_workers": 0,
         }
+        return {**profile, "forward_chunk_padding": CPU_FORWARD_CHUNK_PADDING} if clo else profile
     if device == "gpu":
-        return {"use_cpu": False, "bf16": True, "fp16": False, "gradient_checkpointing": False}
+        profile = {"use_cpu": False, "bf16": True, "fp16": False, "gradient_checkpointing": False}
+        return {**profile, "forward_chunk_padding": None} if clo else profile
     raise ValueError(f"profile device must be 'auto', 'cpu' or 'gpu', got {device!r}")
 
 

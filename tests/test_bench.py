@@ -14,8 +14,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks.end_to_end import breakdown, cell_category  # noqa: E402
 from benchmarks.mfu import FlopCosts, flop_costs  # noqa: E402
-from benchmarks.padding import counts_of, generation_tokens, share  # noqa: E402
-from clo_utils.batching import LengthGroupedSeedSampler, length_grouped_batches, seed_lengths  # noqa: E402
+from benchmarks.padding import counts_of, generation_tokens, mask_counts, share  # noqa: E402
+from clo_utils.batching import (  # noqa: E402
+    LengthGroupedSeedSampler,
+    length_chunks,
+    length_grouped_batches,
+    seed_lengths,
+)
 
 
 def test_translation_section_counts_backend_calls_and_decoder_positions(tmp_path):
@@ -92,6 +97,49 @@ def test_sampler_yields_the_batches_a_dataloader_cuts_back_out_and_changes_each_
 
 def test_seed_lengths_is_the_longest_of_the_four_sequences():
     assert seed_lengths([[[1] * 3, [1] * 5, [1] * 2, [1]], [[1]] * 4]) == [5, 1]
+
+
+def _chunk_share(lengths, chunk):
+    width = max(lengths[i] for i in chunk)
+    return 1 - sum(lengths[i] for i in chunk) / (len(chunk) * width)
+
+
+@pytest.mark.parametrize("max_padding", [0.0, 0.05, 0.1, 0.3, 1.0])
+def test_length_chunks_cover_every_row_once_within_the_padding_bound(max_padding):
+    rng = random.Random(int(max_padding * 100))
+    for n_rows in (1, 2, 7, 16, 33):
+        lengths = [rng.choice([rng.randint(20, 60), rng.randint(100, 400)]) for _ in range(n_rows)]
+        chunks = length_chunks(lengths, max_padding)
+        flat = [i for c in chunks for i in c]
+        assert sorted(flat) == list(range(n_rows))  # every row exactly once
+        assert flat == sorted(range(n_rows), key=lambda i: (-lengths[i], i))  # contiguous, longest first
+        for chunk, following in zip(chunks, chunks[1:] + [None]):
+            assert _chunk_share(lengths, chunk) <= max_padding + 1e-12
+            if following:  # greedy: the next row would have broken the bound
+                assert _chunk_share(lengths, chunk + following[:1]) > max_padding
+        computed = sum(len(c) * max(lengths[i] for i in c) for c in chunks)
+        assert 1 - sum(lengths) / computed <= max_padding + 1e-12  # so does the whole batch
+        assert length_chunks(lengths, max_padding) == chunks
+    assert len(length_chunks([5, 9, 7, 3], 1.0)) == 1
+    assert length_chunks([4, 6, 4, 6, 5], 0.0) == [[1, 3], [4], [0, 2]]
+
+
+def test_padding_counts_the_positions_of_each_chunk_at_its_own_width():
+    lengths = [10, 4, 9, 3]
+    mask = torch.tensor([[1] * n + [0] * (10 - n) for n in lengths])
+    batch = {"input_ids": torch.zeros_like(mask), "attention_mask": mask}
+    assert mask_counts([batch]) == (40, 26)  # one forward: 4 rows x 10
+    assert mask_counts([batch], chunk_padding=0.2) == (2 * 10 + 2 * 4, 26)  # chunks [10, 9] and [4, 3]
+    assert mask_counts([batch], chunk_padding=0.1) == (2 * 10 + 4 + 3, 26)  # [4, 3] holds 1/8 padding
+    packed = {"input_ids": torch.zeros(1, 26)}
+    assert mask_counts([packed], chunk_padding=0.1) == (26, 26)
+
+
+def test_length_chunks_refuse_a_bound_outside_0_1_and_empty_rows():
+    with pytest.raises(ValueError, match="max_padding must be in"):
+        length_chunks([3, 4], 1.5)
+    with pytest.raises(ValueError, match="row length must be >= 1"):
+        length_chunks([3, 0], 0.1)
 
 
 def _tiny_clo_trainer(tmp_path, n_seeds=8, **overrides):
@@ -355,9 +403,16 @@ def test_sections_run_on_a_tiny_model(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
     ratios = results["ratios"]
-    for name in ("mfu_clo_step", "mfu_sft_step", "mfu_dpo_step", "mfu_reference_pass", "mfu_generation"):
+    names = ["mfu_clo_step", "mfu_sft_step", "mfu_dpo_step", "mfu_reference_pass", "mfu_generation"]
+    chunks = results["sections"]["padding"]["forward_chunk_padding"]  # the CPU profile's: CLO batches in chunks
+    assert (chunks is None) == torch.cuda.is_available()
+    for name in names + (["mfu_clo_step_one_forward"] if chunks is not None else []):
         assert 0 < ratios[name]["value"] < 2, (name, ratios[name])
     assert ratios["padding_clo_training"]["value"] <= ratios["padding_clo_training_random"]["value"]
+    if chunks is not None:  # every chunk within the bound, so the whole epoch too
+        assert ratios["padding_clo_training"]["value"] <= min(
+            chunks, ratios["padding_clo_training_one_forward"]["value"]
+        )
     positions = results["sections"]["padding"]["positions"]
     real = {positions[k]["real"] for k in ("clo_training", "clo_random", "clo_group_by_length", "reference_pass")}
     assert len(real) == 1  # the same tokens, batched differently

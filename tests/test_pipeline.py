@@ -608,3 +608,46 @@ def test_tiny_recipe_runs_is_killed_and_resumes_only_unfinished_stages(tmp_path)
         "## Wall time" in (root / "REPORT.md").read_text()
         and "wall time not recorded" not in (root / "REPORT.md").read_text()
     )
+
+
+# --------------------------------------------------------------------------- stages side by side
+
+
+def _timed_stage(stage, force=False, reuse_stale=False):
+    """Stands in for run_stage in the scheduler tests (top level: worker processes unpickle it by name)."""
+    start = time.time()
+    if stage.name == "fails":  # at once, while the other worker's stage still runs
+        raise pipeline.StageFailed(f"stage '{stage.name}' failed")
+    time.sleep(0.5)
+    return {"lang": stage.lang, "stage": stage.name, "status": "done", "seconds": 0.5, "t": (start, time.time())}
+
+
+def _chain(lang: str, names: list[str], tmp_path) -> list:
+    stages, previous = [], ()
+    for name in names:
+        stages.append(pipeline.Stage(lang, name, "nb", tmp_path, tmp_path / "x", reads=previous))
+        previous = (stages[-1].key,)
+    return stages
+
+
+def test_side_by_side_stages_start_once_what_they_read_is_done(tmp_path):
+    stages = _chain("ca", ["data", "train", "eval"], tmp_path) + _chain("es", ["data", "train"], tmp_path)
+    stages.append(pipeline.Stage("ca", "s1 train", "nb", tmp_path, tmp_path / "x", reads=("ca/data",)))
+    records = pipeline.run_side_by_side(stages, jobs=2, threads=1, run=_timed_stage)
+    times = {f"{r['lang']}/{r['stage']}": r["t"] for r in records}
+    assert set(times) == {s.key for s in stages}
+    for stage in stages:
+        for read in stage.reads:
+            assert times[read][1] <= times[stage.key][0], (read, stage.key)
+    spans = sorted(times.values())
+    assert any(a[1] > b[0] for a, b in zip(spans, spans[1:]))  # two workers: some stages overlap
+    assert max(end for _, end in spans) - min(start for start, _ in spans) < 6 * 0.5  # not one after another
+
+
+def test_a_failed_stage_stops_new_ones_and_lets_running_ones_finish(tmp_path, capsys):
+    stages = _chain("ca", ["fails", "after"], tmp_path) + _chain("es", ["data", "train"], tmp_path)
+    with pytest.raises(pipeline.StageFailed, match="stage 'fails' failed"):
+        pipeline.run_side_by_side(stages, jobs=2, threads=1, run=_timed_stage)
+    out = capsys.readouterr().out
+    assert "es data: done" in out  # started beside the failing stage, finished and recorded
+    assert "ca after" not in out and "es train" not in out  # nothing new starts after the failure

@@ -293,6 +293,95 @@ def test_padding_free_batch_gives_the_padded_batchs_loss_log_probs_and_gradients
         torch.testing.assert_close(grads[name], grads_pad[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def _uneven_examples(tok):
+    """Four seeds whose four sequences differ much in length, with given reference log-probs."""
+    rows = seed_rows(4)
+    rows[1]["response_tgt"] = "El mar és blau i ample. " * 4
+    rows[2]["response_en"] = "The sea is blue and wide. " * 2
+    examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(rows), tok, 256)
+    generator = torch.Generator().manual_seed(0)
+    return [{**ex, "ref_logps": (-30 * torch.rand(4, generator=generator)).tolist()} for ex in examples]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_chunked_forward_gives_the_single_forwards_loss_log_probs_and_gradients(tmp_path, tok, arch):
+    from clo_utils.batching import length_chunks
+
+    model = make_model(arch, len(tok))
+    examples = _uneven_examples(tok)
+    trainer = CLOTrainer(model, _config(tmp_path, forward_chunk_padding=0.05), examples, processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    chunks = length_chunks(lengths, 0.05)
+    shapes = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    results = []
+    for padding in (0.05, None):
+        trainer.forward_chunk_padding = padding
+        model.zero_grad()
+        with torch.no_grad():
+            (logps, counts), _ = trainer._response_logps(model, batch)
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logps, counts, loss.detach(), grads))
+    hook.remove()
+    # chunked: one forward per chunk, each as wide as its longest row; then one forward of the whole batch
+    chunked_shapes = [(len(c), max(lengths[i] for i in c)) for c in chunks]
+    assert len(chunks) > 1 and shapes == 2 * chunked_shapes + 2 * [tuple(batch["input_ids"].shape)]
+    assert sum(r * w for r, w in chunked_shapes) < batch["input_ids"].numel()
+    (logps, counts, loss, grads), (logps_one, counts_one, loss_one, grads_one) = results
+    with torch.no_grad():  # each sequence alone, unpadded: the log-probs are in the batch's row order
+        alone = torch.stack(
+            [
+                sequence_logps(model(input_ids=ids[:n].unsqueeze(0)).logits, labels[:n].unsqueeze(0))[0][0]
+                for ids, labels, n in zip(batch["input_ids"], batch["labels"], lengths)
+            ]
+        )
+    torch.testing.assert_close(logps, alone, rtol=1e-5, atol=1e-4)
+    assert torch.equal(counts, counts_one)
+    torch.testing.assert_close(logps, logps_one, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(loss, loss_one, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == grads_one.keys() and len(grads) == len(list(model.parameters()))
+    assert any(g.abs().sum() > 0 for g in grads.values())
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_one[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_cpu_profile_chunks_clo_forwards_and_trl_configs_take_the_profile_without_it(tmp_path):
+    from clo_utils.train import CLOConfig, dpo_config, sft_config, training_profile
+    from clo_utils.train_setup import CPU_FORWARD_CHUNK_PADDING
+
+    assert 0 < CPU_FORWARD_CHUNK_PADDING <= 0.1  # within the padding goal of a training batch
+    assert training_profile("cpu")["forward_chunk_padding"] == CPU_FORWARD_CHUNK_PADDING
+    assert training_profile("gpu")["forward_chunk_padding"] is None
+    cfg = CLOConfig(output_dir=str(tmp_path / "clo"), report_to="none", **training_profile("cpu"))
+    assert cfg.forward_chunk_padding == CPU_FORWARD_CHUNK_PADDING
+    assert _config(tmp_path).forward_chunk_padding is None  # outside the profile: one forward per batch
+    assert "forward_chunk_padding" not in training_profile("cpu", clo=False)
+    assert sft_config(str(tmp_path / "sft"), device="cpu").use_cpu  # TRL's configs refuse unknown keys
+    assert dpo_config(str(tmp_path / "dpo"), device="cpu").use_cpu
+
+
+def test_distributed_training_keeps_one_forward_per_batch(tmp_path, tok, caplog, monkeypatch):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    trainer = CLOTrainer(
+        make_model("llama", len(tok)),
+        _config(tmp_path, forward_chunk_padding=0.1),
+        _uneven_examples(tok),
+        processing_class=tok,
+    )
+    assert trainer.forward_chunk_padding == 0.1
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.MULTI_CPU))
+    with caplog.at_level("INFO", logger="clo_utils.train"):
+        assert trainer._chunk_padding() is None
+    assert "one forward per padded batch under MULTI_CPU" in caplog.text
+
+
 def test_padding_free_falls_back_to_padded_batches_where_it_is_not_proven(tmp_path, tok, caplog):
     examples, _ = tokenize_clo_pairs(build_cross_lingual_pairs(seed_rows(2)), tok, 256)
     examples = [{**ex, "ref_logps": [0.0] * 4} for ex in examples]
@@ -420,6 +509,8 @@ def test_bad_config_values_are_clear_errors(tmp_path):
         _config(tmp_path, lam=2.0)
     with pytest.raises(ValueError, match="nll_on"):
         _config(tmp_path, nll_on="english")
+    with pytest.raises(ValueError, match="forward_chunk_padding"):
+        _config(tmp_path, forward_chunk_padding=1.5)
 
 
 def test_lam0_target_triples_equal_trl_dpo_sigmoid_loss(tmp_path, tok):
@@ -729,6 +820,23 @@ def test_a_packed_training_step_with_accumulation_equals_a_padded_one(tmp_path, 
     for key in ("loss", "nll_loss", "cl_loss"):
         assert packed_trainer.state.log_history[0][key] == pytest.approx(
             padded_trainer.state.log_history[0][key], rel=1e-5
+        ), key
+
+
+def test_a_chunked_training_step_with_accumulation_equals_a_single_forward_one(tmp_path, tok):
+    rows = seed_rows(4)
+    rows[1]["response_tgt"] = "El mar és blau i ample. " * 4
+    rows[2]["response_en"] = "The sea is blue and wide. " * 2
+    chunked, chunked_trainer = _one_sgd_step(
+        tmp_path / "chunked", tok, rows, batch=2, ga=2, lam=0.5, forward_chunk_padding=0.0
+    )
+    single, single_trainer = _one_sgd_step(tmp_path / "single", tok, rows, batch=2, ga=2, lam=0.5)
+    assert chunked_trainer.forward_chunk_padding == 0.0 and single_trainer.forward_chunk_padding is None
+    for name in single:
+        assert torch.allclose(chunked[name], single[name], atol=1e-6, rtol=1e-4), name
+    for key in ("loss", "nll_loss", "cl_loss"):
+        assert chunked_trainer.state.log_history[0][key] == pytest.approx(
+            single_trainer.state.log_history[0][key], rel=1e-5
         ), key
 
 

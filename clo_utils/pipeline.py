@@ -11,7 +11,9 @@ analysis) and the kit's version. A stage is complete when its record is complete
 fingerprint is the one the recipe asks for; a stale stage (the recipe changed) reruns with its
 old outputs kept aside until the new ones are complete, or is kept with --reuse-stale. A killed
 run resumes by running the same command again; a failed stage stops the run with the path of
-its executed notebook and the cell that failed.
+its executed notebook and the cell that failed. With jobs > 1 (the recipe's `jobs`, or --jobs) stages
+run side by side in worker processes, the threads split between them, each stage as soon as the
+stages it reads are done: languages, training seeds and methods of one budget need not wait on each other.
 """
 
 from __future__ import annotations

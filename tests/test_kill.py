@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_models import make_model, make_tokenizer
+from tiny_models import save_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
 STAGE_LINE = re.compile(r"^\[(?:analysis )?\d+/\d+\] (\S+) (.+?): (done|skipped \(complete\))")
@@ -192,10 +192,7 @@ def _generation_batches(run_dir: Path) -> dict:
 def test_killed_in_every_stage_kind_resumes_the_interrupted_stage_and_matches_an_uninterrupted_run(tmp_path):
     if subprocess.run(["sh", "-c", "command -v apertium"], capture_output=True).returncode:
         pytest.skip("Debian's apertium is not installed (make test installs it when apt is available)")
-    model_dir = tmp_path / "tiny-llama"
-    tok = make_tokenizer()
-    make_model("llama", vocab_size=len(tok)).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    model_dir = save_tiny_llama(tmp_path / "tiny-llama")
     recipe = tmp_path / "kill.yaml"
     recipe.write_text(yaml.safe_dump(_recipe(model_dir), sort_keys=False))
 

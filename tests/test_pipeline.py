@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_models import make_model, make_tokenizer
+from tiny_models import save_tiny_llama, tiny_recipe
 
 from clo_utils import pipeline
 from clo_utils.languages import PAPER_LANGUAGES
@@ -217,11 +217,7 @@ def test_bad_training_seeds_are_one_line_naming_the_file_and_line(tmp_path, seed
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    tok = make_tokenizer()
-    make_model("llama", vocab_size=len(tok)).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    return model_dir
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
 
 TINY_YAML = """name: probe
@@ -538,27 +534,8 @@ def test_a_run_trained_by_hand_with_the_recipe_parameters_is_adopted(tmp_path):
 def test_tiny_recipe_runs_is_killed_and_resumes_only_unfinished_stages(tmp_path):
     if shutil.which("apertium") is None:
         pytest.skip("Debian's apertium is not installed (make test installs it when apt is available)")
-    model_dir = tmp_path / "tiny-llama"
-    tok = make_tokenizer()
-    make_model("llama", vocab_size=len(tok)).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    recipe = {
-        "name": "tiny",
-        "languages": ["ca", "es"],
-        "budgets": [2, 4],
-        "methods": ["sft", "clo"],
-        "seed": 0,
-        "data": {"data_source": "smoke", "n_eval": 3, "tokenizer_id": str(model_dir), "apertium_procs": 1},
-        "train": {
-            "model_id": str(model_dir),
-            "device": "cpu",
-            "batch_seeds": 2,
-            "max_length": 512,
-            "learning_rate": 1e-3,
-        },
-        "evaluate": {"base_model_id": str(model_dir), "max_prompts": 3, "max_new_tokens": 8, "batch_size": 3},
-        "analysis": {"formats": ["png"]},
-    }
+    model_dir = save_tiny_llama(tmp_path / "tiny-llama")
+    recipe = tiny_recipe(model_dir, languages=["ca", "es"], budgets=[2, 4], methods=["sft", "clo"])
     path = _write(tmp_path / "tiny.yaml", recipe)
     env = {**os.environ, "CLO_CACHE_DIR": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "clo_utils.pipeline", str(path), "--runs-root", str(tmp_path / "runs"), "--jobs", "1"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from safetensors.torch import load_file
-from tiny_models import make_model, make_tokenizer
+from tiny_models import make_model, make_tokenizer, save_tiny_llama, tiny_recipe
 
 from clo_utils.recipe import load_recipe
 from clo_utils.runfiles import write_train
@@ -80,27 +80,9 @@ def test_check_sft_run_names_the_file_and_what_differs(tmp_path):
 def test_a_tiny_recipe_trains_sft_once_and_dpo_from_it(tmp_path):
     if shutil.which("apertium") is None:
         pytest.skip("Debian's apertium is not installed (make test installs it when apt is available)")
-    model_dir = tmp_path / "tiny-llama"
-    tok = make_tokenizer()
-    make_model("llama", vocab_size=len(tok)).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    recipe = {
-        "name": "tiny",
-        "languages": ["ca"],
-        "budgets": [4],
-        "methods": ["sft", "sft_dpo"],
-        "seed": 0,
-        "data": {"data_source": "smoke", "n_eval": 2, "tokenizer_id": str(model_dir), "apertium_procs": 1},
-        "train": {
-            "model_id": str(model_dir),
-            "device": "cpu",
-            "batch_seeds": 2,
-            "max_length": 512,
-            "learning_rate": 1e-3,
-        },
-        "evaluate": {"base_model_id": str(model_dir), "max_prompts": 2, "max_new_tokens": 4, "batch_size": 2},
-        "analysis": {"formats": ["png"]},
-    }
+    model_dir = save_tiny_llama(tmp_path / "tiny-llama")
+    recipe = tiny_recipe(model_dir, languages=["ca"], budgets=[4], methods=["sft", "sft_dpo"])
+    recipe["data"]["n_eval"] = recipe["evaluate"]["max_prompts"] = 2
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     env = {**os.environ, "CLO_CACHE_DIR": str(tmp_path / "cache")}

@@ -286,11 +286,17 @@ def test_padding_free_batch_gives_the_padded_batchs_loss_log_probs_and_gradients
     with torch.no_grad():  # not vacuous: with positions that do not restart, the sequences see each other
         joined = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1]).unsqueeze(0)}
         assert not torch.allclose(trainer._response_logps(model, joined)[0][0], logps, atol=1e-2)
-    torch.testing.assert_close(loss, loss_pad, rtol=1e-5, atol=1e-6)
-    assert grads.keys() == grads_pad.keys() and len(grads) == len(list(model.parameters()))
+    _assert_same_loss_and_gradients(model, (loss, grads), (loss_pad, grads_pad))
+
+
+def _assert_same_loss_and_gradients(model, got, expected):
+    """(loss, {name: grad}) of one CLO step equal another's, with a gradient for every parameter, not all zero."""
+    (loss, grads), (loss_ref, grads_ref) = got, expected
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == grads_ref.keys() and len(grads) == len(list(model.parameters()))
     assert any(g.abs().sum() > 0 for g in grads.values())
     for name in grads:
-        torch.testing.assert_close(grads[name], grads_pad[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def _uneven_examples(tok):
@@ -343,11 +349,7 @@ def test_chunked_forward_gives_the_single_forwards_loss_log_probs_and_gradients(
     torch.testing.assert_close(logps, alone, rtol=1e-5, atol=1e-4)
     assert torch.equal(counts, counts_one)
     torch.testing.assert_close(logps, logps_one, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(loss, loss_one, rtol=1e-5, atol=1e-6)
-    assert grads.keys() == grads_one.keys() and len(grads) == len(list(model.parameters()))
-    assert any(g.abs().sum() > 0 for g in grads.values())
-    for name in grads:
-        torch.testing.assert_close(grads[name], grads_one[name], rtol=1e-4, atol=1e-6, msg=name)
+    _assert_same_loss_and_gradients(model, (loss, grads), (loss_one, grads_one))
 
 
 def test_cpu_profile_chunks_clo_forwards_and_trl_configs_take_the_profile_without_it(tmp_path):

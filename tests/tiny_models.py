@@ -154,6 +154,29 @@ def seed_rows(n: int = 4, lang: str = "ca") -> list[dict]:
     return rows
 
 
+def save_tiny_llama(model_dir):
+    """A tiny random Llama and its tokenizer saved in `model_dir` (a local model id for recipes)."""
+    tok = make_tokenizer()
+    make_model("llama", vocab_size=len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    return model_dir
+
+
+def tiny_recipe(model_dir, **top) -> dict:
+    """A recipe training and evaluating the tiny model of `model_dir` on the smoke data in seconds; `top`
+    sets or replaces top-level keys (name, languages, budgets, methods, ...)."""
+    model = str(model_dir)
+    return {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"data_source": "smoke", "n_eval": 3, "tokenizer_id": model, "apertium_procs": 1},
+        "train": {"model_id": model, "device": "cpu", "batch_seeds": 2, "max_length": 512, "learning_rate": 1e-3},
+        "evaluate": {"base_model_id": model, "max_prompts": 3, "max_new_tokens": 8, "batch_size": 3},
+        "analysis": {"formats": ["png"]},
+        **top,
+    }
+
+
 def clo_config(tmp_path, **overrides):
     """A CLOConfig for a few CPU steps of a tiny model, writing under tmp_path."""
     from clo_utils.train import CLOConfig

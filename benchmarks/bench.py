@@ -69,7 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--apertium-batch", type=int, default=200)
     p.add_argument("--m2m100-batch", type=int, default=None, help="default: the translator's own batch size (16)")
     p.add_argument("--gen-prompts", type=int, default=48, help="target-language prompts (48: the whole smoke set)")
-    p.add_argument("--gen-batch", type=int, default=25, help="the demo's evaluate.batch_size")
+    p.add_argument("--gen-batch", type=int, default=25, help="prompts per generation batch (the demo uses 60)")
     p.add_argument("--gen-tokens", type=int, default=40, help="the demo's evaluate.max_new_tokens")
     p.add_argument("--recipe", default="demo", help="end_to_end: runs/<recipe> (default demo)")
     p.add_argument(

@@ -99,14 +99,18 @@ def _error_bars(points: pd.DataFrame, column: str) -> list[list[float]] | None:
     ]
 
 
+EFFICIENCY_FAMILIES = ("sft", "sft_dpo", "clo")  # the methods drawn against the seed budget
+
+
 def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
-    """Wrong-language share and headline fidelity vs seed budget, SFT and CLO per language, with 95%
-    intervals: a bootstrap over prompts for one training seed, a Student-t interval across seeds
+    """Wrong-language share and headline fidelity vs seed budget, SFT, SFT+DPO and CLO per language, with
+    95% intervals: a bootstrap over prompts for one training seed, a Student-t interval across seeds
     for several (the seeds' mean is the point)."""
     main = main_variants(evals)
-    curves = main[main["method_family"].isin(["sft", "clo"])]
+    curves = main[main["method_family"].isin(EFFICIENCY_FAMILIES)]
     if curves.empty:
-        raise MissingFigureData("no SFT or CLO runs in the metrics")
+        raise MissingFigureData("no SFT, SFT+DPO or CLO runs in the metrics")
+    families = ordered_methods(curves["method_family"])
     budgets = sorted(int(n) for n in curves["n_seeds"].unique())
     if len(budgets) < 2:
         raise MissingFigureData(f"only one seed budget ({budgets[0]}): a curve needs two or more")
@@ -119,7 +123,7 @@ def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
         for col, lang in enumerate(languages):
             ax = axes[row, col]
             at = points[(points["lang"] == lang) & (points["direction"] == direction)]
-            for family in ("sft", "clo"):
+            for family in families:
                 line = at[at["method_family"] == family].sort_values("n_seeds")
                 line = line[line[column].notna()]
                 if len(line):
@@ -138,7 +142,7 @@ def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
             limit_share_axis(ax, metric)
     row_labels = [f"{DIRECTION_SHORT[d]}\n{axis_label(m)}" for m, d in EFFICIENCY_PANELS]
     label_grid(axes, row_labels, [language_label(lang) for lang in languages], "seed budget (seeds)")
-    handles = [Line2D([], [], color=METHOD_COLOURS[f], marker="o", label=method_label(f)) for f in ("sft", "clo")]
+    handles = [Line2D([], [], color=METHOD_COLOURS[f], marker="o", label=method_label(f)) for f in families]
     handles.append(Line2D([], [], color=METHOD_COLOURS["base"], linestyle="--", label="untouched model"))
     add_legend(figure, handles)
     figure.suptitle("Data efficiency: wrong-language share and fidelity vs seed budget (95% intervals)")

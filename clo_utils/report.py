@@ -340,11 +340,11 @@ def knowledge_section(evals: pd.DataFrame) -> str | None:
 
 
 def example_runs(evals: pd.DataFrame, lang: str) -> list[pd.Series]:
-    """The untouched model, and the main SFT and CLO runs at their largest budget, for `lang`."""
+    """The untouched model, and the main SFT, SFT+DPO and CLO runs at their largest budget, for `lang`."""
     runs = evals[(evals["lang"] == lang)].drop_duplicates("run_dir")
     runs = runs[runs["run_dir"].isin(main_run_dirs(runs))]
     chosen = []
-    for family in ("base", "sft", "clo"):
+    for family in ("base", "sft", "sft_dpo", "clo"):
         candidates = runs[runs["method_family"] == family].sort_values("n_seeds")
         if len(candidates):
             chosen.append(candidates.iloc[-1])
@@ -365,7 +365,7 @@ def examples_for_language(
     answered = [(run, answers) for run, answers in answered if answers]
     heading = f"### {language_label(lang)}"
     if len(answered) < 2:
-        return f"{heading}\n\nFewer than two of base / SFT / CLO have an answers.jsonl: no side-by-side examples."
+        return f"{heading}\n\nFewer than two of base / SFT / SFT+DPO / CLO have an answers.jsonl: no side-by-side examples."
     # Prompt ids in the first run's order (files need not share an order), kept when every run answered them.
     shared = [i for i in answered[0][1] if all(i in answers for _, answers in answered)][:count]
     if not shared:

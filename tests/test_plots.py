@@ -588,3 +588,16 @@ def test_data_efficiency_figure_draws_intervals(tmp_path: Path) -> None:
     assert segments[1][0][1] == pytest.approx(max(0.0, 0.05 - half), abs=1e-3)
     assert segments[1][1][1] == pytest.approx(0.05 + half, abs=1e-3)
     assert "tiny budget" in figure.texts[-1].get_text() and "95%" in figure.texts[-1].get_text()
+
+
+def test_data_efficiency_figure_draws_sft_dpo_beside_sft_and_clo(tmp_path: Path) -> None:
+    recipe = write_study(tmp_path)
+    for sft in sorted((recipe / "ca").glob("sft-*")):  # SFT+DPO runs that answer like the SFT runs
+        run_dir = recipe / "ca" / sft.name.replace("sft", "sft_dpo", 1)
+        shutil.copytree(sft, run_dir)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics["run"]["method"] = "sft_dpo"
+        (run_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    figure = plots.plot_data_efficiency(plots.load_tables(recipe).evals)
+    assert len([c for c in figure.axes[0].containers if c.has_yerr]) == 3
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["SFT", "SFT+DPO", "CLO", "untouched model"]

@@ -69,7 +69,7 @@ def _largest_budget(frame: pd.DataFrame, lang: str, families: Sequence[str]) -> 
 
 
 # --------------------------------------------------------------------------------------------
-# (1) Data efficiency: score vs seed budget, SFT vs CLO, per language
+# (1) Data efficiency: score vs seed budget, SFT, SFT+DPO and CLO, per language
 # --------------------------------------------------------------------------------------------
 
 SCORE_PANELS = (("fidelity", "tgt"), ("fidelity", "en"), ("chrf", "tgt"), ("chrf", "en"))

@@ -273,13 +273,7 @@ def test_padding_free_batch_gives_the_padded_batchs_loss_log_probs_and_gradients
     assert int(padded["attention_mask"].sum()) == sum(lengths) < padded["input_ids"].numel()
     results = []
     for batch in (packed, padded):
-        model.zero_grad()
-        with torch.no_grad():
-            (logps, counts), _ = trainer._response_logps(model, batch)
-        loss = trainer.compute_loss(model, batch)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results.append((logps, counts, loss.detach(), grads))
+        results.append(_step_outputs(trainer, model, batch))
     (logps, counts, loss, grads), (logps_pad, counts_pad, loss_pad, grads_pad) = results
     assert torch.equal(counts, counts_pad) and logps.shape == (16,)
     torch.testing.assert_close(logps, logps_pad, rtol=1e-5, atol=1e-4)
@@ -287,6 +281,17 @@ def test_padding_free_batch_gives_the_padded_batchs_loss_log_probs_and_gradients
         joined = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1]).unsqueeze(0)}
         assert not torch.allclose(trainer._response_logps(model, joined)[0][0], logps, atol=1e-2)
     _assert_same_loss_and_gradients(model, (loss, grads), (loss_pad, grads_pad))
+
+
+def _step_outputs(trainer, model, batch):
+    """(log-probs, counts, loss, {name: grad}) of one CLO step on `batch`, gradients from zero."""
+    model.zero_grad()
+    with torch.no_grad():
+        (logps, counts), _ = trainer._response_logps(model, batch)
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logps, counts, loss.detach(), grads
 
 
 def _assert_same_loss_and_gradients(model, got, expected):
@@ -326,13 +331,7 @@ def test_chunked_forward_gives_the_single_forwards_loss_log_probs_and_gradients(
     results = []
     for padding in (0.05, None):
         trainer.forward_chunk_padding = padding
-        model.zero_grad()
-        with torch.no_grad():
-            (logps, counts), _ = trainer._response_logps(model, batch)
-        loss = trainer.compute_loss(model, batch)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results.append((logps, counts, loss.detach(), grads))
+        results.append(_step_outputs(trainer, model, batch))
     hook.remove()
     # chunked: one forward per chunk, each as wide as its longest row; then one forward of the whole batch
     chunked_shapes = [(len(c), max(lengths[i] for i in c)) for c in chunks]

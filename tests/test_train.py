@@ -794,6 +794,15 @@ def _one_sgd_step(tmp_path, tok, rows, batch, ga, lam, **overrides):
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, trainer
 
 
+def _assert_same_step(weights, trainer, other_weights, other_trainer):
+    """Two one-step runs ended with the same trainable weights and logged the same losses."""
+    for name in other_weights:
+        assert torch.allclose(weights[name], other_weights[name], atol=1e-6, rtol=1e-4), name
+    for key in ("loss", "nll_loss", "cl_loss"):
+        logged, other_logged = trainer.state.log_history[0][key], other_trainer.state.log_history[0][key]
+        assert logged == pytest.approx(other_logged, rel=1e-5), key
+
+
 @pytest.mark.parametrize("lam", [1.0, 0.5])
 def test_target_nll_is_the_token_mean_over_the_accumulated_batch(tmp_path, tok, lam):
     """1 process x GA 2 x 1 seed == 1 process x GA 1 x 2 seeds, with target responses of very
@@ -802,12 +811,7 @@ def test_target_nll_is_the_token_mean_over_the_accumulated_batch(tmp_path, tok, 
     rows[1]["response_tgt"] = "El mar és blau i ample. " * 4
     accumulated, acc_trainer = _one_sgd_step(tmp_path / "ga2", tok, rows, batch=1, ga=2, lam=lam)
     doubled, dbl_trainer = _one_sgd_step(tmp_path / "ga1", tok, rows, batch=2, ga=1, lam=lam)
-    for name in doubled:
-        assert torch.allclose(accumulated[name], doubled[name], atol=1e-6, rtol=1e-4), name
-    assert _losses(acc_trainer)[0] == pytest.approx(_losses(dbl_trainer)[0], rel=1e-5)
-    assert acc_trainer.state.log_history[0]["nll_loss"] == pytest.approx(
-        dbl_trainer.state.log_history[0]["nll_loss"], rel=1e-5
-    )
+    _assert_same_step(accumulated, acc_trainer, doubled, dbl_trainer)
 
 
 def test_a_packed_training_step_with_accumulation_equals_a_padded_one(tmp_path, tok):
@@ -816,12 +820,7 @@ def test_a_packed_training_step_with_accumulation_equals_a_padded_one(tmp_path, 
     packed, packed_trainer = _one_sgd_step(tmp_path / "packed", tok, rows, batch=1, ga=2, lam=0.5, padding_free=True)
     padded, padded_trainer = _one_sgd_step(tmp_path / "padded", tok, rows, batch=1, ga=2, lam=0.5, padding_free=False)
     assert packed_trainer.padding_free and not padded_trainer.padding_free
-    for name in padded:
-        assert torch.allclose(packed[name], padded[name], atol=1e-6, rtol=1e-4), name
-    for key in ("loss", "nll_loss", "cl_loss"):
-        assert packed_trainer.state.log_history[0][key] == pytest.approx(
-            padded_trainer.state.log_history[0][key], rel=1e-5
-        ), key
+    _assert_same_step(packed, packed_trainer, padded, padded_trainer)
 
 
 def test_a_chunked_training_step_with_accumulation_equals_a_single_forward_one(tmp_path, tok):
@@ -833,12 +832,7 @@ def test_a_chunked_training_step_with_accumulation_equals_a_single_forward_one(t
     )
     single, single_trainer = _one_sgd_step(tmp_path / "single", tok, rows, batch=2, ga=2, lam=0.5)
     assert chunked_trainer.forward_chunk_padding == 0.0 and single_trainer.forward_chunk_padding is None
-    for name in single:
-        assert torch.allclose(chunked[name], single[name], atol=1e-6, rtol=1e-4), name
-    for key in ("loss", "nll_loss", "cl_loss"):
-        assert chunked_trainer.state.log_history[0][key] == pytest.approx(
-            single_trainer.state.log_history[0][key], rel=1e-5
-        ), key
+    _assert_same_step(chunked, chunked_trainer, single, single_trainer)
 
 
 def test_sft_dpo_under_fsdp_takes_the_sft_model_as_reference(tmp_path, tok, monkeypatch):

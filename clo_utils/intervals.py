@@ -12,6 +12,9 @@ gives each run its `run_group`). For every group and prompt direction:
             over prompts pooled over seeds (clo_utils.metrics.pooled_bootstrap): answers are
             paired by prompt id, so both sides are scored on the same held-out prompts
 
+The same holds for corpus chrF++ against the references (metric "chrf", 0-100), resampled from
+each answer's chrF++ statistics (clo_utils.metrics.pooled_chrf_bootstrap, CHRF_RESAMPLES draws).
+
 Language ID runs here, from answers.jsonl, with the same rules evaluate_run used (lingua over
 {English, target}; min_words from the run's eval_settings), so metrics files written before the
 headline fidelity existed get intervals too. Nothing is written to disk.
@@ -27,15 +30,26 @@ from typing import Any
 import pandas as pd
 
 from clo_utils import runfiles
-from clo_utils.metrics import DIRECTIONS, across_seeds, answer_flags, pooled_bootstrap, share
+from clo_utils.metrics import (
+    CHRF_RESAMPLES,
+    DIRECTIONS,
+    across_seeds,
+    answer_flags,
+    chrf_from_statistics,
+    chrf_statistics,
+    pooled_bootstrap,
+    pooled_chrf_bootstrap,
+    share,
+)
 from clo_utils.tables import main_run_dirs
 
-INTERVAL_METRICS = ("fidelity_clean", "wrong_language", "line_pass")
+FLAG_METRICS = ("fidelity_clean", "wrong_language", "line_pass")  # shares of answers
+INTERVAL_METRICS = (*FLAG_METRICS, "chrf")  # chrf: corpus chrF++ against the references, 0-100
 GROUP_COLUMNS = ("recipe", "lang", "method", "method_family", "n_seeds", "trainable", "run_group")
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_flags(run_dir: str, lang: str, stamp: int) -> dict[str, dict[str, dict[str, bool | None]]]:
+def _cached_flags(run_dir: str, lang: str, stamp: int) -> dict[str, dict[str, dict[str, Any]]]:
     del stamp  # part of the cache key only: a rewritten answers.jsonl is read again
     settings = (
         (runfiles.read_metrics(run_dir).get("eval_settings") or {}) if Path(run_dir, "metrics.json").is_file() else {}
@@ -57,29 +71,45 @@ def _cached_flags(run_dir: str, lang: str, stamp: int) -> dict[str, dict[str, di
             min_words=min_words,
             other_lang=other,
         )
-        by_direction[direction] = {i: {m: flags[m][k] for m in INTERVAL_METRICS} for k, i in enumerate(ids)}
+        references = [answered[i].get("reference") for i in ids]
+        chrf_rows = (
+            chrf_statistics([str(answered[i].get("answer") or "") for i in ids], references)
+            if all(isinstance(r, str) for r in references)
+            else [None] * len(ids)
+        )
+        by_direction[direction] = {
+            i: {**{m: flags[m][k] for m in FLAG_METRICS}, "chrf": chrf_rows[k]} for k, i in enumerate(ids)
+        }
     return by_direction
 
 
-def run_flags(run_dir: str | Path, lang: str) -> dict[str, dict[str, dict[str, bool | None]]] | None:
-    """direction -> prompt id -> metric -> flag for one run, from its answers.jsonl (None if absent)."""
+def run_flags(run_dir: str | Path, lang: str) -> dict[str, dict[str, dict[str, Any]]] | None:
+    """direction -> prompt id -> metric -> flag for one run, from its answers.jsonl (None if absent);
+    "chrf" holds the answer's chrF++ statistics row (None when answers.jsonl has no reference)."""
     path = Path(run_dir) / "answers.jsonl"
     if not path.is_file():
         return None
     return _cached_flags(str(run_dir), lang, path.stat().st_mtime_ns)
 
 
-def _direction_flags(run_dirs: Sequence[str], lang: str, direction: str) -> list[dict[str, dict[str, bool | None]]]:
+def _direction_flags(run_dirs: Sequence[str], lang: str, direction: str) -> list[dict[str, dict[str, Any]]]:
     """Every run's flags for one direction; empty unless every run has answers in that direction."""
     found = [run_flags(d, lang) for d in run_dirs]
     found = [f.get(direction) if f else None for f in found]
     return found if found and all(found) else []  # type: ignore[return-value]
 
 
-def _aligned(
-    flags_by_run: Sequence[dict[str, dict[str, bool | None]]], ids: Sequence[str], metric: str
-) -> list[list[bool | None]]:
-    return [[flags[i][metric] for i in ids] for flags in flags_by_run]
+def _aligned(flags_by_run: Sequence[dict[str, dict[str, Any]]], ids: Sequence[str], metric: str) -> list[Any] | None:
+    """Each run's per-prompt values in `ids` order: flags, or for chrf one statistics array per run
+    (None when a run's answers.jsonl has no references)."""
+    per_run = [[flags[i][metric] for i in ids] for flags in flags_by_run]
+    if metric != "chrf":
+        return per_run
+    if any(row is None for rows in per_run for row in rows):
+        return None
+    import numpy as np
+
+    return [np.stack(rows) for rows in per_run]
 
 
 def _common_ids(flags_by_run: Sequence[dict[str, Any]]) -> list[str]:
@@ -87,14 +117,23 @@ def _common_ids(flags_by_run: Sequence[dict[str, Any]]) -> list[str]:
     return [i for i in first if all(i in flags for flags in others)]
 
 
-def group_value(runs: list[list[bool | None]], n_resamples: int) -> dict[str, Any]:
-    """The group's share on one metric: {value, low, high, sd} (see the module docstring)."""
+def _bootstrap(metric: str, runs: list[Any], sft_runs: list[Any] | None, n_resamples: int) -> dict[str, Any]:
+    if metric == "chrf":
+        return pooled_chrf_bootstrap(runs, sft_runs, n_resamples=min(n_resamples, CHRF_RESAMPLES))
+    return pooled_bootstrap(runs, sft_runs, n_resamples=n_resamples)
+
+
+def group_value(runs: list[Any], n_resamples: int, metric: str = "fidelity_clean") -> dict[str, Any]:
+    """The group's value on one metric: {value, low, high, sd} (see the module docstring)."""
     if len(runs) == 1:
-        boot = pooled_bootstrap(runs, n_resamples=n_resamples)
+        boot = _bootstrap(metric, runs, None, n_resamples)
         return {"value": boot["difference"], "low": boot["low"], "high": boot["high"], "sd": None}
-    spread = across_seeds([share(flags) for flags in runs])
-    # A share lies in [0, 1]: a t-interval from few seeds can reach past either end, so it is cut there.
-    low, high = (None, None) if spread["low"] is None else (max(0.0, spread["low"]), min(1.0, spread["high"]))
+    values = [chrf_from_statistics(stats) for stats in runs] if metric == "chrf" else [share(flags) for flags in runs]
+    spread = across_seeds(values)
+    # A share lies in [0, 1] and chrF++ in [0, 100]: a t-interval from few seeds can reach past
+    # either end, so it is cut there.
+    top = 100.0 if metric == "chrf" else 1.0
+    low, high = (None, None) if spread["low"] is None else (max(0.0, spread["low"]), min(top, spread["high"]))
     return {"value": spread["mean"], "low": low, "high": high, "sd": spread["sd"]}
 
 
@@ -155,8 +194,9 @@ def group_intervals(evals: pd.DataFrame, n_resamples: int = 10_000) -> pd.DataFr
                 ids = _common_ids(flags + sft_flags)
                 row["n_prompts"] = len(ids)
             for metric in INTERVAL_METRICS:
-                if flags and row["n_prompts"]:
-                    value = group_value(_aligned(flags, ids, metric), n_resamples)
+                aligned = _aligned(flags, ids, metric) if flags and row["n_prompts"] else None
+                if aligned is not None:
+                    value = group_value(aligned, n_resamples, metric)
                 else:
                     value = {"value": _metric_from_file(at, metric), "low": None, "high": None, "sd": None}
                 row |= {
@@ -166,10 +206,9 @@ def group_intervals(evals: pd.DataFrame, n_resamples: int = 10_000) -> pd.DataFr
                     f"{metric}_sd": value["sd"],
                 }
                 diff: dict[str, Any] = {"difference": None, "low": None, "high": None}
-                if sft_flags and row["n_prompts"]:
-                    diff = pooled_bootstrap(
-                        _aligned(flags, ids, metric), _aligned(sft_flags, ids, metric), n_resamples=n_resamples
-                    )
+                sft_aligned = _aligned(sft_flags, ids, metric) if sft_flags and row["n_prompts"] else None
+                if aligned is not None and sft_aligned is not None:
+                    diff = _bootstrap(metric, aligned, sft_aligned, n_resamples)
                 row |= {
                     f"{metric}_diff": diff["difference"],
                     f"{metric}_diff_low": diff["low"],

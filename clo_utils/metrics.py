@@ -1,5 +1,6 @@
 """Pure evaluation metrics: language fidelity and the shares that explain it, chrF++, the
-language-confusion line pass rate, and a paired bootstrap for differences between two runs.
+language-confusion line pass rate, and paired bootstraps (shares, corpus chrF++) for differences
+between runs.
 
 What CLO optimises is *which language* a model answers in, so the headline metric is language
 fidelity: the share of answers written in the prompt's language (docs/method.md §6; the paper
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from .text import count_words, detect_languages, normalized_tokens
 
@@ -38,6 +40,7 @@ REPETITION_THRESHOLD = 0.5  # distinct/total word trigrams below this = degenera
 LINE_MIN_WORDS = 5  # the language-confusion benchmark judges lines of at least this many words
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
+CHRF_RESAMPLES = 1_000  # sacrebleu's paired-bootstrap default: each resample rescores every run's corpus
 
 
 # --------------------------------------------------------------------------- language fidelity
@@ -225,17 +228,7 @@ def pooled_bootstrap(
     """
     import numpy as np
 
-    groups = [list(runs_a)] + ([list(runs_b)] if runs_b is not None else [])
-    if any(not runs for runs in groups):
-        raise ValueError("bootstrap needs at least one run on each side")
-    lengths = {len(flags) for runs in groups for flags in runs}
-    if len(lengths) != 1:
-        raise ValueError(
-            f"paired bootstrap needs the same prompts for every run: flag lists of lengths {sorted(lengths)}"
-        )
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    n = lengths.pop()
+    groups, n = _paired_groups(runs_a, runs_b, confidence)
 
     def statistic(shares_per_group):
         means = [None if any(s is None for s in shares) else sum(shares) / len(shares) for shares in shares_per_group]
@@ -259,11 +252,61 @@ def pooled_bootstrap(
             shares.append(hits / np.maximum(counted_, 1))
         group_means.append(np.mean(shares, axis=0))
     statistics = (group_means[0] - group_means[1] if len(group_means) == 2 else group_means[0])[kept]
-    if len(statistics):
-        tail = (1 - confidence) / 2 * 100
-        low, high = np.percentile(statistics, [tail, 100 - tail])
-        result |= {"low": float(low), "high": float(high), "n_resamples": int(len(statistics))}
-    return result
+    return result | _percentile_interval(statistics, confidence)
+
+
+def _paired_groups(runs_a: Sequence[Any], runs_b: Sequence[Any] | None, confidence: float) -> tuple[list[list], int]:
+    """[runs_a] or [runs_a, runs_b] and the number of prompts every run is aligned on."""
+    groups = [list(runs_a)] + ([list(runs_b)] if runs_b is not None else [])
+    if any(not runs for runs in groups):
+        raise ValueError("bootstrap needs at least one run on each side")
+    lengths = {len(per_prompt) for runs in groups for per_prompt in runs}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"paired bootstrap needs the same prompts for every run: per-prompt lists of lengths {sorted(lengths)}"
+        )
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return groups, lengths.pop()
+
+
+def _percentile_interval(statistics: Any, confidence: float) -> dict:
+    import numpy as np
+
+    if not len(statistics):
+        return {}
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(statistics, [tail, 100 - tail])
+    return {"low": float(low), "high": float(high), "n_resamples": int(len(statistics))}
+
+
+def pooled_chrf_bootstrap(
+    runs_a: Sequence[Any],
+    runs_b: Sequence[Any] | None = None,
+    n_resamples: int = CHRF_RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict:
+    """`pooled_bootstrap` for corpus chrF++: the mean over the runs of `runs_a` of each run's corpus
+    chrF++, minus the same mean over `runs_b` when given, with a percentile bootstrap interval over
+    prompts. A run is its `chrf_statistics` array (one row per prompt, rows aligned by prompt); each
+    resample draws prompts with replacement and rescores every run on them from the summed rows, as
+    sacrebleu's own paired bootstrap does. Returns the same keys as `pooled_bootstrap`."""
+    import numpy as np
+
+    groups, n = _paired_groups(runs_a, runs_b, confidence)
+    groups = [[np.asarray(stats) for stats in runs] for runs in groups]
+
+    def statistic(prompts: Any) -> float:
+        means = [sum(chrf_from_statistics(stats[prompts]) for stats in runs) / len(runs) for runs in groups]
+        return means[0] - means[1] if len(means) == 2 else means[0]
+
+    result = {"difference": None, "low": None, "high": None, "n_prompts": n, "n_resamples": 0}
+    if n == 0:
+        return result
+    result["difference"] = statistic(slice(None))
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    return result | _percentile_interval(np.array([statistic(prompts) for prompts in draws]), confidence)
 
 
 def across_seeds(values: Sequence[float | None], confidence: float = 0.95) -> dict:
@@ -295,3 +338,23 @@ def chrf(answers: Sequence[str], references: Sequence[str]) -> float:
     if len(answers) != len(references):
         raise ValueError(f"{len(answers)} answers but {len(references)} references")
     return CHRF(word_order=2).corpus_score(list(answers), [list(references)]).score
+
+
+def chrf_statistics(answers: Sequence[str], references: Sequence[str]) -> Any:
+    """Per-answer chrF++ match counts (an int array, one row per answer) whose column sums score the
+    corpus (`chrf_from_statistics`): the rows sacrebleu's own paired bootstrap resamples, through
+    the same two CHRF methods its significance module calls."""
+    import numpy as np
+    from sacrebleu.metrics import CHRF
+
+    if len(answers) != len(references):
+        raise ValueError(f"{len(answers)} answers but {len(references)} references")
+    rows = CHRF(word_order=2)._extract_corpus_statistics(list(answers), [list(references)])
+    return np.asarray(rows, dtype=np.int64).reshape(len(answers), -1)
+
+
+def chrf_from_statistics(statistics: Any) -> float:
+    """Corpus chrF++ (0-100) of the answers whose `chrf_statistics` rows are given."""
+    from sacrebleu.metrics import CHRF
+
+    return CHRF(word_order=2)._compute_score_from_stats(statistics.sum(axis=0)).score

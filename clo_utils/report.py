@@ -18,6 +18,7 @@ import pandas as pd
 from clo_utils import runfiles
 from clo_utils.intervals import INTERVAL_METRICS, group_intervals
 from clo_utils.methods import METHOD_ORDER, method_label
+from clo_utils.metrics import CHRF_RESAMPLES
 from clo_utils.tables import MetricsTables, language_label, load_tables, main_run_dirs, ordered_languages
 
 EXAMPLES_PER_LANGUAGE = 3
@@ -150,37 +151,46 @@ def measured_table_markdown(evals: pd.DataFrame) -> str:
 # Intervals: every run group against SFT at the same budget
 # --------------------------------------------------------------------------------------------
 
-INTERVAL_HEADERS = {"fidelity_clean": "fidelity", "wrong_language": "wrong language", "line_pass": "line pass"}
+INTERVAL_HEADERS = {
+    "fidelity_clean": "fidelity",
+    "wrong_language": "wrong language",
+    "line_pass": "line pass",
+    "chrf": "chrF++",
+}
+INTERVAL_DIGITS = {"chrf": 1}  # shares get 3 decimals
 INTERVAL_NOTE = (
     "Each run group (the training seeds of one method, budget and trainable setting) against SFT at the "
     "same budget, on the held-out prompts both answered (paired by prompt id from answers.jsonl; `n prompts` "
-    "gives their number; `direction` tgt: target-language prompts, en: English prompts). A value is a share of answers: with one training seed, `share [95% bootstrap "
-    "interval over prompts]`; with several, `mean ± standard deviation across seeds [95% Student-t interval "
-    "across seeds]`. `Δ vs SFT` is the difference of the seed-mean shares with a 95% paired bootstrap "
+    "gives their number; `direction` tgt: target-language prompts, en: English prompts). A value is a share of "
+    "answers, or for chrF++ the corpus chrF++ (0-100) against the references: with one training seed, `value "
+    "[95% bootstrap interval over prompts]`; with several, `mean ± standard deviation across seeds [95% Student-t "
+    "interval across seeds]`. `Δ vs SFT` is the difference of the seed means with a 95% paired bootstrap "
     "interval over prompts, pooled over seeds (it does not cover the choice of training seeds: the spread "
-    "across seeds does). fidelity is the headline fidelity (answers neither too short nor echoing the prompt); "
+    "across seeds does; {resamples} resamples, {chrf_resamples} for chrF++, which rescores each run's corpus on "
+    "every one). fidelity is the headline fidelity (answers neither too short nor echoing the prompt); "
     "wrong language is the share of countable answers identified as the other language; line pass is the "
     "language-confusion benchmark's line-level pass rate (Marchisio et al., 2024: every line of at least five "
-    "words in the prompt's language), computed with the kit's language ID (lingua over {English, target}) in "
+    "words in the prompt's language), computed with the kit's language ID (lingua over {{English, target}}) in "
     "place of the benchmark's fastText model, which is not available here. Language ID is recomputed from "
     "answers.jsonl; a run without answers.jsonl shows its metrics.json value without an interval "
-    f"(fidelity marked {OLD_FIDELITY} when the file predates the headline count)."
+    "(fidelity marked {old_fidelity} when the file predates the headline count)."
 )
 
 
-def _signed(value: Any) -> str:
-    return MISSING if _is_missing(value) else f"{float(value):+.3f}"
+def _signed(value: Any, digits: int = 3) -> str:
+    return MISSING if _is_missing(value) else f"{float(value):+.{digits}f}"
 
 
 def interval_value_cell(row: Any, metric: str) -> str:
     value = row[metric]
     if _is_missing(value):
         return MISSING
-    cell = f"{float(value):.3f}"
+    digits = INTERVAL_DIGITS.get(metric, 3)
+    cell = f"{float(value):.{digits}f}"
     if not _is_missing(row[f"{metric}_sd"]):
-        cell += f" ± {float(row[f'{metric}_sd']):.3f}"
+        cell += f" ± {float(row[f'{metric}_sd']):.{digits}f}"
     if not _is_missing(row[f"{metric}_low"]):
-        cell += f" [{float(row[f'{metric}_low']):.3f}, {float(row[f'{metric}_high']):.3f}]"
+        cell += f" [{float(row[f'{metric}_low']):.{digits}f}, {float(row[f'{metric}_high']):.{digits}f}]"
     elif _is_missing(row["n_prompts"]) and metric == "fidelity_clean":
         cell += OLD_FIDELITY if row.get("old_fidelity") else ""
     return cell
@@ -192,7 +202,8 @@ def interval_difference_cell(row: Any, metric: str) -> str:
     difference = row[f"{metric}_diff"]
     if _is_missing(difference):
         return MISSING
-    return f"{_signed(difference)} [{_signed(row[f'{metric}_diff_low'])}, {_signed(row[f'{metric}_diff_high'])}]"
+    low, high = (_signed(row[f"{metric}_diff_{end}"], INTERVAL_DIGITS.get(metric, 3)) for end in ("low", "high"))
+    return f"{_signed(difference, INTERVAL_DIGITS.get(metric, 3))} [{low}, {high}]"
 
 
 def intervals_table_markdown(evals: pd.DataFrame, n_resamples: int = 10_000) -> str:
@@ -231,7 +242,11 @@ def intervals_section(evals: pd.DataFrame, n_resamples: int = 10_000) -> str:
     labels = _unique(label for run_labels in evals.drop_duplicates("run_dir")["labels"] for label in run_labels)
     return (
         "## Differences against SFT (95% intervals)\n\n"
-        + INTERVAL_NOTE
+        + INTERVAL_NOTE.format(
+            resamples=f"{n_resamples:,}",
+            chrf_resamples=f"{min(n_resamples, CHRF_RESAMPLES):,}",
+            old_fidelity=OLD_FIDELITY,
+        )
         + "\n\n"
         + intervals_table_markdown(evals, n_resamples)
         + "\n\n"

@@ -125,3 +125,52 @@ def test_across_seeds_mean_sd_and_t_interval():
     assert result["high"] == pytest.approx(0.3 + 4.302653 * 0.1 / math.sqrt(3), abs=1e-6)
     single = metrics.across_seeds([0.5])
     assert single["mean"] == 0.5 and single["sd"] is None and single["low"] is None
+
+
+def _sentences(n: int, seed: int) -> list[str]:
+    words = CA.split() + EN.split()
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randrange(3, 12))) for _ in range(n)]
+
+
+def test_chrf_statistics_sum_to_the_corpus_score():
+    answers, references = _sentences(15, 1), _sentences(15, 2)
+    statistics = metrics.chrf_statistics(answers, references)
+    assert statistics.shape[0] == 15
+    assert metrics.chrf_from_statistics(statistics) == pytest.approx(metrics.chrf(answers, references), abs=1e-9)
+    assert metrics.chrf_from_statistics(statistics[[0, 0, 3]]) == pytest.approx(
+        metrics.chrf([answers[0], answers[0], answers[3]], [references[0], references[0], references[3]]), abs=1e-9
+    )
+    with pytest.raises(ValueError, match="3 answers but 2 references"):
+        metrics.chrf_statistics(answers[:3], references[:2])
+
+
+def test_pooled_chrf_bootstrap_rescores_every_run_on_each_resample():
+    import numpy as np
+
+    references = _sentences(12, 3)
+    runs_a, runs_b = [_sentences(12, 4), _sentences(12, 5)], [_sentences(12, 6), references[:6] + _sentences(6, 7)]
+    result = metrics.pooled_chrf_bootstrap(
+        [metrics.chrf_statistics(a, references) for a in runs_a],
+        [metrics.chrf_statistics(b, references) for b in runs_b],
+        n_resamples=60,
+    )
+
+    def mean_chrf(runs, drawn):
+        return sum(metrics.chrf([run[i] for i in drawn], [references[i] for i in drawn]) for run in runs) / len(runs)
+
+    everything = range(12)
+    assert result["difference"] == pytest.approx(mean_chrf(runs_a, everything) - mean_chrf(runs_b, everything))
+    # The same resamples scored by sacrebleu's corpus_score on the drawn answers themselves.
+    draws = np.random.default_rng(metrics.BOOTSTRAP_SEED).integers(0, 12, size=(60, 12))
+    expected = np.percentile([mean_chrf(runs_a, d) - mean_chrf(runs_b, d) for d in draws], [2.5, 97.5])
+    assert (result["low"], result["high"]) == pytest.approx(tuple(expected), abs=1e-9)
+    assert result["n_prompts"] == 12 and result["n_resamples"] == 60
+    same = metrics.pooled_chrf_bootstrap([metrics.chrf_statistics(runs_a[0], references)] * 2, n_resamples=30)
+    assert same["difference"] == pytest.approx(mean_chrf(runs_a[:1], everything))
+    assert same["low"] <= same["difference"] <= same["high"]
+    with pytest.raises(ValueError, match="same prompts"):
+        metrics.pooled_chrf_bootstrap(
+            [metrics.chrf_statistics(runs_a[0], references)],
+            [metrics.chrf_statistics(runs_b[0][:5], references[:5])],
+        )

@@ -438,7 +438,7 @@ def write_study(root: Path) -> Path:
                     "direction": "tgt",
                     "prompt": f"Pregunta {i}: on és la biblioteca?",
                     "answer": tgt,
-                    "reference": "r",
+                    "reference": CA_SENTENCE,
                 },
                 {
                     "id": f"p{i:02d}",
@@ -541,6 +541,33 @@ def test_seed_runs_are_grouped_and_compared_with_sft(tmp_path: Path) -> None:
     assert single["fidelity_clean"] == pytest.approx(0.8) and pd.isna(single["fidelity_clean_sd"])
     assert single["fidelity_clean_low"] < 0.8 < single["fidelity_clean_high"]
     assert groups.loc[("clo", 100, "en")]["fidelity_clean_diff"] == 0.0  # both all English
+
+
+def test_chrf_intervals_rescore_each_run_on_the_paired_prompts(tmp_path: Path) -> None:
+    from clo_utils import intervals, metrics
+
+    recipe = write_study(tmp_path)
+    groups = intervals.group_intervals(plots.load_tables(recipe).evals, n_resamples=200)
+    groups = groups.set_index(["method", "n_seeds", "direction"])
+
+    def corpus_chrf(method: str, n_seeds: int, seed: int) -> float:
+        # The run's answers to the N_PROMPTS prompts both methods answered, scored by sacrebleu directly.
+        n_english = STUDY_ENGLISH[(method, n_seeds, seed)]
+        answers = [EN_SENTENCE] * n_english + [CA_SENTENCE] * (N_PROMPTS - n_english)
+        return metrics.chrf(answers, [CA_SENTENCE] * N_PROMPTS)
+
+    clo_scores = [corpus_chrf("clo", 100, seed) for seed in (0, 1)]
+    sft_scores = [corpus_chrf("sft", 100, seed) for seed in (0, 1)]
+    clo = groups.loc[("clo", 100, "tgt")]
+    assert clo["chrf"] == pytest.approx(statistics.mean(clo_scores))
+    assert clo["chrf_sd"] == pytest.approx(statistics.stdev(clo_scores))
+    assert clo["chrf_diff"] == pytest.approx(statistics.mean(clo_scores) - statistics.mean(sft_scores))
+    assert 0 < clo["chrf_diff_low"] <= clo["chrf_diff"] <= clo["chrf_diff_high"]
+    single = groups.loc[("clo", 50, "tgt")]
+    assert single["chrf"] == pytest.approx(corpus_chrf("clo", 50, 0)) and pd.isna(single["chrf_sd"])
+    assert single["chrf_low"] < single["chrf"] < single["chrf_high"]
+    rows = interval_rows(report.render_report(recipe))
+    assert re.fullmatch(r"\+\d+\.\d \[\+\d+\.\d, \+\d+\.\d\]", rows[("clo", 100, "tgt")]["Δ chrF++ vs SFT"])
 
 
 def test_report_prints_intervals_and_seed_spread(tmp_path: Path) -> None:

@@ -155,10 +155,15 @@ def _groups(evals: pd.DataFrame) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
     return list(frame.groupby(list(GROUP_COLUMNS), sort=False))
 
 
-def group_intervals(evals: pd.DataFrame, n_resamples: int = 10_000) -> pd.DataFrame:
+def group_intervals(evals: pd.DataFrame, n_resamples: int = 10_000, sft_budget_factor: int = 1) -> pd.DataFrame:
     """One row per (run group, direction): GROUP_COLUMNS, direction, run_dirs, train_seeds,
     n_runs, n_prompts, vs (SFT's run group, or None) and per metric m of INTERVAL_METRICS:
-    m, m_low, m_high, m_sd, m_diff, m_diff_low, m_diff_high (None where not computable)."""
+    m, m_low, m_high, m_sd, m_diff, m_diff_low, m_diff_high (None where not computable).
+
+    Each group is compared with SFT at `sft_budget_factor` times its budget: 1 is the same budget;
+    2 asks the paper's data-efficiency question (is a method on N/2 seeds as good as SFT on N?)."""
+    if sft_budget_factor < 1:
+        raise ValueError(f"sft_budget_factor must be a positive integer, got {sft_budget_factor}")
     main = main_run_dirs(evals)
     sft_groups: dict[tuple[Any, ...], pd.DataFrame] = {}
     groups = _groups(evals)
@@ -169,7 +174,7 @@ def group_intervals(evals: pd.DataFrame, n_resamples: int = 10_000) -> pd.DataFr
     rows = []
     for key, runs in groups:
         recipe, lang, _, family, n_seeds, _, group = key
-        sft = sft_groups.get((recipe, lang, n_seeds))
+        sft = sft_groups.get((recipe, lang, n_seeds * sft_budget_factor))
         is_reference = sft is not None and set(sft["run_dir"]) == set(runs["run_dir"])
         for direction in DIRECTIONS:
             at = runs[runs["direction"] == direction].drop_duplicates("run_dir").sort_values("run_name")

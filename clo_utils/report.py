@@ -254,6 +254,45 @@ def intervals_section(evals: pd.DataFrame, n_resamples: int = 10_000) -> str:
     )
 
 
+HALF_BUDGET_NOTE = (
+    "The paper's data-efficiency claim: a method trained on N/2 seeds against SFT trained on N, on the "
+    "held-out prompts both answered. Δ as above: the difference of the seed means with a 95% paired bootstrap "
+    "interval over prompts, pooled over seeds. A Δ fidelity or Δ chrF++ whose interval lies above zero (or a Δ "
+    "wrong language below zero) means the method on half the seeds does better than SFT on all of them; an "
+    "interval across zero cannot tell them apart."
+)
+
+
+def half_budget_section(evals: pd.DataFrame, n_resamples: int = 10_000) -> str | None:
+    """Every run group against SFT at twice its budget; None when no recipe has such a pair."""
+    groups = group_intervals(evals, n_resamples=n_resamples, sft_budget_factor=2)
+    if groups.empty or groups["vs"].isna().all():
+        return None
+    groups = _sorted_runs(groups[groups["vs"].notna()].assign(run_name=lambda f: f["run_group"]))
+    groups = groups.assign(_direction=groups["direction"].map({"tgt": 0, "en": 1})).sort_values(
+        "_direction", kind="stable"
+    )
+    headers = ["lang", "method", "n_seeds", "trainable", "direction", "vs", "n prompts", "training seeds"]
+    headers += [f"Δ {INTERVAL_HEADERS[metric]} vs SFT at 2N" for metric in INTERVAL_METRICS]
+    rows = [
+        [
+            str(row["lang"]),
+            str(row["method"]),
+            str(int(row["n_seeds"])),
+            markdown_cell(row["trainable"]),
+            str(row["direction"]),
+            markdown_cell(row["vs"]),
+            format_number(row["n_prompts"], 0),
+            str(row["n_runs"]),
+            *(interval_difference_cell(row, metric) for metric in INTERVAL_METRICS),
+        ]
+        for _, row in groups.iterrows()
+    ]
+    return (
+        "## Half the seeds against SFT (95% intervals)\n\n" + HALF_BUDGET_NOTE + "\n\n" + markdown_table(headers, rows)
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Labels, wall time, judge and knowledge tables
 # --------------------------------------------------------------------------------------------
@@ -433,6 +472,7 @@ def recipe_report(evals: pd.DataFrame) -> str:
         wall_time_section(recipe_root),
         "## Measured results\n\n" + MEASURED_NOTE + "\n\n" + measured_table_markdown(evals),
         intervals_section(evals),
+        half_budget_section(evals),
         judge_section(evals),
         knowledge_section(evals),
         examples_section(evals),

@@ -570,6 +570,26 @@ def test_chrf_intervals_rescore_each_run_on_the_paired_prompts(tmp_path: Path) -
     assert re.fullmatch(r"\+\d+\.\d \[\+\d+\.\d, \+\d+\.\d\]", rows[("clo", 100, "tgt")]["Δ chrF++ vs SFT"])
 
 
+def test_half_the_seeds_are_compared_with_sft_at_twice_the_budget(tmp_path: Path) -> None:
+    from clo_utils import intervals
+
+    recipe = write_study(tmp_path)
+    evals = plots.load_tables(recipe).evals
+    groups = intervals.group_intervals(evals, n_resamples=2000, sft_budget_factor=2)
+    groups = groups.set_index(["method", "n_seeds", "direction"])
+    # CLO on 50 seeds (4 of 20 answers English: 0.80) against SFT on 100 (seeds at 0.70 and 0.80).
+    clo = groups.loc[("clo", 50, "tgt")]
+    assert clo["vs"] == "sft-100" and clo["fidelity_clean_diff"] == pytest.approx(0.80 - 0.75)
+    assert clo["fidelity_clean_diff_low"] < 0.05 < clo["fidelity_clean_diff_high"]
+    assert groups.loc[("sft", 50, "tgt")]["fidelity_clean_diff"] == pytest.approx(0.60 - 0.75)
+    assert pd.isna(groups.loc[("clo", 100, "tgt")]["vs"])  # no SFT run on 200 seeds
+    rows = report.render_report(recipe).split("## Half the seeds against SFT", 1)[1].split("\n## ", 1)[0]
+    assert "| ca | clo | 50 | attention | tgt | sft-100 | 20 | 1 | +0.050 [" in rows
+    assert "| ca | clo | 100 |" not in rows
+    with pytest.raises(ValueError, match="sft_budget_factor"):
+        intervals.group_intervals(evals, sft_budget_factor=0)
+
+
 def test_report_prints_intervals_and_seed_spread(tmp_path: Path) -> None:
     recipe = write_study(tmp_path)
     text = report.render_report(recipe)

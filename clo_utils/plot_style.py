@@ -72,11 +72,14 @@ def apply_theme() -> None:
         _THEME_APPLIED = True
 
 
+LEGEND_INCHES = 1.8  # the width a figure gives its legend, right of the panels
+
+
 def new_figure(nrows: int, ncols: int, panel_size: tuple[float, float] = (3.0, 2.3)) -> tuple[Figure, Any]:
     apply_theme()
     width, height = panel_size
     # A bare Figure (not pyplot) so building many figures never piles up open windows.
-    figure = Figure(figsize=(width * ncols + 1.8, height * nrows + 0.6), layout="constrained")
+    figure = Figure(figsize=(width * ncols + LEGEND_INCHES, height * nrows + 0.6), layout="constrained")
     axes = figure.subplots(nrows, ncols, squeeze=False)
     return figure, axes
 
@@ -95,9 +98,42 @@ def caption_for(frame: pd.DataFrame) -> str:
     return " · ".join([*labels, f"recipe {recipes}", "numbers from metrics.json"])
 
 
+CAPTION_FONT_SIZE = 7
+CAPTION_CHAR_WIDTH = 0.55  # mean character width of the caption font, in font sizes
+
+
 def add_caption(figure: Figure, caption: str) -> None:
-    # Just below the figure area; savefig(bbox_inches="tight") grows the canvas to include it.
-    figure.text(0.0, -0.01, caption, ha="left", va="top", fontsize=7, color="0.3")
+    # Just below the figure area; savefig(bbox_inches="tight") grows the canvas to include it, so
+    # the caption is wrapped to the figure's width: a long line would widen a one-column figure.
+    import textwrap
+
+    width = max(40, int(figure.get_figwidth() * 72 / (CAPTION_FONT_SIZE * CAPTION_CHAR_WIDTH)))
+    lines = [wrapped for line in caption.splitlines() for wrapped in textwrap.wrap(line, width) or [""]]
+    figure.text(0.0, -0.01, "\n".join(lines), ha="left", va="top", fontsize=CAPTION_FONT_SIZE, color="0.3")
+
+
+MIN_SHARE_SPAN = 0.2  # the narrowest y range a share panel is zoomed to
+TITLE_CHAR_WIDTH_POINTS = 6.0  # mean character width of a figure title, in points
+
+
+def add_title(figure: Figure, title: str) -> None:
+    """The figure's title, left-aligned and wrapped so it stays clear of the legend at the top right
+    (a one-column figure is narrower than a long title)."""
+    import textwrap
+
+    width = max(30, int((figure.get_figwidth() - LEGEND_INCHES) * 72 / TITLE_CHAR_WIDTH_POINTS))
+    figure.suptitle("\n".join(textwrap.wrap(title, width)), x=0.01, ha="left")
+
+
+def same_share_limits(axes_row: Sequence[Axes]) -> None:
+    """One y range for a row of share panels: what their data needs (intervals included), within [0, 1.02]."""
+    top = 1.02
+    lows, highs = zip(*(ax.get_ylim() for ax in axes_row))
+    low, high = max(0.0, min(lows)), min(top, max(highs))
+    if high - low < MIN_SHARE_SPAN:  # a zoom must not make a difference of a few answers look large
+        low, high = (low, low + MIN_SHARE_SPAN) if low < top - MIN_SHARE_SPAN else (top - MIN_SHARE_SPAN, top)
+    for ax in axes_row:
+        ax.set_ylim(low, high)
 
 
 def add_legend(figure: Figure, handles: list[Any]) -> None:

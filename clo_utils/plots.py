@@ -31,6 +31,7 @@ from clo_utils.plot_style import (  # noqa: F401  (METHOD_COLOURS re-exported)
     METHOD_COLOURS,
     add_caption,
     add_legend,
+    add_title,
     axis_label,
     bar_panel,
     caption_for,
@@ -41,6 +42,7 @@ from clo_utils.plot_style import (  # noqa: F401  (METHOD_COLOURS re-exported)
     method_handles,
     method_palette,
     new_figure,
+    same_share_limits,
 )
 from clo_utils.tables import (  # noqa: F401  (the loaders are re-exported: notebook 05 calls plots.load_tables)
     MetricsFileError,
@@ -117,7 +119,7 @@ def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
     base = main[main["method_family"] == "base"]
     points = group_intervals(pd.concat([curves, base]))
     languages = ordered_languages(curves["lang"])
-    figure, axes = new_figure(len(EFFICIENCY_PANELS), len(languages))
+    figure, axes = new_figure(len(EFFICIENCY_PANELS), len(languages), panel_size=(3.0, 2.8))
     for row, (metric, direction) in enumerate(EFFICIENCY_PANELS):
         column = INTERVAL_METRIC[metric]
         for col, lang in enumerate(languages):
@@ -139,13 +141,13 @@ def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
             if len(reference):
                 ax.axhline(float(reference.iloc[0]), color=METHOD_COLOURS["base"], linestyle="--")
             _budget_axis(ax, budgets)
-            limit_share_axis(ax, metric)
+        same_share_limits(axes[row])  # zoomed to the data: the differences are a few hundredths
     row_labels = [f"{DIRECTION_SHORT[d]}\n{axis_label(m)}" for m, d in EFFICIENCY_PANELS]
     label_grid(axes, row_labels, [language_label(lang) for lang in languages], "seed budget (seeds)")
     handles = [Line2D([], [], color=METHOD_COLOURS[f], marker="o", label=method_label(f)) for f in families]
     handles.append(Line2D([], [], color=METHOD_COLOURS["base"], linestyle="--", label="untouched model"))
     add_legend(figure, handles)
-    figure.suptitle("Data efficiency: wrong-language share and fidelity vs seed budget (95% intervals)")
+    add_title(figure, "Data efficiency: wrong-language share and fidelity vs seed budget (95% intervals)")
     add_caption(
         figure,
         caption_for(pd.concat([curves, base])) + "\nbars: 95% bootstrap interval over prompts "
@@ -200,7 +202,7 @@ def _score_grid(frame: pd.DataFrame, title: str) -> Figure:
             ax.set_ylabel(axis_label(metric))
             ax.set_title(DIRECTION_LABELS[direction], fontsize=8)
     add_legend(figure, method_handles(methods, palette))
-    figure.suptitle(title)
+    add_title(figure, title)
     add_caption(figure, caption_for(frame))
     return figure
 
@@ -254,7 +256,7 @@ def plot_training_curves(histories: pd.DataFrame) -> Figure:
     handles: list[Any] = [Line2D([], [], color=METHOD_COLOURS[f], label=method_label(f)) for f in families]
     handles += [Line2D([], [], color="0.3", linestyle=style_by_budget[n], label=f"{n:,} seeds") for n in budgets]
     add_legend(figure, handles)
-    figure.suptitle("Training curves (CLO: λ·NLL + (1−λ)·cross-lingual loss; SFT: NLL, loss only)")
+    add_title(figure, "Training curves (CLO: λ·NLL + (1−λ)·cross-lingual loss; SFT: NLL, loss only)")
     add_caption(figure, caption_for(curves))
     return figure
 
@@ -298,7 +300,7 @@ def plot_nll_ablation(evals: pd.DataFrame) -> Figure:
         Patch(color=palette["clo_nll_both"], label="CLO, NLL on target + English"),
     ]
     add_legend(figure, handles)
-    figure.suptitle("NLL ablation: which responses the NLL term covers")
+    add_title(figure, "NLL ablation: which responses the NLL term covers")
     add_caption(figure, caption_for(frame))
     return figure
 
@@ -361,7 +363,7 @@ def plot_trainable_modules(evals: pd.DataFrame) -> Figure:
             where = "" if metric == "peak_memory_mb" else f" · {DIRECTION_LABELS[direction]}"
             ax.set_title(f"{language_label(lang)} · n={n_seeds:,}{where}", fontsize=8)
     add_legend(figure, method_handles(methods, palette))
-    figure.suptitle("Trainable modules: quality and peak training memory")
+    add_title(figure, "Trainable modules: quality and peak training memory")
     add_caption(figure, caption_for(frame))
     return figure
 
@@ -426,7 +428,7 @@ def plot_judge_win_rates(evals: pd.DataFrame) -> Figure:
     add_legend(
         figure, method_handles(methods, palette) + [Line2D([], [], color="0.4", linestyle="--", label="tie (0.5)")]
     )
-    figure.suptitle("LLM-judge win rate against the baseline named in judge.vs")
+    add_title(figure, "LLM-judge win rate against the baseline named in judge.vs")
     add_caption(figure, caption_for(judged))
     return figure
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clo_utils import plots, report
+from clo_utils import plot_style, plots, report
 from clo_utils.plots import MetricsFileError, MetricsTables, MissingFigureData
 
 REPO = Path(__file__).resolve().parents[1]
@@ -648,3 +648,21 @@ def test_data_efficiency_figure_draws_sft_dpo_beside_sft_and_clo(tmp_path: Path)
     figure = plots.plot_data_efficiency(plots.load_tables(recipe).evals)
     assert len([c for c in figure.axes[0].containers if c.has_yerr]) == 3
     assert [t.get_text() for t in figure.legends[0].get_texts()] == ["SFT", "SFT+DPO", "CLO", "untouched model"]
+
+
+def test_a_one_language_figure_keeps_title_legend_and_caption_apart(tmp_path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = plots.plot_data_efficiency(plots.load_tables(write_study(tmp_path)).evals)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    title = figure._suptitle.get_window_extent(renderer)
+    legend = figure.legends[0].get_window_extent(renderer)
+    assert title.x1 < legend.x0  # side by side, not on top of each other
+    caption = figure.texts[-1].get_window_extent(renderer)
+    assert caption.x1 <= figure.bbox.width  # wrapped: a long caption would widen the saved image
+    # A share panel is zoomed to its data, never narrower than MIN_SHARE_SPAN: English prompts are
+    # all answered in English, so their wrong-language panel spans [0, MIN_SHARE_SPAN].
+    low, high = figure.axes[0].get_ylim()
+    assert 0.0 <= low < high <= 1.02
+    assert figure.axes[1].get_ylim() == pytest.approx((0.0, plot_style.MIN_SHARE_SPAN))

@@ -213,29 +213,41 @@ def intervals_table_markdown(evals: pd.DataFrame, n_resamples: int = 10_000) -> 
     old = evals.drop_duplicates("run_dir")
     old = set(old[old[HEADLINE].isna()]["run_dir"]) if HEADLINE in old else set(old["run_dir"])
     groups["old_fidelity"] = [any(d in old for d in dirs) for dirs in groups["run_dirs"]]
-    groups = groups.assign(run_name=groups["run_group"])
-    groups = _sorted_runs(groups).assign(_direction=lambda f: f["direction"].map({"tgt": 0, "en": 1}))
-    groups = groups.sort_values(["_direction"], kind="stable")
-    headers = ["lang", "method", "n_seeds", "trainable", "direction", "vs", "n prompts", "training seeds"]
+    headers = list(GROUP_HEADERS)
     for metric in INTERVAL_METRICS:
         headers += [INTERVAL_HEADERS[metric], f"Δ {INTERVAL_HEADERS[metric]} vs SFT"]
     rows = []
-    for _, row in groups.iterrows():
-        seeds = ", ".join(str(int(s)) for s in row["train_seeds"]) if len(row["train_seeds"]) == row["n_runs"] else ""
-        cells = [
-            str(row["lang"]),
-            str(row["method"]),
-            str(int(row["n_seeds"])),
-            markdown_cell(row["trainable"]),
-            str(row["direction"]),
-            markdown_cell(row["vs"]),
-            format_number(row["n_prompts"], 0),
-            f"{row['n_runs']}" + (f" ({seeds})" if seeds else ""),
-        ]
+    for _, row in _ordered_groups(groups).iterrows():
+        cells = group_cells(row)
         for metric in INTERVAL_METRICS:
             cells += [interval_value_cell(row, metric), interval_difference_cell(row, metric)]
         rows.append(cells)
     return markdown_table(headers, rows)
+
+
+GROUP_HEADERS = ("lang", "method", "n_seeds", "trainable", "direction", "vs", "n prompts", "training seeds")
+
+
+def _ordered_groups(groups: pd.DataFrame) -> pd.DataFrame:
+    """Run groups in report order: by language, method and budget, target-language prompts first."""
+    groups = _sorted_runs(groups.assign(run_name=groups["run_group"]))
+    groups = groups.assign(_direction=groups["direction"].map({"tgt": 0, "en": 1}))
+    return groups.sort_values(["_direction"], kind="stable")
+
+
+def group_cells(row: Any) -> list[str]:
+    """The cells under GROUP_HEADERS for one run group and direction."""
+    seeds = ", ".join(str(int(s)) for s in row["train_seeds"]) if len(row["train_seeds"]) == row["n_runs"] else ""
+    return [
+        str(row["lang"]),
+        str(row["method"]),
+        str(int(row["n_seeds"])),
+        markdown_cell(row["trainable"]),
+        str(row["direction"]),
+        markdown_cell(row["vs"]),
+        format_number(row["n_prompts"], 0),
+        f"{row['n_runs']}" + (f" ({seeds})" if seeds else ""),
+    ]
 
 
 def intervals_section(evals: pd.DataFrame, n_resamples: int = 10_000) -> str:
@@ -268,25 +280,10 @@ def half_budget_section(evals: pd.DataFrame, n_resamples: int = 10_000) -> str |
     groups = group_intervals(evals, n_resamples=n_resamples, sft_budget_factor=2)
     if groups.empty or groups["vs"].isna().all():
         return None
-    groups = _sorted_runs(groups[groups["vs"].notna()].assign(run_name=lambda f: f["run_group"]))
-    groups = groups.assign(_direction=groups["direction"].map({"tgt": 0, "en": 1})).sort_values(
-        "_direction", kind="stable"
-    )
-    headers = ["lang", "method", "n_seeds", "trainable", "direction", "vs", "n prompts", "training seeds"]
-    headers += [f"Δ {INTERVAL_HEADERS[metric]} vs SFT at 2N" for metric in INTERVAL_METRICS]
+    headers = [*GROUP_HEADERS, *(f"Δ {INTERVAL_HEADERS[metric]} vs SFT at 2N" for metric in INTERVAL_METRICS)]
     rows = [
-        [
-            str(row["lang"]),
-            str(row["method"]),
-            str(int(row["n_seeds"])),
-            markdown_cell(row["trainable"]),
-            str(row["direction"]),
-            markdown_cell(row["vs"]),
-            format_number(row["n_prompts"], 0),
-            str(row["n_runs"]),
-            *(interval_difference_cell(row, metric) for metric in INTERVAL_METRICS),
-        ]
-        for _, row in groups.iterrows()
+        group_cells(row) + [interval_difference_cell(row, metric) for metric in INTERVAL_METRICS]
+        for _, row in _ordered_groups(groups[groups["vs"].notna()]).iterrows()
     ]
     return (
         "## Half the seeds against SFT (95% intervals)\n\n" + HALF_BUDGET_NOTE + "\n\n" + markdown_table(headers, rows)

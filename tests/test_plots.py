@@ -584,7 +584,7 @@ def test_half_the_seeds_are_compared_with_sft_at_twice_the_budget(tmp_path: Path
     assert groups.loc[("sft", 50, "tgt")]["fidelity_clean_diff"] == pytest.approx(0.60 - 0.75)
     assert pd.isna(groups.loc[("clo", 100, "tgt")]["vs"])  # no SFT run on 200 seeds
     rows = report.render_report(recipe).split("## Half the seeds against SFT", 1)[1].split("\n## ", 1)[0]
-    assert "| ca | clo | 50 | attention | tgt | sft-100 | 20 | 1 | +0.050 [" in rows
+    assert "| ca | clo | 50 | attention | tgt | sft-100 | 20 | 1 (0) | +0.050 [" in rows
     assert "| ca | clo | 100 |" not in rows
     with pytest.raises(ValueError, match="sft_budget_factor"):
         intervals.group_intervals(evals, sft_budget_factor=0)

@@ -349,8 +349,10 @@ def chrf_statistics(answers: Sequence[str], references: Sequence[str]) -> Any:
 
     if len(answers) != len(references):
         raise ValueError(f"{len(answers)} answers but {len(references)} references")
+    if not answers:
+        return np.zeros((0, 0), dtype=np.int64)
     rows = CHRF(word_order=2)._extract_corpus_statistics(list(answers), [list(references)])
-    return np.asarray(rows, dtype=np.int64).reshape(len(answers), -1)
+    return np.asarray(rows, dtype=np.int64)
 
 
 def chrf_from_statistics(statistics: Any) -> float:

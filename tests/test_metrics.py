@@ -141,6 +141,7 @@ def test_chrf_statistics_sum_to_the_corpus_score():
     assert metrics.chrf_from_statistics(statistics[[0, 0, 3]]) == pytest.approx(
         metrics.chrf([answers[0], answers[0], answers[3]], [references[0], references[0], references[3]]), abs=1e-9
     )
+    assert metrics.chrf_statistics([], []).shape[0] == 0
     with pytest.raises(ValueError, match="3 answers but 2 references"):
         metrics.chrf_statistics(answers[:3], references[:2])
 

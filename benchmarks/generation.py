@@ -1,4 +1,4 @@
-"""Generation throughput for evaluation (clo_utils.evaluate.generate_answers), batched at the demo's
+"""Generation throughput for evaluation (clo_utils.evaluation.evaluate.generate_answers), batched at the demo's
 batch size vs one prompt at a time; beside it the ceiling of batching on this device (B x a decode
 step at batch 1 / a step at batch B, equal lengths, no early stops).
 """
@@ -21,9 +21,9 @@ def run(ctx: Context) -> None:
     args, results = ctx.args, ctx.results
     model, tok, _ = fresh_model(args.model, "attention")
     prompts = [s["prompt_tgt"] for s in ctx.seeds(args.gen_prompts)]
-    from clo_utils.evaluate import generate_answers
+    from clo_utils.evaluation.evaluate import generate_answers
 
-    source = "clo_utils.evaluate.generate_answers"
+    source = "clo_utils.evaluation.evaluate.generate_answers"
 
     def run(batch_size):
         return generate_answers(

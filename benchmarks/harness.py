@@ -209,7 +209,7 @@ def bench_seeds(n: int, tok, work: Path) -> tuple[list[dict], str]:
     rows = load_english_sft("smoke")
     rows = sorted(rows, key=lambda r: (len(tok(r["prompt"] + r["response"])["input_ids"]), r["id"]))[:n]
     try:
-        from clo_utils.translate import get_translator, translate
+        from clo_utils.translation.translate import get_translator, translate
 
         translator = get_translator("apertium", LANG)
         texts = [r["prompt"] for r in rows] + [r["response"] for r in rows]

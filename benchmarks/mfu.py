@@ -276,8 +276,8 @@ def measure_reference_pass(ctx: Context, trainer, costs: FlopCosts) -> dict:
 
 
 def measure_generation(ctx: Context, model, tok, costs: FlopCosts) -> dict:
-    """clo_utils.evaluate.generate_answers at the demo's batch size, its generate calls recorded."""
-    from clo_utils.evaluate import _eos_token_ids, generate_answers
+    """clo_utils.evaluation.evaluate.generate_answers at the demo's batch size, its generate calls recorded."""
+    from clo_utils.evaluation.evaluate import _eos_token_ids, generate_answers
 
     args = ctx.args
     prompts = [s["prompt_tgt"] for s in ctx.seeds(args.gen_prompts)]

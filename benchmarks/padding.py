@@ -9,7 +9,7 @@
                            train_sampling_strategy="group_by_length" (the kit's default) and "random";
   the reference pass       CLOTrainer._reference_pass's batches (single sequences sorted by length, forwarded in
                            chunks like the training batches);
-  generation               clo_utils.evaluate.generate_answers: left padding of the prompts plus the
+  generation               clo_utils.evaluation.evaluate.generate_answers: left padding of the prompts plus the
                            positions a row still computes after its EOS while others in its batch go on.
 
 A computed position is one row x one column of a padded batch (of a chunk, when a batch is forwarded in
@@ -143,7 +143,7 @@ def run(ctx: Context) -> None:
     from trl import SFTTrainer
 
     from clo_utils.data import build_cross_lingual_pairs, build_sft_rows
-    from clo_utils.evaluate import _eos_token_ids, generate_answers
+    from clo_utils.evaluation.evaluate import _eos_token_ids, generate_answers
     from clo_utils.train import (
         CLOConfig,
         CLOTrainer,

@@ -124,7 +124,7 @@ def _counting_decoder_tokens(translator) -> dict:
 
 def run(ctx: Context) -> None:
     args, work, results = ctx.args, ctx.work, ctx.results
-    from clo_utils.translate import get_translator, translate_with_stats
+    from clo_utils.translation.translate import get_translator, translate_with_stats
 
     texts = translation_texts(args.translate_texts)
     section = {"texts": len(texts)}

@@ -4,14 +4,14 @@ A *seed* is one English example with its translation:
     {"id", "lang", "prompt_en", "response_en", "prompt_tgt", "response_tgt", "source"}
 Each seed gives two cross-lingual triples in TRL's conversational preference format, and one or
 two SFT rows for the baselines. Where seeds come from (loading, sampling, translating, the data
-folder) is clo_utils.sources.
+folder) is clo_utils.translation.sources.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .text import chat_messages
+from .common.text import chat_messages
 
 SEED_FIELDS = ("id", "lang", "prompt_en", "response_en", "prompt_tgt", "response_tgt")
 SFT_VARIANTS = ("both", "en", "tgt")
@@ -105,7 +105,7 @@ def make_seed_row(row: dict, lang: str, prompt_tgt: str, response_tgt: str) -> d
     }
 
 
-# The sources side (clo_utils.sources, clo_utils.seeds) and the run-file helpers (clo_utils.runfiles) are
+# The sources side (clo_utils.translation.sources, clo_utils.translation.seeds) and the run-file helpers (clo_utils.common.runfiles) are
 # importable from here too, where notebooks and scripts import them from clo_utils.data. PEP 562: a name is
 # resolved on first access, so this module imports nothing heavy and no import cycle arises.
 _MOVED = {

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .cache import default_cache_dir
-from .runfiles import file_sha256
+from .common.cache import default_cache_dir
+from .common.runfiles import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ TRAINABLE_MODES = ("attention", "full", "lora")
 
 # For base checkpoints that ship no chat template (the paper applies CLO to base models too).
 # Their tokenizers have no <|im_end|> token: the turn end is plain text, so generation stops on it
-# as a stop string (clo_utils.generation), and training appends the tokenizer's EOS after it.
+# as a stop string (clo_utils.evaluation.generation), and training appends the tokenizer's EOS after it.
 CHATML_TURN_END = "<|im_end|>"
 CHATML_TEMPLATE = (
     # BOS first when the tokenizer has one: prompts are tokenised from the rendered text without
@@ -320,3 +320,18 @@ def select_trainable(
         "trainable parameters (%s): %s of %s (%.2f%%)", mode, f"{trainable:,}", f"{total:,}", 100 * trainable / total
     )
     return model, report
+
+
+def run_labels(model_id: str, manifest: dict, n_seeds: int) -> list[str]:
+    """Caveats every reported number of this run must carry."""
+    labels = []
+    if model_id in EMBEDDED_MODELS:
+        labels.append(f"{model_label(model_id)}")
+    translator = manifest.get("translator") or {}
+    # A manifest records the translator as Translator.describe() or as a label such as "apertium:eng-cat".
+    backend = translator.get("backend", "") if isinstance(translator, dict) else str(translator)
+    if backend.startswith("apertium"):
+        labels.append("Apertium rule-based MT")
+    if 0 < n_seeds < 1000:  # base-0 (0 seeds) is the untouched model: no budget to label
+        labels.append(f"tiny budget ({n_seeds} seeds)")
+    return labels

@@ -1,4 +1,4 @@
-"""CLO training on the Hugging Face Trainer stack: CLOConfig, CLOTrainer and train_clo.
+"""CLO training on the Hugging Face Trainer stack: CLOTrainer and train_clo.
 
 Why a `transformers.Trainer` subclass rather than a TRL `DPOTrainer` subclass: CLO's unit is the
 *seed* (two triples, four sequences, one batch), its loss adds a target-only NLL term that TRL
@@ -9,26 +9,24 @@ logging. The sequence convention is TRL's (prompt via the chat template with the
 prompt, completion = the rest of the rendered conversation), so CLO with lam = 0 equals
 DPOTrainer's sigmoid loss on the same data (tests/test_train.py checks it).
 
-The tokenisers and the collator live in clo_utils.sequences, the TRL baselines (SFT, SFT+DPO) in
-clo_utils.baselines; their names are importable from here too.
+The configuration is clo_utils.train_config (CLOConfig), the reference pass clo_utils.reference, the
+tokenisers and the collator clo_utils.sequences, the TRL baselines (SFT, SFT+DPO) clo_utils.baselines;
+their names are importable from here too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from .baselines import _pretokenized_dpo_trainer as _pretokenized_dpo_trainer
 from .baselines import dpo_config, sft_config, train_dpo, train_sft
-from .cache import DiskCache, cache_key, default_cache_dir
-from .losses import NLL_ON, clo_loss, packed_sequence_logps, response_nll, response_positions, sequence_logps
+from .losses import clo_loss, packed_sequence_logps, response_nll, response_positions, sequence_logps
+from .reference import REFERENCE_CACHE_VERSION, ReferencePassMixin, model_fingerprint
 from .sequences import (
     PADDING_FREE_ATTENTION,
     PADDING_FREE_MODEL_TYPES,
@@ -44,6 +42,7 @@ from .sequences import (
     tokenize_sft_rows,
 )
 from .train_callbacks import PeakMemoryCallback, TrainableChangeCallback, peak_memory_mb, summary_callbacks
+from .train_config import CLOConfig
 from .train_setup import disable_dropout, prepare_mixed_precision, resume_checkpoint, training_profile
 
 __all__ = [
@@ -78,122 +77,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REFERENCE_CACHE_VERSION = "clo-ref-v3"  # in every reference cache key: a changed computation never reuses old values
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclass
-class CLOConfig(TrainingArguments):
-    """TrainingArguments plus the CLO objective's knobs (docs/method.md §2)."""
-
-    beta: float = field(
-        default=0.1,
-        metadata={
-            "help": "DPO temperature of the cross-lingual preference term. "
-            "Not recovered from the paper; CRPO's re-run used 0.1."
-        },
-    )
-    lam: float = field(
-        default=0.5,
-        metadata={
-            "help": "Weight of the target NLL: loss = lam*NLL + (1-lam)*L_CL "
-            "(0.5, 'recommended in the original paper' per CRPO)."
-        },
-    )
-    nll_on: str = field(
-        default="target",
-        metadata={
-            "help": "'target': NLL on target-language chosen responses "
-            "only (paper); 'both': also English (the ablation)."
-        },
-    )
-    max_length: int = field(
-        default=1024,
-        metadata={
-            "help": "Max tokens of one prompt+response sequence; a seed with a longer sequence is dropped and counted."
-        },
-    )
-    disable_dropout: bool = field(
-        default=True,
-        metadata={
-            "help": "Every dropout probability to 0, as in TRL's "
-            "DPO: the policy at step 0 equals the reference, "
-            "and the reward margins are not noise."
-        },
-    )
-    ref_cache_dir: str | None = field(
-        default=None, metadata={"help": "Where reference log-probs are cached (default: the kit's cache dir)."}
-    )
-    precompute_ref_batch_size: int = field(default=8, metadata={"help": "Seeds per batch in the reference pass."})
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Kept False: the collator needs every column."}
-    )
-    train_sampling_strategy: str = field(
-        default="group_by_length",
-        metadata={
-            "help": "'group_by_length' (default): batches of seeds of similar length (clo_utils.batching), little "
-            "compute on padding; 'random', 'sequential': the Trainer's samplers."
-        },
-    )
-    padding_free: bool = field(
-        default=False,
-        metadata={
-            "help": "Pack a batch's sequences into one row (position_ids restart at 0 per sequence, no attention "
-            "mask): no compute on padding, but eager and sdpa attention then score the whole packed row, which "
-            "costs more than the padding saves (benchmarks/mfu.py), hence off by default. Used only where it "
-            "is proven equal to padded batches (PADDING_FREE_MODEL_TYPES with eager or sdpa attention)."
-        },
-    )
-    forward_chunk_padding: float | None = field(
-        default=None,
-        metadata={
-            "help": "Forward a padded batch as chunks of rows of similar length, each cut to its own width, with at "
-            "most this share of padding per chunk (clo_utils.batching.length_chunks), all before one backward: "
-            "the same loss and gradients, less compute on padding (a seed's four sequences differ in length). "
-            "None: one forward per batch. training_profile sets it on CPU; one forward on GPU, where one large "
-            "batch runs better, and under distributed training (see CLOTrainer._chunk_padding)."
-        },
-    )
-    report_to: str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not self.beta > 0:
-            raise ValueError(f"CLOConfig.beta must be > 0, got {self.beta}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"CLOConfig.lam must be in [0, 1], got {self.lam}")
-        if self.nll_on not in NLL_ON:
-            raise ValueError(f"CLOConfig.nll_on must be one of {NLL_ON}, got {self.nll_on!r}")
-        if self.forward_chunk_padding is not None and not 0.0 <= self.forward_chunk_padding <= 1.0:
-            raise ValueError(
-                f"CLOConfig.forward_chunk_padding must be None or in [0, 1], got {self.forward_chunk_padding}"
-            )
-
-
-# --------------------------------------------------------------------------- fingerprints
-
-
-def model_fingerprint(model) -> str:
-    """sha256 of the reference weights (adapter weights excluded: with LoRA the reference is the
-    model with adapters disabled). Same scheme as trl.trainer.utils.hash_module."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if "lora_" in name:
-            continue
-        tensor = tensor.detach().cpu()
-        h.update(name.encode() + str(tensor.dtype).encode())
-        if tensor.dtype not in (torch.float32, torch.float64, torch.int64, torch.int32):
-            tensor = tensor.float()  # numpy has no bf16/fp8
-        h.update(tensor.numpy().tobytes())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- trainer
 
 
-class CLOTrainer(Trainer):
+class CLOTrainer(ReferencePassMixin, Trainer):
     """Trainer for the CLO objective. `train_dataset` is the output of `tokenize_clo_pairs`.
 
     Reference log-probs are computed once, before training, by the same model in eval mode
@@ -271,103 +158,6 @@ class CLOTrainer(Trainer):
         # shards) cut that order, so one optimizer step sees the same seeds however it is split.
         global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
         return LengthGroupedSeedSampler(seed_lengths(dataset["input_ids"]), global_batch, seed=seed)
-
-    # -- reference pass
-    def compute_reference_logps(self, examples: list[dict]) -> torch.Tensor:
-        """(n_seeds, 4) fp32 reference log-probs, each seed read from the disk cache when present.
-
-        The cache holds one record per seed, keyed by the reference weights and that seed's tokens,
-        so a rerun computes nothing and the nested budgets of a data-efficiency sweep (1,600 of the
-        3,200 of the 6,400) compute each seed's reference pass once.
-        """
-        self._check_whole_weights()
-        model_key = model_fingerprint(self.model) + "|" + self.reference_conditions()
-        keys = [cache_key(REFERENCE_CACHE_VERSION, model_key, ex["input_ids"], ex["labels"]) for ex in examples]
-        self.reference_cache_path = (
-            Path(self.args.ref_cache_dir or default_cache_dir() / "ref_logps") / "ref_logps.sqlite"
-        )
-        with DiskCache(self.reference_cache_path) as store:
-            cached = store.get_many(keys)
-        ref = torch.tensor([cached.get(k, [float("nan")] * len(SEQUENCE_ORDER)) for k in keys], dtype=torch.float32)
-        todo = [ex for ex, k in zip(examples, keys) if k not in cached]
-        log.info(
-            "reference log-probs: %d of %d seeds cached at %s",
-            len(examples) - len(todo),
-            len(examples),
-            self.reference_cache_path,
-        )
-        if todo:
-            self._reference_pass(todo, ref)
-            if self.accelerator.is_main_process:  # one transaction: a kill keeps all of it or none
-                with DiskCache(self.reference_cache_path) as store:
-                    store.put_many({keys[ex["index"]]: ref[ex["index"]].tolist() for ex in todo})
-            self.accelerator.wait_for_everyone()
-        if torch.isnan(ref).any():
-            raise RuntimeError("reference pass left seeds without log-probs")
-        return ref
-
-    def reference_conditions(self) -> str:
-        """What changes the reference log-probs besides weights and tokens, for the cache key: the
-        autocast dtype, the device type, the attention implementation and the library versions."""
-        import transformers
-
-        attn = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
-        return (
-            f"mixed_precision={self.accelerator.mixed_precision}|device={self.accelerator.device.type}|"
-            f"attn={attn}|torch={torch.__version__}|transformers={transformers.__version__}"
-        )
-
-    def _reference_pass(self, todo: list[dict], ref: torch.Tensor) -> None:
-        """Fill ref[index] for the seeds in `todo` with the starting model (adapters off for LoRA).
-
-        Each sequence's log-prob depends on that sequence alone, so the pass batches single sequences,
-        not seeds: sorted by length (`batching.sequence_batches`), each row is padded only to rows of
-        nearly its own length, and each log-prob goes back to ref[seed, column].
-        """
-        from .batching import sequence_batches
-
-        rows_per_batch = len(SEQUENCE_ORDER) * self.args.precompute_ref_batch_size
-        batches = sequence_batches([[len(ids) for ids in ex["input_ids"]] for ex in todo], rows_per_batch)
-        rows = [
-            {
-                "index": todo[i]["index"],
-                "column": c,
-                "input_ids": todo[i]["input_ids"][c],
-                "labels": todo[i]["labels"][c],
-            }
-            for batch in batches
-            for i, c in batch
-        ]
-
-        def collate(features):
-            batch = pad_sequences(
-                [f["input_ids"] for f in features], [f["labels"] for f in features], self.pad_token_id
-            )
-            return {
-                **batch,
-                "index": torch.tensor([f["index"] for f in features]),
-                "column": torch.tensor([f["column"] for f in features]),
-            }
-
-        # Every batch but the last is full, so the loader cuts `rows` back into `batches`.
-        loader = torch.utils.data.DataLoader(rows, batch_size=rows_per_batch, shuffle=False, collate_fn=collate)
-        loader = self.accelerator.prepare(loader)
-        self._place_for_reference_pass()
-        was_training = self.model.training
-        self.model.eval()
-        adapters_off = (
-            self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
-        )
-        # The training forward runs under accelerate's autocast (bf16 on the GPU profile); the
-        # reference runs under the same one, so that policy and reference agree at step 0.
-        with torch.no_grad(), adapters_off, self.accelerator.autocast():
-            for batch in loader:
-                (logps, _), _ = self._response_logps(self.model, batch)
-                index, column, logps = self.accelerator.gather_for_metrics((batch["index"], batch["column"], logps))
-                ref[index.cpu(), column.cpu()] = logps.float().cpu()
-                self.reference_forward_batches += 1
-        self.reference_seeds_computed += len(todo)
-        self.model.train(was_training)
 
     # -- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -501,28 +291,6 @@ class CLOTrainer(Trainer):
             return flag
         t = torch.tensor(float(flag), device=self.accelerator.device)
         return self.accelerator.reduce(t, reduction="sum").item() > 0
-
-    def _check_whole_weights(self) -> None:
-        """The reference pass and its cache key need the whole weights on this process."""
-        for name, p in self.model.named_parameters():
-            if hasattr(p, "ds_id") or p.device.type == "meta":
-                raise RuntimeError(
-                    f"parameter {name} is partitioned (DeepSpeed ZeRO-3 zero3_init_flag) or on the meta device "
-                    "(FSDP cpu_ram_efficient_loading): CLO computes reference log-probs and their cache key from "
-                    "the whole model before training. Set zero3_init_flag: false / fsdp_cpu_ram_efficient_loading: "
-                    "false (params/accelerate/*.yaml), or precompute them in a DDP/ZeRO-2 run (they are cached)."
-                )
-
-    def _place_for_reference_pass(self) -> None:
-        # Under DeepSpeed or FSDP the Trainer leaves the model where it was loaded (CPU) until
-        # train() wraps it, but the prepared loader puts batches on this process's device.
-        if getattr(self, "is_model_parallel", False):  # device_map spreads it over GPUs: leave it there
-            return
-        device = self.accelerator.device
-        first = next(self.model.parameters())
-        if first.device != device:
-            log.info("reference pass: moving the model from %s to %s", first.device, device)
-            self.model.to(device)
 
     def _nll_target_tokens(self, batch: dict) -> torch.Tensor:
         """Tokens that the NLL term averages over in a collated batch (target chosen, or every chosen)."""

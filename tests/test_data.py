@@ -1,4 +1,4 @@
-"""clo_utils.sources and clo_utils.seeds: loaders and their errors, the OASST1 reduction, cleaning, nested
+"""clo_utils.translation.sources and clo_utils.translation.seeds: loaders and their errors, the OASST1 reduction, cleaning, nested
 sampling, translate-and-filter rounds, the data folder, and notebook 01 under papermill."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from clo_utils.common.runfiles import file_sha256, read_jsonl
 from clo_utils.data import build_cross_lingual_pairs, build_sft_rows, check_seed_rows, make_seed_row
-from clo_utils.runfiles import file_sha256, read_jsonl
-from clo_utils.sources import (
+from clo_utils.translation.sources import (
     COLUMN_PRESETS,
     DATA_FILES,
     default_data_source,
@@ -27,7 +27,7 @@ from clo_utils.sources import (
     translate_and_filter,
     write_data_folder,
 )
-from clo_utils.translate import Translator
+from clo_utils.translation.translate import Translator
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -77,7 +77,7 @@ def test_default_source_is_the_english_sft_set_in_the_repository():
 
 
 def test_default_source_outside_a_checkout_is_a_clear_error(monkeypatch):
-    from clo_utils import sources
+    from clo_utils.translation import sources
 
     monkeypatch.setattr(sources, "repo_root", lambda: None)
     with pytest.raises(
@@ -504,7 +504,7 @@ def test_translate_and_filter_tops_up_and_stays_nested():
 
 
 def test_nothing_surviving_the_filter_is_an_error_naming_the_reasons(tmp_path):
-    from clo_utils.cache import DiskCache
+    from clo_utils.common.cache import DiskCache
 
     train_candidates, held = select_seeds(_rows(6), None, 1, seed=0)
     with pytest.raises(ValueError, match=r"no training seed survived.*'identical_to_english': 5"):
@@ -563,7 +563,9 @@ def test_existing_pair_and_sft_builders_are_unchanged():
 
 
 def test_names_moved_out_of_data_still_import_from_it():
-    from clo_utils import data, runfiles, seeds, sources
+    from clo_utils import data
+    from clo_utils.common import runfiles
+    from clo_utils.translation import seeds, sources
 
     assert data.select_seeds is sources.select_seeds and data.write_data_folder is seeds.write_data_folder
     assert data.examples_table is sources.examples_table and data.run_path is runfiles.run_path

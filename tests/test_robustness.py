@@ -97,9 +97,9 @@ def test_empty_dataset_after_filtering_is_an_error_naming_why(tmp_path, tok):
 def test_all_translations_filtered_out_is_an_error_and_keeps_the_translations(tmp_path):
     """Nothing survives the quality filter (here: translations identical to the English): an error
     naming the drop reasons, and the translations stay in the cache for the next attempt."""
-    from clo_utils.cache import DiskCache
+    from clo_utils.common.cache import DiskCache
     from clo_utils.data import translate_and_filter
-    from clo_utils.translate import Translator
+    from clo_utils.translation.translate import Translator
 
     class Identity(Translator):  # a "translator" that returns the English: every seed is dropped
         name = "identity"
@@ -128,14 +128,14 @@ def test_all_translations_filtered_out_is_an_error_and_keeps_the_translations(tm
 
 
 def test_unknown_language_code_lists_the_known_ones():
-    from clo_utils.languages import get_language
+    from clo_utils.common.languages import get_language
 
     with pytest.raises(ValueError, match=r"unknown language code 'xx'.*ca \(Catalan\)"):
         get_language("xx")
 
 
 def test_unknown_translator_backend_and_missing_pair(tmp_path):
-    from clo_utils.translate import TranslatorError, get_translator, translate
+    from clo_utils.translation.translate import TranslatorError, get_translator, translate
 
     with pytest.raises(ValueError, match=r"unknown translation backend 'deepl'; known backends: apertium"):
         translate(["Hello."], "ca", backend="deepl", cache=tmp_path / "c.sqlite", progress=False)
@@ -425,7 +425,7 @@ def test_killed_after_a_checkpoint_and_resumed_reproduces_the_uninterrupted_loss
 
 CACHE_WRITER = r"""
 import sys, time
-from clo_utils.cache import DiskCache
+from clo_utils.common.cache import DiskCache
 
 path, batch, pause_in = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 db = DiskCache(path)
@@ -448,7 +448,7 @@ for b in range(100000):
 
 
 def test_disk_cache_survives_sigkill_mid_transaction(tmp_path):
-    from clo_utils.cache import DiskCache
+    from clo_utils.common.cache import DiskCache
 
     script = _write(tmp_path / "writer.py", CACHE_WRITER)
     batch = 4000  # ~1.3 MB per transaction
@@ -499,7 +499,7 @@ def test_disk_cache_survives_sigkill_mid_transaction(tmp_path):
 
 TRANSLATE_WRITER = r"""
 import json, sys
-from clo_utils.translate import translate
+from clo_utils.translation.translate import translate
 texts = json.load(open(sys.argv[1]))
 translate(texts, "ca", backend="apertium", batch_size=8, cache=sys.argv[2], progress=False)
 """
@@ -510,8 +510,8 @@ translate(texts, "ca", backend="apertium", batch_size=8, cache=sys.argv[2], prog
     reason="Apertium eng-cat not installed",
 )
 def test_translation_killed_mid_run_resumes_without_duplicates(tmp_path):
-    from clo_utils.cache import DiskCache
-    from clo_utils.translate import translate_with_stats
+    from clo_utils.common.cache import DiskCache
+    from clo_utils.translation.translate import translate_with_stats
 
     colours = ["red", "blue", "green", "yellow", "black", "white", "brown", "grey"]
     things = ["house", "car", "tree", "river", "book", "table", "garden", "city", "dog", "window"]
@@ -555,8 +555,8 @@ def test_translation_killed_mid_run_resumes_without_duplicates(tmp_path):
 
 
 def test_a_backend_failing_mid_run_keeps_the_batches_already_translated(tmp_path):
-    from clo_utils.cache import DiskCache
-    from clo_utils.translate import Translator, TranslatorError, translate_with_stats
+    from clo_utils.common.cache import DiskCache
+    from clo_utils.translation.translate import Translator, TranslatorError, translate_with_stats
 
     class Flaky(Translator):
         name = "flaky"
@@ -631,8 +631,8 @@ def _assert_no_secret(root: Path, *texts: str) -> None:
 
 @pytest.mark.parametrize("reflect", [False, True], ids=["plain-server", "server-reflects-the-key"])
 def test_judge_key_and_tokens_never_reach_logs_metrics_or_caches(tmp_path, monkeypatch, caplog, capfd, reflect):
-    from clo_utils import judge as jd
-    from clo_utils.evaluate import write_answers
+    from clo_utils.evaluation import judge as jd
+    from clo_utils.evaluation.evaluate import write_answers
 
     monkeypatch.setenv("CLO_JUDGE_API_KEY", SECRET)
     monkeypatch.setenv("HF_TOKEN", HF_SECRET)

@@ -12,10 +12,10 @@ import yaml
 from safetensors.torch import load_file
 from tiny_models import make_model, make_tokenizer, save_tiny_llama, tiny_recipe
 
-from clo_utils.recipe import load_recipe
-from clo_utils.runfiles import write_train
-from clo_utils.runs import SFT_SETTINGS, check_sft_run
-from clo_utils.stages import plan_stages
+from clo_utils.common.runfiles import write_train
+from clo_utils.pipeline.recipe import load_recipe
+from clo_utils.pipeline.runs import SFT_SETTINGS, check_sft_run
+from clo_utils.pipeline.stages import plan_stages
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -110,7 +110,7 @@ def test_lora_sft_dpo_saves_merged_weights_that_give_the_trained_models_logits(t
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from clo_utils.models import select_trainable
-    from clo_utils.runs import save_run, sft_model_for_dpo
+    from clo_utils.pipeline.runs import save_run, sft_model_for_dpo
 
     tok = make_tokenizer()
     sft, _ = select_trainable(make_model("llama", vocab_size=len(tok)), "lora", lora_r=4)

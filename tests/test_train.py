@@ -679,7 +679,7 @@ def test_sft_dpo_and_clo_responses_end_identically_when_the_turn_end_is_not_eos(
 
 def test_an_overfit_sft_model_stops_at_the_turn_end(tmp_path):
     from clo_utils.data import build_sft_rows
-    from clo_utils.evaluate import generate_answers
+    from clo_utils.evaluation.evaluate import generate_answers
     from clo_utils.models import end_of_turn_token_ids
     from clo_utils.train import train_sft
 

@@ -1,0 +1,378 @@
+"""The evaluation driver: held-out reference NLL, and run folders.
+
+Evaluates one run folder on the held-out seeds (docs/run-layout.md): loads the run's model,
+answers every held-out prompt in both directions (target-language prompts and English prompts)
+through clo_utils.evaluation.generation (batched, cached on disk per batch), scores the answers with the pure
+metrics of clo_utils.evaluation.metrics (language fidelity and the shares that explain it, chrF++), adds the
+token-mean NLL (nats/token) of the reference answers under the model (the least noisy continuous
+metric on small models), and writes answers.jsonl and metrics.json through clo_utils.common.runfiles.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..common.cache import DiskCache, cache_key, default_cache_dir, open_cache  # noqa: F401  (re-exported)
+from ..common.runfiles import (  # noqa: F401  (the run-file helpers are re-exported for notebooks and the judge)
+    read_answers,
+    read_json,
+    read_jsonl,
+    read_metrics,
+    read_train,
+    update_metrics,
+    write_answers,
+)
+from ..common.text import chat_messages, count_words, detect_languages, normalized_tokens  # noqa: F401  (re-exported)
+from ..models import CHATML_TURN_END, end_of_turn_token_ids  # noqa: F401  (re-exported)
+from .generation import (  # noqa: F401  (re-exported: clo_utils.evaluation.evaluate.generate_answers and the cache names)
+    GENERATION_KEY_VERSION,
+    GENERATIONS_FILE,
+    GenerationCache,
+    _decoding_settings,
+    _eos_token_ids,
+    _length_sorted_batches,
+    _token_ids,
+    _until_eos,
+    chat_prompt_text,
+    generate_answers,
+    open_generation_cache,
+    weights_fingerprint,
+)
+from .metrics import (  # noqa: F401  (re-exported: clo_utils.evaluation.evaluate is the documented import path)
+    DIRECTIONS,
+    chrf,
+    distinct_trigram_ratio,
+    fidelity_report,
+    is_echo,
+    language_fidelity,
+)
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- reference scores
+
+
+def prompt_completion_ids(
+    tokenizer, prompt: str, reference: str, system_prompt: str | None = None
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, reference-answer ids) as the chat template lays out the whole conversation.
+
+    The answer part is the rendered assistant turn up to and including its end-of-turn token (the
+    template's trailing newline is dropped): the model is scored on answering and then stopping,
+    as it was trained. Prompt and answer are tokenised separately so the boundary is exact.
+    """
+    prompt_text = chat_prompt_text(tokenizer, prompt, system_prompt)
+    messages = chat_messages(prompt, system_prompt) + [{"role": "assistant", "content": reference}]
+    full_text = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise ValueError(
+            "the chat template renders the prompt differently with and without the answer; "
+            "cannot separate the reference tokens"
+        )
+    return _token_ids(tokenizer, prompt_text), _token_ids(tokenizer, full_text[len(prompt_text) :].rstrip("\n"))
+
+
+def reference_nll(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    references: Sequence[str],
+    system_prompt: str | None = None,
+    batch_size: int = 4,
+) -> tuple[float, float]:
+    """(token-mean NLL in nats, perplexity) of the reference answers given their prompts.
+
+    The mean runs over every reference token of the whole set (long answers weigh more, as in a
+    corpus perplexity); prompt tokens are masked; log-probabilities are computed in fp32.
+    """
+    if len(prompts) != len(references):
+        raise ValueError(f"{len(prompts)} prompts but {len(references)} references")
+    pairs = [prompt_completion_ids(tokenizer, p, r, system_prompt) for p, r in zip(prompts, references)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total_nll, total_tokens = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in _length_sorted_batches([len(p) + len(c) for p, c in pairs], batch_size):
+                seqs = [pairs[i][0] + pairs[i][1] for i in batch]
+                width = max(map(len, seqs))
+                input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+                attention = torch.zeros((len(seqs), width), dtype=torch.long)
+                scored = torch.zeros((len(seqs), width), dtype=torch.bool)  # positions holding answer tokens
+                for row, i in enumerate(batch):
+                    n_prompt, n_all = len(pairs[i][0]), len(seqs[row])
+                    input_ids[row, :n_all] = torch.tensor(seqs[row])
+                    attention[row, :n_all] = 1
+                    scored[row, n_prompt:n_all] = True
+                # Position t predicts token t+1: score the logits just before each answer token. The LM head
+                # runs on those positions only (`logits_to_keep` mask, flattened (N, V) logits), not on the
+                # prompt and the padding; a model that ignores the mask returns every position's logits.
+                keep = torch.zeros_like(scored)
+                keep[:, :-1] = scored[:, 1:]
+                inputs = {"input_ids": input_ids.to(model.device), "attention_mask": attention.to(model.device)}
+                logits = model(**inputs, logits_to_keep=keep.to(model.device)).logits
+                selected = (logits if logits.ndim == 2 else logits[keep.to(logits.device)]).float()
+                targets = input_ids[:, 1:][scored[:, 1:]].to(selected.device)
+                total_nll += torch.nn.functional.cross_entropy(selected, targets, reduction="sum").item()
+                total_tokens += int(targets.numel())
+    finally:
+        model.train(was_training)
+    if total_tokens == 0:
+        raise ValueError("no reference tokens to score")
+    nll = total_nll / total_tokens
+    return nll, math.exp(nll)
+
+
+# --------------------------------------------------------------------------- one model, held-out seeds
+
+
+def load_eval_seeds(data_dir: str | Path, max_prompts: int | None = None) -> list[dict]:
+    """The first `max_prompts` held-out seeds of `data_dir/seeds_eval.jsonl` (file order)."""
+    path = Path(data_dir) / "seeds_eval.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no held-out seeds; run 01_translate_data for this language first")
+    rows = read_jsonl(path)
+    return rows[:max_prompts] if max_prompts else rows
+
+
+def evaluate_direction(
+    model,
+    tokenizer,
+    prompts: list[str],
+    references: list[str],
+    expected_lang: str,
+    other_lang: str,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    min_words: int = 5,
+    system_prompt: str | None = None,
+    progress: bool = True,
+    cache: GenerationCache | None = None,
+) -> tuple[dict, list[str]]:
+    """Metrics of one direction (the metrics.json "eval" entry) and the answers, in prompt order."""
+    start = time.perf_counter()
+    answers = generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        system_prompt=system_prompt,
+        progress=progress,
+        cache=cache,
+    )
+    metrics = fidelity_report(prompts, answers, expected_lang, min_words=min_words, other_lang=other_lang)
+    metrics["chrf"] = chrf(answers, references)
+    metrics["nll"], metrics["ppl"] = reference_nll(
+        model, tokenizer, prompts, references, system_prompt=system_prompt, batch_size=batch_size
+    )
+    metrics["seconds"] = round(time.perf_counter() - start, 3)
+    return metrics, answers
+
+
+def evaluate_model(model, tokenizer, seeds: list[dict], lang: str, **options) -> tuple[dict, list[dict]]:
+    """The "eval" block ({"tgt": ..., "en": ...}) for held-out seeds, and one answer row per
+    (direction, prompt): {"direction", "id", "prompt", "answer", "reference"}. `options` are
+    evaluate_direction's (max_new_tokens, batch_size, min_words, system_prompt, progress, cache)."""
+    sides = {"tgt": ("prompt_tgt", "response_tgt", lang, "en"), "en": ("prompt_en", "response_en", "en", lang)}
+    block, rows = {}, []
+    for direction in DIRECTIONS:
+        prompt_field, reference_field, expected, other = sides[direction]
+        prompts = [s[prompt_field] for s in seeds]
+        references = [s[reference_field] for s in seeds]
+        block[direction], answers = evaluate_direction(
+            model, tokenizer, prompts, references, expected, other, **options
+        )
+        rows += [
+            {"direction": direction, "id": s["id"], "prompt": p, "answer": a, "reference": r}
+            for s, p, a, r in zip(seeds, prompts, answers, references)
+        ]
+    return block, rows
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def load_run_model(run_dir: str | Path, base_model_id: str, dtype: str = "float32", chat_template: str | None = None):
+    """(model, tokenizer, model_id) for a run folder: its model/ (full weights or a peft adapter),
+    or `base_model_id` for the untouched model's folder base-0. Trained runs saved their tokenizer
+    with its template; `chat_template` ("chatml" for a base model) serves base-0."""
+    from ..models import load_model_and_tokenizer
+
+    run_dir = Path(run_dir)
+    model_dir = run_dir / "model"
+    if (model_dir / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        from ..models import load_tokenizer, resolve_dtype
+
+        model = AutoPeftModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype))
+        return model.merge_and_unload(), load_tokenizer(str(model_dir)), str(model_dir)
+    if model_dir.exists():
+        model, tokenizer = load_model_and_tokenizer(str(model_dir), dtype=dtype)
+        return model, tokenizer, str(model_dir)
+    if run_dir.name == "base-0":
+        model, tokenizer = load_model_and_tokenizer(base_model_id, dtype=dtype, chat_template=chat_template)
+        return model, tokenizer, base_model_id
+    raise FileNotFoundError(f"{run_dir}: no model/ folder (and not a base-0 folder); train this run first")
+
+
+def run_blocks(
+    run_dir: str | Path, language: str, base_model_id: str, data_dir: str | Path | None = None
+) -> tuple[dict, dict | None]:
+    """The metrics.json "run" and "train" blocks, from the run's train.json (docs/run-layout.md);
+    base-0 gets method "base", n_seeds 0 and train None."""
+    run_dir = Path(run_dir)
+    manifest_path = Path(data_dir) / "manifest.json" if data_dir else None
+    manifest = read_json(manifest_path) if manifest_path and manifest_path.exists() else None
+    translator = (manifest or {}).get("translator")
+    if isinstance(translator, dict):  # the same label runs.run_info records for trained runs
+        translator = translator.get("label") or translator.get("backend")
+    recipe = run_dir.parent.parent.name  # runs/<recipe>/<lang>/<run>
+    trained = read_train(run_dir)
+    if trained is None:
+        if run_dir.name != "base-0":
+            raise FileNotFoundError(f"{run_dir}/train.json is missing: every trained run writes one")
+        run = {
+            "recipe": recipe,
+            "lang": language,
+            "method": "base",
+            "n_seeds": 0,
+            "model_id": base_model_id,
+            "trainable": None,
+            "nll_on": None,
+            "translator": translator,
+        }
+        train = None
+    else:
+        run = {"recipe": recipe, "lang": language, **trained.get("run", {})}
+        train = {"history": trained.get("history", []), **trained.get("summary", {})}
+    from ..models import model_label, run_labels
+
+    run.setdefault("model_id", base_model_id)
+    run.setdefault("translator", translator)
+    run.setdefault("model_label", model_label(run["model_id"]))
+    run.setdefault("labels", run_labels(run["model_id"], manifest or {}, run.get("n_seeds", 0)))
+    return run, train
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    language: str,
+    base_model_id: str = "embedded:smollm2-135m-instruct",
+    max_prompts: int | None = None,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    min_words: int = 5,
+    system_prompt: str | None = None,
+    dtype: str = "float32",
+    chat_template: str | None = None,
+    progress: bool = True,
+    generation_cache_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Evaluate one run folder on the held-out seeds: writes answers.jsonl and metrics.json and
+    returns the metrics.
+
+    metrics.json gets "run", "train", "eval" and "eval_settings" (decoding settings, beside "eval"
+    because readers take eval's keys as directions). An existing "knowledge" block is kept; an
+    existing "judge" block is removed: it judged the answers this call replaces. Answers are cached
+    per batch in `generation_cache_dir` (None or "": the kit's cache folder); eval_settings records
+    the weights' fingerprint and how many batches came from the cache.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seeds = load_eval_seeds(data_dir, max_prompts)
+    run, train = run_blocks(run_dir, language, base_model_id, data_dir)
+    model, tokenizer, model_id = load_run_model(run_dir, base_model_id, dtype=dtype, chat_template=chat_template)
+    log.info("evaluating %s (%s) on %d held-out seeds", run_dir.name, model_id, len(seeds))
+    with open_generation_cache(generation_cache_dir or None, model) as cache:
+        block, rows = evaluate_model(
+            model,
+            tokenizer,
+            seeds,
+            language,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            min_words=min_words,
+            system_prompt=system_prompt,
+            progress=progress,
+            cache=cache,
+        )
+    log.info(
+        "%s: %d generation batches, %d of them from the cache", run_dir.name, cache.hits + cache.misses, cache.hits
+    )
+    # Beside "eval", not inside it: readers iterate eval's keys as directions.
+    settings = {
+        "n_seeds_eval": len(seeds),
+        "max_new_tokens": max_new_tokens,
+        "min_words": min_words,
+        "system_prompt": system_prompt,
+        "decoding": "greedy",
+        "dtype": dtype,
+        "model": model_id,
+        "weights_fingerprint": cache.model_key,
+        "generation_batches": {"total": cache.hits + cache.misses, "from_cache": cache.hits},
+    }
+    write_answers(run_dir, rows)
+    return update_metrics(
+        run_dir, {"run": run, "train": train, "eval": block, "eval_settings": settings}, drop=("judge",)
+    )
+
+
+# --------------------------------------------------------------------------- tables
+
+METRIC_COLUMNS = (
+    "n_prompts",
+    "fidelity_clean",
+    "n_clean",
+    "fidelity",
+    "too_short",
+    "wrong_language",
+    "echo",
+    "repetition",
+    "line_pass",
+    "chrf",
+    "nll",
+    "ppl",
+    "seconds",
+)
+
+
+def metrics_table(run_dirs: Sequence[str | Path]):
+    """One row per (run, direction) with every eval metric (a pandas DataFrame)."""
+    import pandas as pd
+
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        metrics = read_metrics(run_dir) if (run_dir / "metrics.json").exists() else {}
+        for direction in DIRECTIONS:
+            scores = metrics.get("eval", {}).get(direction)
+            if scores:
+                rows.append(
+                    {"run": run_dir.name, "direction": direction, **{k: scores.get(k) for k in METRIC_COLUMNS}}
+                )
+    return pd.DataFrame(rows, columns=["run", "direction", *METRIC_COLUMNS])
+
+
+def side_by_side(run_dirs: Sequence[str | Path], direction: str = "tgt", n_examples: int = 3):
+    """The paper's Figure 1: the first `n_examples` prompts with every run's answer beside them."""
+    import pandas as pd
+
+    answers = {Path(d).name: {r["id"]: r for r in read_answers(d) if r["direction"] == direction} for d in run_dirs}
+    first = next(iter(answers.values()), {})
+    ids = [i for i in first if all(i in by_id for by_id in answers.values())][:n_examples]
+    rows = [
+        {"id": i, "prompt": first[i]["prompt"], **{run: by_id[i]["answer"] for run, by_id in answers.items()}}
+        for i in ids
+    ]
+    return pd.DataFrame(rows)

@@ -562,16 +562,6 @@ def test_existing_pair_and_sft_builders_are_unchanged():
     assert len(build_sft_rows(seeds, "both")) == 4 and len(build_sft_rows(seeds, "en")) == 2
 
 
-def test_names_moved_out_of_data_still_import_from_it():
-    from clo_utils import data
-    from clo_utils.common import runfiles
-    from clo_utils.translation import seeds, sources
-
-    assert data.select_seeds is sources.select_seeds and data.write_data_folder is seeds.write_data_folder
-    assert data.examples_table is sources.examples_table and data.run_path is runfiles.run_path
-    assert not hasattr(data, "SEED_ROW_FIELDS")
-
-
 # ------------------------------------------------------------------------------------------------
 # Notebook 01 under papermill
 # ------------------------------------------------------------------------------------------------

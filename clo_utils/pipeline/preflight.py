@@ -178,16 +178,16 @@ def check_translator(recipe: dict) -> list[str]:
 
 def resolve_data_source(source: str) -> str:
     if source == "default":
-        from .. import data
+        from ..translation.sources import default_data_source
 
-        return data.default_data_source()
+        return default_data_source()
     return source
 
 
 def check_data_size(recipe: dict) -> str:
     """The English rows left after dedup and the token-length filter cover the largest budget plus
     the held-out set. Hub datasets are counted by the data stage (a download)."""
-    from ..data import LOCAL_SUFFIXES, OASST_SOURCES, SMOKE_SOURCE, prepare_english_rows
+    from ..translation.sources import LOCAL_SUFFIXES, OASST_SOURCES, SMOKE_SOURCE, prepare_english_rows
 
     source = resolve_data_source(_value(recipe, "data", "data_source", NB_DATA))
     n_eval = _value(recipe, "data", "n_eval", NB_DATA)

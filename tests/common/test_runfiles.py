@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from clo_utils.common import runfiles
 from clo_utils.common.runfiles import (
     RunFileError,
     file_sha256,
@@ -144,11 +143,3 @@ def test_answers_train_timings_manifest(tmp_path):
     write_json(tmp_path / "manifest.json", {"lang": "ca"})
     assert read_manifest(tmp_path) == {"lang": "ca"}
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
-
-
-def test_data_module_forwards_the_moved_names():
-    from clo_utils import data
-
-    assert data.run_path is runfiles.run_path and data.repo_root is runfiles.repo_root
-    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
-        data.not_a_name  # noqa: B018

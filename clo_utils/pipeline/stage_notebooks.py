@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent.parent / "notebooks"
 NB_DATA, NB_EVAL, NB_ANALYSIS = "01_translate_data", "04_evaluate", "05_analysis"
 
 # Ranges of notebook parameters whose type alone allows nonsense: name -> (lowest, lowest allowed?, highest).
@@ -31,7 +31,17 @@ PARAMETER_RANGES = {
         (0, False, None),
     ),
     **dict.fromkeys(
-        ("warmup", "save_steps", "batch_size", "max_prompts", "min_words", "translate_margin", "knowledge_limit"),
+        (
+            "warmup",
+            "save_steps",
+            "dpo_learning_rate",
+            "dpo_epochs",
+            "batch_size",
+            "max_prompts",
+            "min_words",
+            "translate_margin",
+            "knowledge_limit",
+        ),
         (0, True, None),
     ),
     "lam": (0, True, 1),

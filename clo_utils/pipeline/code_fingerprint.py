@@ -4,8 +4,9 @@ A stage's fingerprint covers this code, so a fix to `losses.py` or to the evalua
 that import it stale. The files are found statically: the `import` statements of the notebook's code
 cells, then of every clo_utils module reached, at module level or inside functions (a function runs
 only when called, so the set is on the safe side: it can hold a module a stage never runs, never
-miss one it imports by name), plus the `__init__.py` of every package on the way. Imports built
-at run time from strings (importlib) are not followed.
+miss one it imports by name), plus the `__init__.py` of every package on the way, and the modules
+a `_MOVED` re-export table names (clo_utils.data). Other imports built at run time from strings
+(importlib) are not followed.
 
 Each file is hashed by its code, not its text: Python's syntax tree without comments, docstrings,
 line numbers or layout. A comment, a docstring or a reformatting changes nothing a stage computes
@@ -66,7 +67,21 @@ def _imported(tree: ast.AST, module: str, is_package: bool) -> set[str]:
                 source = node.module or ""
             names.add(source)
             names.update(f"{source}.{alias.name}" for alias in node.names if alias.name != "*")
+    names.update(f"{package}.{key}" for key in _moved_modules(tree))
     return {n for n in names if n == PACKAGE or n.startswith(PACKAGE + ".")}
+
+
+def _moved_modules(tree: ast.AST) -> list[str]:
+    """The modules named by a module-level `_MOVED = {"module": (names, ...)}` table: names a module
+    re-exports from them on first access (PEP 562 `__getattr__`), imports the statements do not show."""
+    for node in getattr(tree, "body", []):
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "_MOVED" for t in node.targets)
+            and isinstance(node.value, ast.Dict)
+        ):
+            return [k.value for k in node.value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)]
+    return []
 
 
 def _module_file(name: str, package_dir: Path) -> tuple[Path, bool] | None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -91,7 +92,10 @@ def test_a_tiny_recipe_trains_sft_once_and_dpo_from_it(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     root = tmp_path / "runs" / "tiny" / "ca"
     sft, dpo = (json.loads((root / run / "train.json").read_text()) for run in ("sft-4", "sft_dpo-4"))
-    assert dpo["run"]["sft_run_dir"] == str(root / "sft-4") and dpo["run"]["dpo_trainer"] == "kit"
+    assert dpo["run"]["sft_run_dir"] == "sft-4" and dpo["run"]["dpo_trainer"] == "kit"  # relative: runs folders move
+    # the DPO stage's own settings default to the SFT stage's, and are recorded
+    assert dpo["run"]["dpo_settings"] == {"learning_rate": 1e-3, "num_train_epochs": 1.0, "beta": 0.1}
+    assert dpo["run"]["seeds_sha256"] == sft["run"]["seeds_sha256"]
     assert [h for h in dpo["history"] if h["stage"] == "sft"] == sft["history"]  # SFT was not trained again
     assert dpo["summary"]["sft"]["train_seconds"] == sft["summary"]["train_seconds"]
     assert {h["stage"] for h in dpo["history"]} == {"sft", "dpo"}
@@ -101,6 +105,18 @@ def test_a_tiny_recipe_trains_sft_once_and_dpo_from_it(tmp_path):
     assert attention and all(not before[k].equal(after[k]) for k in attention)  # the DPO stage trained them
     assert all(before[k].equal(after[k]) for k in before if k not in attention)  # and nothing else
     assert json.loads((root / "sft_dpo-4" / "metrics.json").read_text())["eval"]["tgt"]["n_prompts"] == 2
+
+    # the runs root moved: every stage is complete, and a rerun runs none
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    cmd[cmd.index(str(tmp_path / "runs"))] = str(tmp_path / "moved")
+    dry = subprocess.run([*cmd, "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    states = [line.split()[-1] for line in dry.stdout.splitlines() if line.startswith(("ca ", "all "))]
+    assert len(states) == 7 and set(states) == {"complete"}, dry.stdout
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    statuses = re.findall(r"^\[(?:analysis )?\d+/\d+\] \S+ .+?: (.+)$", again.stdout, flags=re.M)
+    assert statuses == ["skipped (complete)"] * 7, again.stdout
 
 
 def test_lora_sft_dpo_saves_merged_weights_that_give_the_trained_models_logits(tmp_path):

@@ -763,6 +763,13 @@ def test_bf16_weights_learn_at_the_paper_lr_and_track_fp32(tmp_path, tok):
     assert bf16_summary["trainable_changed_fraction"] > 0.9 and fp32_summary["trainable_changed_fraction"] > 0.9
     moved = [n for n, p in bf16_model.named_parameters() if p.requires_grad and not torch.equal(p.float(), start[n])]
     assert sorted(moved) == sorted(start)
+    # what a bf16 evaluation of the saved fp32 masters sees move: start and end both rounded to bf16
+    trained = {n: p.detach() for n, p in bf16_model.named_parameters() if p.requires_grad}
+    visible = sum(int((trained[n].bfloat16() != start[n].bfloat16()).sum()) for n in start)
+    share = visible / sum(t.numel() for t in start.values())
+    assert bf16_summary["trainable_changed_fraction_bf16"] == pytest.approx(share, abs=1e-12)
+    assert 0 < share < bf16_summary["trainable_changed_fraction"]  # some updates are below a bf16 step
+    print(f"lr 8e-6, 4 steps: changed {bf16_summary['trainable_changed_fraction']:.4f}, in bf16 {share:.4f}")
     assert all(p.dtype == torch.float32 for p in bf16_model.parameters() if p.requires_grad)
     for n, p in bf16_model.named_parameters():  # frozen weights stay bf16 and untouched
         if not p.requires_grad:

@@ -31,6 +31,7 @@ class Stage:
     reads: tuple[str, ...] = ()  # keys of the stages whose outputs this one reads
     fingerprint: str = ""  # set by assess_stages
     read_fingerprints: dict = field(default_factory=dict)  # fingerprints of the stages it reads
+    code: dict = field(default_factory=dict)  # {file: code hash} of what it runs (set by assess_stages)
     state: str = ""  # complete | stale | missing (set by assess_stages)
     why: str = ""  # what made it stale, or that it was interrupted
 
@@ -75,7 +76,18 @@ def _training_order(recipe: dict) -> list[tuple[str, int, int, str]]:
 
 # Parameters in which an SFT+DPO run may differ from the SFT run whose model starts its DPO stage.
 _DPO_STAGE_ONLY = frozenset(
-    {"method", "output_dir", "then_dpo", "dpo_beta", "dpo_trainer", "sft_run_dir", "ref_cache_dir", "num_threads"}
+    {
+        "method",
+        "output_dir",
+        "then_dpo",
+        "dpo_beta",
+        "dpo_learning_rate",
+        "dpo_epochs",
+        "dpo_trainer",
+        "sft_run_dir",
+        "ref_cache_dir",
+        "num_threads",
+    }
 )
 
 

@@ -53,6 +53,18 @@ class DecodeStats:
         self.rows.extend(rows)
         self.real += sum(p + n - 1 for p, n in rows)
 
+    def add_padded_batch(self, prompt_lengths: Sequence[int], width: int, generated: Sequence[Sequence[int]], eos_ids):
+        """A batch run by transformers' generate: `width` prompt columns, then every row fed each new token
+        (but the last) until the last row stops, its tokens after its EOS being padding."""
+        steps = max(map(len, generated), default=0)
+        self.computed += len(generated) * (width + max(steps - 1, 0))
+        self.add_rows(
+            [
+                (p, next((k + 1 for k, t in enumerate(g) if t in eos_ids), len(g)))
+                for p, g in zip(prompt_lengths, generated)
+            ]
+        )
+
     @property
     def padding_share(self) -> float:
         return 1.0 - self.real / self.computed if self.computed else 0.0

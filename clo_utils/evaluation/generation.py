@@ -145,13 +145,8 @@ def _generate_batch(model, tokenizer, rows, config, eos_ids, stats: DecodeStats 
     width = inputs["input_ids"].shape[1]
     generated = output[:, width:].tolist()
     if stats is not None:
-        steps = len(generated[0])
-        stats.computed += len(rows) * (width + max(steps - 1, 0))  # the last new token is never fed back
-        stats.add_rows(
-            [(len(r), next((k + 1 for k, t in enumerate(g) if t in eos_ids), len(g))) for r, g in zip(rows, generated)]
-        )
+        stats.add_padded_batch([len(r) for r in rows], width, generated, eos_ids)
     return [_until_eos(row, eos_ids) for row in generated]
-
 
 
 def generate_answers(

@@ -1,8 +1,10 @@
 """Answer generation: held-out prompts through the chat template, batched, with an on-disk cache.
 
-Prompts are grouped into length-sorted, left-padded batches; generation stops at any end-of-turn
-token (the chat template's, the tokenizer's and the model's EOS) or at a ChatML turn end written as
-text. Generated answers are cached on disk (generations.sqlite in the kit's cache folder), one entry
+Prompts are grouped into length-sorted batches; generation stops at any end-of-turn token (the chat
+template's, the tokenizer's and the model's EOS) or at a ChatML turn end written as text. Greedy
+batches run through clo_utils.evaluation.decoding (prompts prefilled in chunks of similar length,
+finished answers leaving the batch), which gives transformers' `generate`'s tokens at less compute;
+sampling and a text turn end run through `generate` itself. Generated answers are cached on disk (generations.sqlite in the kit's cache folder), one entry
 per batch keyed by the weights' fingerprint, the batch's prompt tokens and every decoding setting,
 written in one transaction each: evaluation killed mid-generation resumes with the batches it
 lacks, and a complete rerun generates nothing.

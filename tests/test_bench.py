@@ -426,6 +426,11 @@ def test_sections_run_on_a_tiny_model(tmp_path):
     assert ratios["end_to_end_compute_share"]["value"] == pytest.approx(60 / 90)
     for name in ("clo_vs_dpo_live_step", "clo_vs_sft_per_seed", "generate_batched_speedup"):
         assert ratios[name]["value"] > 0
+    # the shrinking loop against generate: the same greedy answers, fewer positions computed
+    assert ratios["generate_answers_differing"]["value"] == 0 and ratios["generate_speedup_vs_generate"]["value"] > 0
+    generation = results["sections"]["generation"]
+    assert generation["shrinking"]["real_positions"] == generation["generate"]["real_positions"]
+    assert generation["shrinking"]["computed_positions"] <= generation["generate"]["computed_positions"]
     assert "useful FLOPs" in proc.stdout and "load average" in proc.stdout
 
 

@@ -178,7 +178,7 @@ def check_translator(recipe: dict) -> list[str]:
 
 def resolve_data_source(source: str) -> str:
     if source == "default":
-        from . import data
+        from .. import data
 
         return data.default_data_source()
     return source

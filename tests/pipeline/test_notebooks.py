@@ -59,6 +59,15 @@ def test_no_notebook_edits_sys_path_or_reads_shared():
         assert "sys.path" not in text and "../shared" not in text and "shared/data" not in text, path.name
 
 
+def test_setup_cell_installs_only_what_colab_lacks():
+    """The kit without the notebooks extra (Colab has its own Jupyter and widgets), torch held at Colab's build."""
+    setup = source(cells(NOTEBOOKS[0])[1])
+    installs = re.findall(r"subprocess\.run\(\[\*pip, (.*)\], check=True\)", setup)
+    assert installs[0] == '"-c", keep_torch, f"clo-utils @ {KIT_SOURCE}"'
+    assert "jupyterlab" not in setup.lower() and "[notebooks]" not in setup
+    assert not re.search(r"\btorch\b[^=]*\$", setup)  # torch appears only in the constraint that keeps it
+
+
 def test_setup_cell_installs_the_pinned_embedded_package():
     pins = [
         line.strip()
@@ -95,7 +104,9 @@ def test_defaults_form_one_smoke_chain():
         Path(clo["output_dir"]),
     ]
     assert Path(sft["output_dir"]).parent == Path(clo["output_dir"]).parent == root
-    assert Path(analysis["runs_root"]) == root.parent
+    assert Path(analysis["recipe_dir"]) == root.parent
+    assert {parameters(p)["runs_root"] for p in NOTEBOOKS} == {"runs"}  # one runs root, the first part of every path
+    assert all(Path(path).parts[0] == "runs" for path in (data, sft["output_dir"], clo["output_dir"], *evaluate["run_dirs"]))
     assert evaluate["judge_baseline"] == Path(sft["output_dir"]).name
 
 

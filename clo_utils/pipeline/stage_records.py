@@ -30,6 +30,7 @@ NON_DETERMINING = (
     "data_dir",
     "run_dirs",
     "runs_root",
+    "recipe_dir",
     "figures_dir",
     "report_path",
     "cache_dir",

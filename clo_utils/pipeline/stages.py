@@ -109,9 +109,15 @@ def _start_dpo_from_sft_runs(runs: dict[str, tuple[str, dict]]) -> dict[str, tup
     return out
 
 
+def recipe_runs_root(recipe: dict, runs_root: str | None = None) -> Path:
+    """The folder holding every recipe's runs (--runs-root, else the recipe's runs_root, else runs/); a
+    relative one is taken from the repository root in a checkout, else from the working folder."""
+    return run_path(runs_root or recipe.get("runs_root") or "runs")
+
+
 def recipe_root(recipe: dict, runs_root: str | None = None) -> Path:
-    """<runs_root>/<name>, relative runs roots taken from the repository root whatever the cwd."""
-    return run_path(runs_root or recipe.get("runs_root") or "runs") / recipe["name"]
+    """<runs_root>/<name>."""
+    return recipe_runs_root(recipe, runs_root) / recipe["name"]
 
 
 def plan_stages(recipe: dict, runs_root: str | None = None, num_threads: int = 0) -> list[Stage]:
@@ -120,7 +126,8 @@ def plan_stages(recipe: dict, runs_root: str | None = None, num_threads: int = 0
     root = recipe_root(recipe, runs_root)
     seed = recipe.get("seed", 0)
     budgets = sorted(recipe["budgets"])
-    common = {"seed": seed, "num_threads": num_threads}
+    # Every notebook gets the runs root too (its paths are absolute already): one value, whichever notebook.
+    common = {"seed": seed, "num_threads": num_threads, "runs_root": str(recipe_runs_root(recipe, runs_root))}
     several_seeds = len(train_seeds(recipe)) > 1
     evaluate = recipe.get("evaluate") or {}
     judged = evaluate.get("judge_backend", "none") != "none"
@@ -213,7 +220,11 @@ def plan_stages(recipe: dict, runs_root: str | None = None, num_threads: int = 0
 
 def analysis_stage(recipe: dict, runs_root: str | None = None, stages: list[Stage] = ()) -> Stage:
     root = recipe_root(recipe, runs_root)
-    params = {**(recipe.get("analysis") or {}), "runs_root": str(root)}
+    params = {
+        **(recipe.get("analysis") or {}),
+        "runs_root": str(recipe_runs_root(recipe, runs_root)),
+        "recipe_dir": str(root),
+    }
     return Stage(
         "all",
         "analysis",

@@ -707,3 +707,33 @@ def test_a_failed_stage_stops_new_ones_and_lets_running_ones_finish(tmp_path, ca
     out = capsys.readouterr().out
     assert "es data: done" in out  # started beside the failing stage, finished and recorded
     assert "ca after" not in out and "es train" not in out  # nothing new starts after the failure
+
+
+def test_every_stage_gets_the_runs_root_and_moving_it_makes_nothing_stale(tmp_path):
+    recipe = load_recipe(
+        _write(tmp_path / "r.yaml", {"name": "t", "languages": ["ca"], "budgets": [4], "methods": ["sft", "clo"]})
+    )
+    first, moved = tmp_path / "local" / "runs", tmp_path / "drive" / "clo-runs"
+    stages = plan_stages(recipe, runs_root=str(first))
+    stages.append(pipeline.analysis_stage(recipe, str(first), stages))
+    assert {s.parameters["runs_root"] for s in stages} == {str(first)}
+    assert (
+        stages[-1].parameters["recipe_dir"] == str(first / "t") and stages[-1].done_file == first / "t" / "REPORT.md"
+    )
+    assert all(Path(s.parameters.get("output_dir", s.workdir)).is_relative_to(first / "t") for s in stages)
+    again = plan_stages(recipe, runs_root=str(moved))
+    again.append(pipeline.analysis_stage(recipe, str(moved), again))
+    assert {s.parameters["runs_root"] for s in again} == {str(moved)}
+    assert [pipeline.stage_fingerprint(s, {}) for s in stages] == [pipeline.stage_fingerprint(s, {}) for s in again]
+
+
+def test_the_runner_outside_a_checkout_says_it_needs_the_notebooks(tmp_path, monkeypatch):
+    from clo_utils.pipeline import stage_notebooks
+
+    monkeypatch.setattr(stage_notebooks, "NOTEBOOKS_DIR", tmp_path / "notebooks")
+    stage_notebooks._notebook_parameters.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match=r"01_translate_data\.ipynb not found: .*checkout.*Clone"):
+            stage_notebooks.notebook_parameters("01_translate_data")
+    finally:
+        stage_notebooks._notebook_parameters.cache_clear()

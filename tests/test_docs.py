@@ -55,7 +55,9 @@ def test_readme_links_every_notebook_and_its_executed_copy():
 
 
 def test_relative_links_leave_out_urls_and_anchors():
-    links = relative_links("[a](docs/method.md#2-objective) [b](https://x.org) [c](#top) ![d](img.png) [e](../shared/x)")
+    links = relative_links(
+        "[a](docs/method.md#2-objective) [b](https://x.org) [c](#top) ![d](img.png) [e](../shared/x)"
+    )
     assert links == ["docs/method.md#2-objective", "img.png", "../shared/x"]
 
 

@@ -47,8 +47,10 @@ HEADER = "published-header"  # the tag of the cell this script puts first
 LIMIT_BYTES = 2_000_000  # all published notebooks together
 MAX_LINES = 60  # a longer text output keeps its first HEAD and last TAIL lines
 HEAD, TAIL = 40, 15
+MAX_MARKDOWN_LINES = 600  # a rendered report (05 shows REPORT.md) is what the reader came for: cut only beyond this
 MAX_HTML = 40_000  # a longer HTML output (a wide table) keeps only its text/plain form
 DROPPED_MIME = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
+HOME_RE = re.compile(r"(?<![\w.~-])(?:/home|/Users)/[^/\s\"']+|(?<![\w.~-])/root(?=/)")
 LINK_RE = re.compile(r"(\]\(|<img [^>]*src=\"|<a [^>]*href=\")([^)\"\s]+)")
 
 
@@ -167,14 +169,17 @@ def _clean_output(output: dict, roots: list[str]) -> dict | None:
     data = output.get("data")
     if data is None:
         return output
-    for mime in DROPPED_MIME:
-        data.pop(mime, None)
+    if any(mime in data for mime in DROPPED_MIME):
+        return None  # a live widget (a progress bar): its text/plain is only a placeholder of its first state
     if len(_text(data.get("text/html", ""))) > MAX_HTML and "text/plain" in data:
         data.pop("text/html")
     for mime in [m for m in data if m.startswith("text/")]:
         text = _strip_roots(_text(data[mime]), roots)
-        data[mime] = _split(text if mime == "text/html" else _shorten(text))
-    output.get("metadata", {}).pop("application/vnd.jupyter.widget-view+json", None)
+        if mime == "text/markdown":
+            text = _shorten(text, MAX_MARKDOWN_LINES, head=MAX_MARKDOWN_LINES - TAIL)
+        elif mime != "text/html":
+            text = _shorten(text)
+        data[mime] = _split(text)
     return output if data else None
 
 
@@ -183,12 +188,12 @@ def _last_redraw(text: str) -> str:
     return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
 
 
-def _shorten(text: str) -> str:
+def _shorten(text: str, max_lines: int = MAX_LINES, head: int = HEAD, tail: int = TAIL) -> str:
     lines = text.splitlines(keepends=True)
-    if len(lines) <= MAX_LINES:
+    if len(lines) <= max_lines:
         return text
-    cut = len(lines) - HEAD - TAIL
-    return "".join(lines[:HEAD]) + f"[... {cut} lines left out of the published copy ...]\n" + "".join(lines[-TAIL:])
+    cut = len(lines) - head - tail
+    return "".join(lines[:head]) + f"[... {cut} lines left out of the published copy ...]\n" + "".join(lines[-tail:])
 
 
 def _machine_roots(notebook: dict, path: Path) -> list[str]:
@@ -205,9 +210,10 @@ def _machine_roots(notebook: dict, path: Path) -> list[str]:
 
 
 def _strip_roots(text: str, roots: list[str]) -> str:
+    """Paths inside the repository made relative to it; other paths under a home folder start with ~."""
     for root in roots:
         text = text.replace(root + "/", "").replace(root, ".")
-    return text
+    return HOME_RE.sub("~", text)
 
 
 def _relink(markdown: str, source_dir: Path, out_dir: Path) -> str:

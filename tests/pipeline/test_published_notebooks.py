@@ -54,19 +54,27 @@ def executed_copy(name: str, run_dir: str) -> dict:
             {
                 "output_type": "display_data",
                 "metadata": {},
-                "data": {
-                    "image/png": PNG,
-                    "text/plain": ["<Figure size 640x480 with 2 Axes>"],
-                    "application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2},
-                },
+                "data": {"image/png": PNG, "text/plain": ["<Figure size 640x480 with 2 Axes>"]},
+            },
+            {
+                "output_type": "display_data",
+                "metadata": {},
+                "data": {"text/markdown": [f"| row {i} |\n" for i in range(200)], "text/plain": ["<Markdown>"]},
             },
             {
                 "output_type": "execute_result",
                 "execution_count": 1,
                 "metadata": {},
-                "data": {"text/plain": [f"'data: {MACHINE}/{run_dir}'"]},
+                "data": {"text/plain": [f"'data: {MACHINE}/{run_dir}; cache: /home/someone/.cache/clo-kit'"]},
             },
-            {"output_type": "display_data", "metadata": {}, "data": {"application/vnd.jupyter.widget-view+json": {}}},
+            {
+                "output_type": "display_data",
+                "metadata": {},
+                "data": {
+                    "application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2},
+                    "text/plain": ["  0%|          | 0/8 [00:00<?, ?it/s]"],
+                },
+            },
         ]
     at = next(i for i, c in enumerate(notebook["cells"]) if "parameters" in c["metadata"].get("tags", []))
     injected = {
@@ -102,7 +110,7 @@ def test_publish_keeps_outputs_and_the_code_of_notebooks(demo_runs, tmp_path):
     for name in CHAIN:
         path = out / f"{name}.ipynb"
         text = path.read_text(encoding="utf-8")
-        assert MACHINE not in text and "widget-view" not in text and "widget-state" not in text, name
+        assert "/home/someone" not in text and "widget" not in text and "0/8 [00:00" not in text, name
         notebook = json.loads(text)
         nbformat.validate(nbformat.from_dict(notebook))  # what GitHub's renderer expects
         assert "widgets" not in notebook["metadata"]
@@ -117,13 +125,14 @@ def test_publish_keeps_outputs_and_the_code_of_notebooks(demo_runs, tmp_path):
         assert len(injected) == 1 and injected[0]["source"][0] == f'output_dir = "{run_dir}"\n'
         code = [c for c in notebook["cells"] if c["cell_type"] == "code" and c not in injected]
         outputs = code[0]["outputs"]
-        progress, long_output, figure, result = outputs  # the empty widget output is gone
+        progress, long_output, figure, report, result = outputs  # the widget output is gone
+        assert len(report["data"]["text/markdown"]) == 200  # a rendered report is kept whole
         assert progress["text"] == ["100%|##| 8/8\n"]  # the last redraw of the progress bar only
         kept = "".join(long_output["text"])
         assert kept.startswith("line 0\n") and kept.endswith("line 299\n") and "line 150\n" not in kept
         assert "[... 245 lines left out of the published copy ...]" in kept
         assert figure["data"]["image/png"] == PNG
-        assert result["data"]["text/plain"] == [f"'data: {run_dir}'"]
+        assert result["data"]["text/plain"] == [f"'data: {run_dir}; cache: ~/.cache/clo-kit'"]
         assert "papermill" not in code[0]["metadata"]
     assert sum(sizes.values()) < publish_notebooks.LIMIT_BYTES
 

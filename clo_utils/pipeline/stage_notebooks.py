@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"  # <repo>/notebooks beside clo_utils/
 NB_DATA, NB_EVAL, NB_ANALYSIS = "01_translate_data", "04_evaluate", "05_analysis"
 
 # Ranges of notebook parameters whose type alone allows nonsense: name -> (lowest, lowest allowed?, highest).
@@ -36,6 +36,8 @@ PARAMETER_RANGES = {
     ),
     "lam": (0, True, 1),
 }
+# Text parameters that take one of a few values ("" where the notebook picks a default).
+PARAMETER_CHOICES = {"language_id": ("", "lingua", "fasttext")}
 _TYPE_WORDS = {
     "int": "an integer",
     "float": "a number",
@@ -83,4 +85,6 @@ def parameter_problem(param: str, value: Any, type_name: str) -> str | None:
         if value != value or (value < low if inclusive else value <= low) or (high is not None and value > high):
             bound = f"{'>=' if inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
             return f"expected a value {bound}, got {value!r}"
+    if param in PARAMETER_CHOICES and value not in PARAMETER_CHOICES[param]:
+        return f"expected one of {' | '.join(repr(c) for c in PARAMETER_CHOICES[param])}, got {value!r}"
     return None

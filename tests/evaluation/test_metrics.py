@@ -196,3 +196,21 @@ def test_pooled_chrf_bootstrap_rescores_every_run_on_each_resample():
             [metrics.chrf_statistics(runs_a[0], references)],
             [metrics.chrf_statistics(runs_b[0][:5], references[:5])],
         )
+
+
+def test_two_level_bootstrap_covers_retraining_when_seed_means_differ():
+    # 200 prompts; method A's three training seeds answer 50%, 70% and 90% of them right, B's three
+    # seeds 60% each. Resampling the seeds too must widen the interval of the difference.
+    n = 200
+    runs_a = [[i < n * share for i in range(n)] for share in (0.5, 0.7, 0.9)]
+    runs_b = [[i < n * 0.6 for i in range(n)] for _ in range(3)]
+    prompts_only = metrics.pooled_bootstrap(runs_a, runs_b, n_resamples=4000)
+    retraining = metrics.pooled_bootstrap(runs_a, runs_b, n_resamples=4000, resample_seeds=True)
+    assert prompts_only["difference"] == retraining["difference"] == pytest.approx(0.1)
+    width = lambda r: r["high"] - r["low"]  # noqa: E731
+    assert width(retraining) > width(prompts_only) + 0.05
+    # Seed means that agree add nothing to resample: the two intervals are alike.
+    same = [[i < n * 0.7 for i in range(n)] for _ in range(3)]
+    assert width(metrics.pooled_bootstrap(same, runs_b, n_resamples=4000, resample_seeds=True)) == pytest.approx(
+        width(metrics.pooled_bootstrap(same, runs_b, n_resamples=4000)), abs=0.02
+    )

@@ -604,9 +604,7 @@ def test_clo_is_compared_with_sft_dpo_directly(tmp_path: Path) -> None:
     assert clo["vs"] == "sft_dpo-100" and clo["target_diff"] == pytest.approx(0.2)
     assert pd.isna(groups.loc[("sft", 100, "tgt")]["vs"])  # only CLO is compared with SFT+DPO
     text = report.render_report(recipe)
-    rows = [
-        line for line in text.split("## Differences against SFT and SFT+DPO", 1)[1].split("\n## ", 1)[0].splitlines()
-    ]
+    rows = list(text.split("## Differences against SFT and SFT+DPO", 1)[1].split("\n## ", 1)[0].splitlines())
     assert any("| clo | 100 | attention | tgt | sft_dpo-100 |" in line and "+0.200 [" in line for line in rows)
     half = text.split("## Half the seeds against SFT and SFT+DPO", 1)[1].split("\n## ", 1)[0]
     assert "| ca | clo | 50 | attention | tgt | sft_dpo-100 | 20 | 1 (0) | seeds and prompts | +0.050 [" in half

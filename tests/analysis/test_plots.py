@@ -743,3 +743,23 @@ def test_a_one_language_figure_keeps_title_legend_and_caption_apart(tmp_path: Pa
     low, high = figure.axes[2].get_ylim()
     assert 0.0 <= low < high <= 1.02
     assert figure.axes[3].get_ylim() == pytest.approx((0.0, plot_style.MIN_SHARE_SPAN))
+
+
+def test_fixture_hard_cases_get_one_outcome_each_in_the_analysis() -> None:
+    from clo_utils.analysis import intervals
+
+    def outcome(run: str, direction: str):
+        flags = intervals.run_flags(FIXTURE_RECIPE / "ca" / run, "ca")[direction]["eval-004"]["outcomes"]
+        return flags.kind, flags.language, flags.reason
+
+    assert outcome("base-0", "tgt") == ("no_answer", None, "short")  # the copied prompt alone
+    assert outcome("sft-200", "tgt") == ("other", "es", None)  # Spanish to a Catalan prompt
+    assert outcome("sft-200", "en") == ("no_answer", None, "empty")
+    assert outcome("clo-200", "tgt") == ("no_answer", None, "loop")  # "No, no, no, ..."
+    assert outcome("clo-200", "en") == ("target", "en", None)  # echoed prompt, then an English answer
+    # Every prompt counts: the shares of each run and direction sum to 1 over its 4 prompts.
+    for run in ("base-0", "sft-200", "clo-200"):
+        for direction, by_id in intervals.run_flags(FIXTURE_RECIPE / "ca" / run, "ca").items():
+            assert len(by_id) == 4
+            totals = [sum(flags[k] for flags in by_id.values()) for k in ("target", "other_language", "no_answer")]
+            assert sum(totals) == 4, (run, direction)

@@ -121,6 +121,45 @@ def knowledge_section(evals: pd.DataFrame) -> str | None:
     return "## Knowledge (accuracy)\n\n" + markdown_table(headers, rows)
 
 
+# Other languages, by the language found
+
+OTHER_LANGUAGES_SHOWN = 6
+
+
+def _found(block: dict | None) -> str:
+    counts = (block or {}).get("other_languages")
+    if not isinstance(counts, dict):
+        return MISSING
+    if not counts:
+        return "none"
+    shown = list(counts.items())[:OTHER_LANGUAGES_SHOWN]
+    rest = sum(counts.values()) - sum(count for _, count in shown)
+    return " · ".join(f"{code} {count}" for code, count in shown) + (f" · others {rest}" if rest else "")
+
+
+def other_languages_section(evals: pd.DataFrame) -> str | None:
+    """Per run and direction, how many answers came in each other language (from metrics.json)."""
+    runs = sorted_runs(evals.drop_duplicates("run_dir"))
+    rows = []
+    for row in runs.itertuples():
+        scores = (
+            (runfiles.read_metrics(row.run_dir).get("eval") or {})
+            if Path(row.run_dir, "metrics.json").is_file()
+            else {}
+        )
+        cells = [_found(scores.get(direction)) for direction in ("tgt", "en")]
+        if any(cell != MISSING for cell in cells):
+            rows.append([row.lang, row.method, str(row.n_seeds), markdown_cell(row.run_name), *cells])
+    if not rows:
+        return None
+    note = (
+        "Answers in another language than the prompt's, counted by the language the detector named (ISO 639-1 "
+        "codes; `und`: none named), most frequent first."
+    )
+    headers = ["lang", "method", "n_seeds", "run", "target prompts", "English prompts"]
+    return "## Other languages found (answers)\n\n" + note + "\n\n" + markdown_table(headers, rows)
+
+
 # Example answers
 
 
@@ -206,6 +245,7 @@ def recipe_report(evals: pd.DataFrame) -> str:
         labels_section(evals),
         wall_time_section(recipe_root),
         "## Measured results\n\n" + MEASURED_NOTE + "\n\n" + measured_table_markdown(evals),
+        other_languages_section(evals),
         detector_section(evals),
         intervals_section(evals),
         half_budget_section(evals),

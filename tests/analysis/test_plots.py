@@ -763,3 +763,26 @@ def test_fixture_hard_cases_get_one_outcome_each_in_the_analysis() -> None:
             assert len(by_id) == 4
             totals = [sum(flags[k] for flags in by_id.values()) for k in ("target", "other_language", "no_answer")]
             assert sum(totals) == 4, (run, direction)
+
+
+def test_rescore_runs_scores_saved_answers_once_and_the_report_counts_other_languages(tmp_path: Path) -> None:
+    from clo_utils.analysis.rescore import rescore_runs
+
+    root = tmp_path / "demo"
+    shutil.copytree(FIXTURE_RECIPE, root)
+    with_answers = sorted(path.parent for path in root.glob("*/*/answers.jsonl"))
+    assert sorted(rescore_runs(root)) == with_answers  # the fixture files predate the scoring rule
+    assert rescore_runs(root) == []  # scored now: nothing to redo
+    assert sorted(rescore_runs(root, language_id="fasttext")) == with_answers  # another detector: redo
+    sft = json.loads((root / "ca" / "sft-200" / "metrics.json").read_text(encoding="utf-8"))
+    tgt = sft["eval"]["tgt"]
+    # The Spanish answer to eval-004 is the one neighbour-language answer (the three synthetic
+    # "[ca] SFT-200 answer to: <prompt>" mix English and Catalan words: fastText names some English).
+    assert tgt["other_languages"]["es"] == 1 and tgt["other_near"] == 0.25
+    assert tgt["target"] + tgt["other_language"] + tgt["no_answer"] == pytest.approx(1.0)
+    assert tgt["chrf"] == fixture_metrics()[Path("ca/sft-200")]["eval"]["tgt"]["chrf"]  # reference scores kept
+    assert sft["eval_settings"]["language_id"] == "fasttext"
+    section = report.render_report(root).split("## Other languages found (answers)", 1)[1].split("\n## ", 1)[0]
+    assert "| ca | sft | 200 | sft-200 | " in section and " es 1 " in section.split("| ca | sft | 200 | sft-200 |")[1]
+    with pytest.raises(ValueError, match="language_id must be one of"):
+        rescore_runs(root, language_id="cld3")

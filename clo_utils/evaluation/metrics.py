@@ -41,10 +41,10 @@ BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 CHRF_RESAMPLES = 1_000  # sacrebleu's paired-bootstrap default: each resample rescores every run's corpus
 # The detector a run of each target language uses unless its recipe says otherwise, chosen by accuracy
-# measured on Apertium translations of English answers cut to 6, 12 and 24 words (README: detector
-# accuracy). ca: lingua reads Catalan better at every length and names it Spanish less often. es: lingua
-# too; fastText reads short Spanish better but names Catalan text Spanish more often, the error that
-# would flatter a Spanish run. Elsewhere lingua, unmeasured: lid.176 names hand-written Chinese and
+# measured on Apertium translations of English answers cut to 6, 12 and 24 words
+# (scripts/detector_accuracy.py). ca: lingua reads Catalan better at every cut and names it Spanish far
+# less often. es: lingua too; fastText reads 6-word Spanish better but names Catalan text Spanish far
+# more often, the error that would flatter a Spanish run. Elsewhere lingua, unmeasured: lid.176 names hand-written Chinese and
 # Yoruba sentences Japanese and Irish.
 DEFAULT_LANGUAGE_ID = {"ca": "lingua", "es": "lingua"}
 

@@ -1,5 +1,5 @@
 """Rescore saved answers: every run under a runs root whose answers.jsonl was scored with other rules
-gets its outcome shares written again from that file (clo_utils.evaluation.evaluate.rescore_run), so
+gets its outcome shares written again from that file (clo_utils.evaluation.rescore.rescore_run), so
 a change of scoring rule or detector needs no generation, no model and no GPU.
 
 A run is rescored when its metrics.json lacks the current scoring (`eval_settings.scoring` is not
@@ -20,7 +20,7 @@ def rescore_runs(root: str | Path, language_id: str | None = None) -> list[Path]
     """Rescore the runs under `root` whose saved scoring is not the current one (or not with
     `language_id`, when given; None keeps each run's recorded detector). Returns the run folders
     rescored."""
-    from clo_utils.evaluation.evaluate import rescore_run
+    from clo_utils.evaluation.rescore import rescore_run
 
     if language_id:
         check_language_id(language_id)

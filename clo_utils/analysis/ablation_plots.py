@@ -86,7 +86,7 @@ def plot_nll_ablation(evals: pd.DataFrame) -> Figure:
 ABLATION_FAMILIES = ("sft", "sft_dpo", "dpo", "clo")
 
 
-TRAINABLE_PANELS = (("fidelity", "tgt"), ("chrf", "tgt"), ("peak_memory_mb", "tgt"))
+TRAINABLE_PANELS = (("target", "tgt"), ("chrf", "tgt"), ("peak_memory_mb", "tgt"))
 
 
 def _trainable_ablation_rows(evals: pd.DataFrame) -> pd.DataFrame:

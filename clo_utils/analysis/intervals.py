@@ -1,5 +1,6 @@
 """95% intervals for the report and the figures: per-prompt flags from each run's answers.jsonl,
-runs grouped over training seeds, and every group compared with SFT at the same budget.
+runs grouped over training seeds, and every group compared with a reference group at the same budget
+(SFT; and CLO also with SFT+DPO).
 
 A run group is the runs of one (recipe, language, method, budget, trainable) that differ only in
 their training seed (folders <method>-<n>-s<seed>, or a single <method>-<n>; clo_utils.analysis.tables
@@ -8,16 +9,24 @@ gives each run its `run_group`). For every group and prompt direction:
   value     one training seed: the share, with a percentile bootstrap interval over prompts;
             several: the mean of the seeds' shares, their standard deviation, and a Student-t
             interval across seeds (clo_utils.evaluation.metrics.across_seeds)
-  diff      the seed-mean share minus SFT's at the same budget, with a paired bootstrap interval
-            over prompts pooled over seeds (clo_utils.evaluation.metrics.pooled_bootstrap): answers are
-            paired by prompt id, so both sides are scored on the same held-out prompts
+  diff      the seed-mean share minus the reference group's, answers paired by prompt id (both
+            sides scored on the same held-out prompts). With one training seed a side: a paired
+            bootstrap over prompts (it covers the prompts only). With several: a two-level bootstrap,
+            training seeds then prompts (clo_utils.evaluation.metrics.pooled_bootstrap with
+            resample_seeds), so the interval covers retraining too; `interval` says which.
+  answered  fidelity among answered prompts, only as a comparison: on the prompts every run of both
+            groups answered (`answered_n` of them), the share answered in the prompt's language,
+            and its difference
 
-The same holds for corpus chrF++ against the references (metric "chrf", 0-100), resampled from
-each answer's chrF++ statistics (clo_utils.evaluation.metrics.pooled_chrf_bootstrap, CHRF_RESAMPLES draws).
+The shares are the outcome shares over all prompts (clo_utils.evaluation.outcomes): target,
+other_language, no_answer; line_pass by the benchmark's rule (answers without a judged line
+skipped) and line_pass_all over all prompts. The same holds for corpus chrF++ against the
+references (metric "chrf", 0-100), resampled from each answer's chrF++ statistics
+(clo_utils.evaluation.metrics.pooled_chrf_bootstrap, CHRF_RESAMPLES draws).
 
-Language ID runs here, from answers.jsonl, with the same rules evaluate_run used (lingua over
-{English, target}; min_words from the run's eval_settings), so metrics files written before the
-headline fidelity existed get intervals too. Nothing is written to disk.
+Language ID runs here, from answers.jsonl, with each run's recorded rule (eval_settings: language_id,
+min_words; the kit's defaults where a run records none), so saved answers are rescored without
+generating them again. Nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -38,38 +47,42 @@ from clo_utils.evaluation.metrics import (
     answer_flags,
     chrf_from_statistics,
     chrf_statistics,
+    default_language_id,
     pooled_bootstrap,
     pooled_chrf_bootstrap,
     share,
 )
 
-FLAG_METRICS = ("fidelity_clean", "wrong_language", "line_pass")  # shares of answers
+FLAG_METRICS = ("target", "other_language", "no_answer", "line_pass", "line_pass_all")  # shares of prompts
 INTERVAL_METRICS = (*FLAG_METRICS, "chrf")  # chrf: corpus chrF++ against the references, 0-100
 GROUP_COLUMNS = ("recipe", "lang", "method", "method_family", "n_seeds", "trainable", "run_group")
+# Who each family is compared with: SFT for every method, and CLO also with SFT+DPO.
+REFERENCES = {"sft": None, "sft_dpo": ("clo",)}
+
+
+def scoring_rule(run_dir: str | Path, lang: str) -> tuple[str, int]:
+    """(language_id, min_words) a run was scored with: its eval_settings, else the kit's defaults."""
+    path = Path(run_dir, "metrics.json")
+    settings = (runfiles.read_metrics(run_dir).get("eval_settings") or {}) if path.is_file() else {}
+    return str(settings.get("language_id") or default_language_id(lang)), int(settings.get("min_words") or 5)
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_flags(run_dir: str, lang: str, stamp: int) -> dict[str, dict[str, dict[str, Any]]]:
+def _cached_flags(run_dir: str, lang: str, stamp: int, language_id: str, min_words: int) -> dict[str, Any]:
     del stamp  # part of the cache key only: a rewritten answers.jsonl is read again
-    settings = (
-        (runfiles.read_metrics(run_dir).get("eval_settings") or {}) if Path(run_dir, "metrics.json").is_file() else {}
-    )
-    min_words = int(settings.get("min_words") or 5)
     rows = runfiles.read_answers(run_dir)
-    by_direction: dict[str, dict[str, dict[str, bool | None]]] = {}
-    sides = {"tgt": (lang, "en"), "en": ("en", lang)}
+    by_direction: dict[str, dict[str, dict[str, Any]]] = {}
     for direction in DIRECTIONS:
         answered = {str(row["id"]): row for row in rows if row.get("direction") == direction}
         if not answered:
             continue
         ids = list(answered)
-        expected, other = sides[direction]
         flags = answer_flags(
             [str(answered[i].get("prompt") or "") for i in ids],
             [str(answered[i].get("answer") or "") for i in ids],
-            expected,
+            lang if direction == "tgt" else "en",
+            language_id=language_id,
             min_words=min_words,
-            other_lang=other,
         )
         references = [answered[i].get("reference") for i in ids]
         chrf_rows = (
@@ -78,7 +91,8 @@ def _cached_flags(run_dir: str, lang: str, stamp: int) -> dict[str, dict[str, di
             else [None] * len(ids)
         )
         by_direction[direction] = {
-            i: {**{m: flags[m][k] for m in FLAG_METRICS}, "chrf": chrf_rows[k]} for k, i in enumerate(ids)
+            i: {**{m: flags[m][k] for m in (*FLAG_METRICS, "answered_target", "outcomes")}, "chrf": chrf_rows[k]}
+            for k, i in enumerate(ids)
         }
     return by_direction
 
@@ -89,7 +103,7 @@ def run_flags(run_dir: str | Path, lang: str) -> dict[str, dict[str, dict[str, A
     path = Path(run_dir) / "answers.jsonl"
     if not path.is_file():
         return None
-    return _cached_flags(str(run_dir), lang, path.stat().st_mtime_ns)
+    return _cached_flags(str(run_dir), lang, path.stat().st_mtime_ns, *scoring_rule(run_dir, lang))
 
 
 def _direction_flags(run_dirs: Sequence[str], lang: str, direction: str) -> list[dict[str, dict[str, Any]]]:
@@ -117,13 +131,17 @@ def _common_ids(flags_by_run: Sequence[dict[str, Any]]) -> list[str]:
     return [i for i in first if all(i in flags for flags in others)]
 
 
-def _bootstrap(metric: str, runs: list[Any], sft_runs: list[Any] | None, n_resamples: int) -> dict[str, Any]:
+def _bootstrap(
+    metric: str, runs: list[Any], ref_runs: list[Any] | None, n_resamples: int, resample_seeds: bool = False
+) -> dict[str, Any]:
     if metric == "chrf":
-        return pooled_chrf_bootstrap(runs, sft_runs, n_resamples=min(n_resamples, CHRF_RESAMPLES))
-    return pooled_bootstrap(runs, sft_runs, n_resamples=n_resamples)
+        return pooled_chrf_bootstrap(
+            runs, ref_runs, n_resamples=min(n_resamples, CHRF_RESAMPLES), resample_seeds=resample_seeds
+        )
+    return pooled_bootstrap(runs, ref_runs, n_resamples=n_resamples, resample_seeds=resample_seeds)
 
 
-def group_value(runs: list[Any], n_resamples: int, metric: str = "fidelity_clean") -> dict[str, Any]:
+def group_value(runs: list[Any], n_resamples: int, metric: str = "target") -> dict[str, Any]:
     """The group's value on one metric: {value, low, high, sd} (see the module docstring)."""
     if len(runs) == 1:
         boot = _bootstrap(metric, runs, None, n_resamples)
@@ -137,16 +155,34 @@ def group_value(runs: list[Any], n_resamples: int, metric: str = "fidelity_clean
     return {"value": spread["mean"], "low": low, "high": high, "sd": spread["sd"]}
 
 
+def answered_comparison(
+    flags: Sequence[dict[str, Any]], ref_flags: Sequence[dict[str, Any]], ids: Sequence[str], n_resamples: int
+) -> dict[str, Any]:
+    """Fidelity among answered prompts, as a comparison: on the prompts of `ids` that every run of
+    both groups answered, each side's share in the prompt's language and the difference, with a
+    paired bootstrap interval (training seeds too when a side has several). Keys answered_n,
+    answered_target, answered_target_ref, answered_target_diff(_low, _high)."""
+    both = [i for i in ids if all(run[i]["answered_target"] is not None for run in (*flags, *ref_flags))]
+    result: dict[str, Any] = {"answered_n": len(both)}
+    if not both:
+        return result
+    runs = [[run[i]["answered_target"] for i in both] for run in flags]
+    ref_runs = [[run[i]["answered_target"] for i in both] for run in ref_flags]
+    diff = pooled_bootstrap(runs, ref_runs, n_resamples=n_resamples, resample_seeds=len(runs) > 1 or len(ref_runs) > 1)
+    return result | {
+        "answered_target": sum(map(share, runs)) / len(runs),
+        "answered_target_ref": sum(map(share, ref_runs)) / len(ref_runs),
+        "answered_target_diff": diff["difference"],
+        "answered_target_diff_low": diff["low"],
+        "answered_target_diff_high": diff["high"],
+    }
+
+
 def _metric_from_file(runs: pd.DataFrame, metric: str) -> float | None:
-    # Without answers.jsonl: the metrics.json value (fidelity for files older than the headline).
-    column = (
-        metric
-        if metric in runs and runs[metric].notna().any()
-        else ("fidelity" if metric == "fidelity_clean" else None)
-    )
-    if column is None or column not in runs:
+    # Without answers.jsonl: the metrics.json value (None for files written before that metric).
+    if metric not in runs or not runs[metric].notna().any():
         return None
-    return across_seeds(list(runs[column]))["mean"]
+    return across_seeds(list(runs[metric]))["mean"]
 
 
 def _groups(evals: pd.DataFrame) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
@@ -155,27 +191,37 @@ def _groups(evals: pd.DataFrame) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
     return list(frame.groupby(list(GROUP_COLUMNS), sort=False))
 
 
-def group_intervals(evals: pd.DataFrame, n_resamples: int = 10_000, sft_budget_factor: int = 1) -> pd.DataFrame:
+def group_intervals(
+    evals: pd.DataFrame, n_resamples: int = 10_000, sft_budget_factor: int = 1, reference: str = "sft"
+) -> pd.DataFrame:
     """One row per (run group, direction): GROUP_COLUMNS, direction, run_dirs, train_seeds,
-    n_runs, n_prompts, vs (SFT's run group, or None) and per metric m of INTERVAL_METRICS:
-    m, m_low, m_high, m_sd, m_diff, m_diff_low, m_diff_high (None where not computable).
+    n_runs, n_prompts, vs (the reference's run group, or None), interval ("seeds and prompts" or
+    "prompts") and per metric m of INTERVAL_METRICS: m, m_low, m_high, m_sd, m_diff, m_diff_low,
+    m_diff_high (None where not computable); and the answered_* columns of `answered_comparison`.
 
-    Each group is compared with SFT at `sft_budget_factor` times its budget: 1 is the same budget;
-    2 asks the paper's data-efficiency question (is a method on N/2 seeds as good as SFT on N?)."""
+    Each group is compared with the `reference` family's main group (sft, or sft_dpo: then only the
+    families of REFERENCES["sft_dpo"] are compared, the others get vs None) at `sft_budget_factor`
+    times its budget: 1 is the same budget; 2 asks the paper's data-efficiency question (is a method
+    on N/2 seeds as good as the reference on N?)."""
     if sft_budget_factor < 1:
         raise ValueError(f"sft_budget_factor must be a positive integer, got {sft_budget_factor}")
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {sorted(REFERENCES)}, got {reference!r}")
+    compared = REFERENCES[reference]
     main = main_run_dirs(evals)
-    sft_groups: dict[tuple[Any, ...], pd.DataFrame] = {}
+    ref_groups: dict[tuple[Any, ...], pd.DataFrame] = {}
     groups = _groups(evals)
     for key, runs in groups:
         recipe, lang, _, family, n_seeds, _, _ = key
-        if family == "sft" and runs["run_dir"].isin(main).all():
-            sft_groups[(recipe, lang, n_seeds)] = runs
+        if family == reference and runs["run_dir"].isin(main).all():
+            ref_groups[(recipe, lang, n_seeds)] = runs
     rows = []
     for key, runs in groups:
         recipe, lang, _, family, n_seeds, _, group = key
-        sft = sft_groups.get((recipe, lang, n_seeds * sft_budget_factor))
-        is_reference = sft is not None and set(sft["run_dir"]) == set(runs["run_dir"])
+        ref = ref_groups.get((recipe, lang, n_seeds * sft_budget_factor))
+        if compared is not None and family not in compared:
+            ref = None
+        is_reference = ref is not None and set(ref["run_dir"]) == set(runs["run_dir"])
         for direction in DIRECTIONS:
             at = runs[runs["direction"] == direction].drop_duplicates("run_dir").sort_values("run_name")
             if at.empty:
@@ -187,17 +233,28 @@ def group_intervals(evals: pd.DataFrame, n_resamples: int = 10_000, sft_budget_f
                 train_seeds=tuple(s for s in at["train_seed"] if pd.notna(s)),
                 n_runs=len(at),
                 n_prompts=None,
-                vs=None if sft is None or is_reference else str(sft["run_group"].iloc[0]),
+                vs=None if ref is None or is_reference else str(ref["run_group"].iloc[0]),
+                interval=None,
+                answered_n=None,
             )
             flags = _direction_flags(list(at["run_dir"]), lang, direction)
-            sft_flags = (
+            ref_flags = (
                 []
-                if sft is None or is_reference
-                else _direction_flags(list(sft[sft["direction"] == direction]["run_dir"].unique()), lang, direction)
+                if row["vs"] is None
+                else _direction_flags(
+                    list(ref[ref["direction"] == direction].sort_values("run_name")["run_dir"].unique()),
+                    lang,
+                    direction,
+                )
             )
+            ids: list[str] = []
             if flags:
-                ids = _common_ids(flags + sft_flags)
+                ids = _common_ids(flags + ref_flags)
                 row["n_prompts"] = len(ids)
+            several = len(flags) > 1 or len(ref_flags) > 1
+            if flags and ref_flags:
+                row["interval"] = "seeds and prompts" if several else "prompts"
+                row |= answered_comparison(flags, ref_flags, ids, n_resamples)
             for metric in INTERVAL_METRICS:
                 aligned = _aligned(flags, ids, metric) if flags and row["n_prompts"] else None
                 if aligned is not None:
@@ -211,9 +268,9 @@ def group_intervals(evals: pd.DataFrame, n_resamples: int = 10_000, sft_budget_f
                     f"{metric}_sd": value["sd"],
                 }
                 diff: dict[str, Any] = {"difference": None, "low": None, "high": None}
-                sft_aligned = _aligned(sft_flags, ids, metric) if sft_flags and row["n_prompts"] else None
-                if aligned is not None and sft_aligned is not None:
-                    diff = _bootstrap(metric, aligned, sft_aligned, n_resamples)
+                ref_aligned = _aligned(ref_flags, ids, metric) if ref_flags and row["n_prompts"] else None
+                if aligned is not None and ref_aligned is not None:
+                    diff = _bootstrap(metric, aligned, ref_aligned, n_resamples, resample_seeds=several)
                 row |= {
                     f"{metric}_diff": diff["difference"],
                     f"{metric}_diff_low": diff["low"],

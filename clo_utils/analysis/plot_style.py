@@ -31,8 +31,9 @@ _FALLBACK_COLOURS = tuple(_PALETTE[i] for i in FALLBACK_COLOUR_INDICES)
 
 # (axis label, unit) per metric; units are what the axes print.
 METRIC_AXES = {
-    "fidelity": ("fidelity", "share of answers"),
-    "wrong_language": ("wrong language", "share of answers"),
+    "target": ("in target language", "share of prompts"),
+    "other_language": ("other language", "share of prompts"),
+    "no_answer": ("no answer", "share of prompts"),
     "chrf": ("chrF++", "chrF++"),
     "nll": ("held-out NLL", "nats/token"),
     "peak_memory_mb": ("peak training memory", "MB"),
@@ -191,7 +192,7 @@ def label_grid(axes: Any, row_labels: Sequence[str], column_titles: Sequence[str
 
 
 def limit_share_axis(ax: Axes, metric: str) -> None:
-    if metric in ("fidelity", "wrong_language", "judge_win_rate"):
+    if metric in ("target", "other_language", "no_answer", "judge_win_rate"):
         ax.set_ylim(0, 1.05)
 
 
@@ -207,7 +208,7 @@ def largest_budget(frame: pd.DataFrame, lang: str, families: Sequence[str]) -> i
 # (1) Data efficiency: score vs seed budget, SFT, SFT+DPO and CLO, per language
 
 
-SCORE_PANELS = (("fidelity", "tgt"), ("fidelity", "en"), ("chrf", "tgt"), ("chrf", "en"))
+SCORE_PANELS = (("target", "tgt"), ("target", "en"), ("chrf", "tgt"), ("chrf", "en"))
 
 
 def at_largest_budget(main: pd.DataFrame, families: Sequence[str], budget_families: Sequence[str]) -> pd.DataFrame:
@@ -236,12 +237,13 @@ def x_order(frame: pd.DataFrame) -> list[str]:
 
 
 def score_grid(frame: pd.DataFrame, title: str) -> Figure:
-    """2 x 2 grouped bars: (fidelity, chrF) x (target prompts, English prompts), hue = method."""
+    """2 x 2 grouped bars: (share answered in the prompt's language, chrF) x (target prompts, English
+    prompts), hue = method."""
     methods = ordered_methods(frame["method_family"])
     palette = method_palette(methods)
     order = x_order(frame)
     figure, axes = new_figure(2, 2, panel_size=(max(3.0, 1.2 * len(order) + 0.4 * len(methods)), 2.4))
-    for row, metric in enumerate(("fidelity", "chrf")):
+    for row, metric in enumerate(("target", "chrf")):
         for col, direction in enumerate(DIRECTIONS):
             ax = axes[row, col]
             bar_panel(

@@ -27,6 +27,7 @@ from clo_utils.analysis.ablation_plots import (
     plot_trainable_modules,
 )
 from clo_utils.analysis.intervals import group_intervals
+from clo_utils.analysis.outcome_plots import plot_outcome_shares
 from clo_utils.analysis.plot_style import (  # noqa: F401  (METHOD_COLOURS, MissingFigureData re-exported)
     DIRECTION_LABELS,
     DIRECTION_SHORT,
@@ -77,10 +78,15 @@ def _budget_axis(ax: Axes, budgets: list[int]) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
 
 
-# Wrong-language share and headline fidelity, each with its 95% interval (clo_utils.analysis.intervals).
-EFFICIENCY_PANELS = (("wrong_language", "tgt"), ("wrong_language", "en"), ("fidelity", "tgt"), ("fidelity", "en"))
-
-INTERVAL_METRIC = {"wrong_language": "wrong_language", "fidelity": "fidelity_clean"}
+# The three outcome shares over all prompts, each with its 95% interval (clo_utils.analysis.intervals).
+EFFICIENCY_PANELS = (
+    ("target", "tgt"),
+    ("target", "en"),
+    ("other_language", "tgt"),
+    ("other_language", "en"),
+    ("no_answer", "tgt"),
+    ("no_answer", "en"),
+)
 
 
 def _error_bars(points: pd.DataFrame, column: str) -> list[list[float]] | None:
@@ -99,8 +105,8 @@ EFFICIENCY_FAMILIES = ("sft", "sft_dpo", "clo")  # the methods drawn against the
 
 
 def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
-    """Wrong-language share and headline fidelity vs seed budget, SFT, SFT+DPO and CLO per language, with
-    95% intervals: a bootstrap over prompts for one training seed, a Student-t interval across seeds
+    """The outcome shares over all prompts (in the prompt's language, other language, no answer) vs
+    seed budget, SFT, SFT+DPO and CLO per language, with 95% intervals: a bootstrap over prompts for one training seed, a Student-t interval across seeds
     for several (the seeds' mean is the point)."""
     main = main_variants(evals)
     curves = main[main["method_family"].isin(EFFICIENCY_FAMILIES)]
@@ -115,7 +121,7 @@ def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
     languages = ordered_languages(curves["lang"])
     figure, axes = new_figure(len(EFFICIENCY_PANELS), len(languages), panel_size=(3.0, 2.8))
     for row, (metric, direction) in enumerate(EFFICIENCY_PANELS):
-        column = INTERVAL_METRIC[metric]
+        column = metric
         for col, lang in enumerate(languages):
             ax = axes[row, col]
             at = points[(points["lang"] == lang) & (points["direction"] == direction)]
@@ -141,7 +147,7 @@ def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
     handles = [Line2D([], [], color=METHOD_COLOURS[f], marker="o", label=method_label(f)) for f in families]
     handles.append(Line2D([], [], color=METHOD_COLOURS["base"], linestyle="--", label="untouched model"))
     add_legend(figure, handles)
-    add_title(figure, "Data efficiency: wrong-language share and fidelity vs seed budget (95% intervals)")
+    add_title(figure, "Data efficiency: outcome shares over all prompts vs seed budget (95% intervals)")
     add_caption(
         figure,
         caption_for(pd.concat([curves, base])) + "\nbars: 95% bootstrap interval over prompts "
@@ -211,6 +217,7 @@ def plot_training_curves(histories: pd.DataFrame) -> Figure:
 FigureBuilder = Callable[[MetricsTables], Figure]
 
 FIGURES: dict[str, FigureBuilder] = {
+    "outcome_shares": lambda tables: plot_outcome_shares(tables.evals),
     "data_efficiency": lambda tables: plot_data_efficiency(tables.evals),
     "direction_scores": lambda tables: plot_direction_scores(tables.evals),
     "training_curves": lambda tables: plot_training_curves(tables.histories),

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from clo_utils.analysis.detector_report import detector_section
 from clo_utils.analysis.markdown import (
     MISSING,
     blockquote,
@@ -23,7 +24,6 @@ from clo_utils.analysis.markdown import (
     unique_in_order,
 )
 from clo_utils.analysis.report_tables import (
-    OLD_FIDELITY,
     half_budget_section,
     intervals_section,
     measured_table_markdown,
@@ -121,6 +121,45 @@ def knowledge_section(evals: pd.DataFrame) -> str | None:
     return "## Knowledge (accuracy)\n\n" + markdown_table(headers, rows)
 
 
+# Other languages, by the language found
+
+OTHER_LANGUAGES_SHOWN = 6
+
+
+def _found(block: dict | None) -> str:
+    counts = (block or {}).get("other_languages")
+    if not isinstance(counts, dict):
+        return MISSING
+    if not counts:
+        return "none"
+    shown = list(counts.items())[:OTHER_LANGUAGES_SHOWN]
+    rest = sum(counts.values()) - sum(count for _, count in shown)
+    return " · ".join(f"{code} {count}" for code, count in shown) + (f" · others {rest}" if rest else "")
+
+
+def other_languages_section(evals: pd.DataFrame) -> str | None:
+    """Per run and direction, how many answers came in each other language (from metrics.json)."""
+    runs = sorted_runs(evals.drop_duplicates("run_dir"))
+    rows = []
+    for row in runs.itertuples():
+        scores = (
+            (runfiles.read_metrics(row.run_dir).get("eval") or {})
+            if Path(row.run_dir, "metrics.json").is_file()
+            else {}
+        )
+        cells = [_found(scores.get(direction)) for direction in ("tgt", "en")]
+        if any(cell != MISSING for cell in cells):
+            rows.append([row.lang, row.method, str(row.n_seeds), markdown_cell(row.run_name), *cells])
+    if not rows:
+        return None
+    note = (
+        "Answers in another language than the prompt's, counted by the language the detector named (ISO 639-1 "
+        "codes; `und`: none named), most frequent first."
+    )
+    headers = ["lang", "method", "n_seeds", "run", "target prompts", "English prompts"]
+    return "## Other languages found (answers)\n\n" + note + "\n\n" + markdown_table(headers, rows)
+
+
 # Example answers
 
 
@@ -181,13 +220,18 @@ def examples_section(evals: pd.DataFrame) -> str:
 
 
 MEASURED_NOTE = (
-    "Shares are fractions of answers in [0, 1]; fidelity is the headline fidelity: the share of "
-    "answers in the prompt's language among those of at least `min_words` words that do not echo "
-    f"the prompt ({OLD_FIDELITY}: a metrics file that predates it, counted over every answer of at "
-    "least `min_words` words); line pass is the language-confusion line-level pass rate; echo, "
-    "repetition, too_short and wrong language are on target-language prompts; "
-    "chrF++ is 0-100 against the translated reference; NLL is the token-mean NLL of the reference "
-    "answers (nats/token). `base` is the untouched model."
+    "The headline: every prompt has one outcome, and the shares are taken over all prompts, so for each "
+    "direction `in target` (the prompt's language), `other` and `no answer` sum to 1. `other` is split by "
+    "the language the detector found: English, a neighbour of the target (for Catalan: Spanish, Occitan, "
+    "French, Portuguese, Italian, Galician; on English prompts: the run's target language or its "
+    "neighbours) and any other language. `no answer`: empty, fewer than `min_words` words once an echoed "
+    "prefix of the prompt (three or more of its opening words) is removed, or a loop (fewer than "
+    "`min_words` distinct words); the language is judged on the text after the echoed prefix. Line pass is "
+    "the language-confusion benchmark's line-level test, by its rule (answers without a line of five or "
+    "more words are skipped; `lines judged` counts the others) and over all prompts. echo and repetition "
+    "are diagnostics on target-language prompts; chrF++ is 0-100 against the translated reference; NLL is "
+    "the token-mean NLL of the reference answers (nats/token). `base` is the untouched model. Every share is "
+    "bounded by the detector's accuracy (the table below)."
 )
 
 
@@ -201,6 +245,8 @@ def recipe_report(evals: pd.DataFrame) -> str:
         labels_section(evals),
         wall_time_section(recipe_root),
         "## Measured results\n\n" + MEASURED_NOTE + "\n\n" + measured_table_markdown(evals),
+        other_languages_section(evals),
+        detector_section(evals),
         intervals_section(evals),
         half_budget_section(evals),
         judge_section(evals),

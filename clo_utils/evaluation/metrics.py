@@ -1,25 +1,23 @@
-"""Pure evaluation metrics: language fidelity and the shares that explain it, chrF++, the
-language-confusion line pass rate, and paired bootstraps (shares, corpus chrF++) for differences
+"""Pure evaluation metrics: the outcome shares (the headline), the diagnostics beside them, chrF++,
+the language-confusion line pass rate, and paired bootstraps (shares, corpus chrF++) for differences
 between runs.
 
-What CLO optimises is *which language* a model answers in, so the headline metric is language
-fidelity: the share of answers written in the prompt's language (docs/method.md §6; the paper
-reports no such metric). Language ID is unreliable on short or degenerate answers, so every
-fidelity number comes with the shares that explain it (`fidelity_report`):
+What CLO optimises is *which language* a model answers in. Every prompt gets one outcome
+(clo_utils.evaluation.outcomes): answered in the prompt's language, in another language, or no
+answer; the three shares are taken over all prompts and sum to 1 (docs/method.md §6). Beside them
+(`outcome_report`):
 
-  fidelity        share of countable answers (>= min_words words) identified as the expected language
-  wrong_language  share of countable answers identified as the other language of the pair
-  too_short       share of all answers with fewer than min_words words (not countable)
-  echo            share of all answers that start by copying the prompt (see `is_echo`)
+  other_en / other_near / other_rest  the other-language share split by the language found:
+                  English, the target's close neighbours (Spanish for Catalan, ...), any other
+  echo            share of all answers that start by copying the prompt (`is_echo`; diagnostic)
   repetition      share of answers with >= 3 word trigrams whose distinct-trigram ratio is < 0.5
-  fidelity_clean  the headline: fidelity over the answers that are neither too short nor echoed
-                  (n_clean of them), so copying the prompt cannot pass for answering in its language
-  line_pass       the language-confusion benchmark's line-level pass rate (`line_pass_flags`),
-                  over the n_line_judged answers with a line of at least five words
+  line_pass       the language-confusion benchmark's line-level pass rate by its own rule: over the
+                  n_line_judged answers that have a line of at least five words (the others skipped)
+  line_pass_all   the same test over all prompts: an answer without such a line fails
 
-Words and language come from clo_utils.common.text (lingua restricted to {English, target}, the same rule
-the translation quality filter uses). lingua may decline to decide; such answers count in neither
-fidelity nor wrong_language, so the two can sum to less than 1.
+Fidelity among answered prompts is a comparison of two runs only, on the prompts both answered
+(`answered_target` flags, compared by clo_utils.analysis.intervals). Language ID sees every language
+the detector knows (clo_utils.common.text.identify_languages; `language_id` lingua or fasttext).
 
 Everything here takes strings and returns numbers: no model, no files.
 """
@@ -30,7 +28,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..common.text import count_words, detect_languages, normalized_tokens
+from ..common.text import check_language_id, count_words, identify_languages, normalized_tokens
+from .outcomes import answer_outcomes, outcome_shares
 
 DIRECTIONS = ("tgt", "en")  # target prompts -> target references; English prompts -> English references
 ECHO_PREFIX_WORDS = 8  # how many opening prompt words an echo must copy (fewer if the prompt is shorter)
@@ -41,25 +40,18 @@ LINE_MIN_WORDS = 5  # the language-confusion benchmark judges lines of at least 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 CHRF_RESAMPLES = 1_000  # sacrebleu's paired-bootstrap default: each resample rescores every run's corpus
+# The detector a run of each target language uses unless its recipe says otherwise, chosen by accuracy
+# measured on Apertium translations of English answers cut to 6, 12 and 24 words
+# (scripts/detector_accuracy.py). ca: lingua reads Catalan better at every cut and names it Spanish far
+# less often. es: lingua too; fastText reads 6-word Spanish better but names Catalan text Spanish far
+# more often, the error that would flatter a Spanish run. Elsewhere lingua, unmeasured: lid.176 names hand-written Chinese and
+# Yoruba sentences Japanese and Irish.
+DEFAULT_LANGUAGE_ID = {"ca": "lingua", "es": "lingua"}
 
 
-# --------------------------------------------------------------------------- language fidelity
-
-
-def language_fidelity(
-    texts: Sequence[str], expected_lang: str, min_words: int = 5, other_lang: str | None = None
-) -> float:
-    """Share of countable texts (>= min_words words) identified as `expected_lang`.
-
-    The detector is restricted to {expected_lang, other_lang}; other_lang defaults to English for a
-    target language and must be given (the run's target) when expected_lang is "en".
-    NaN when no text is countable.
-    """
-    countable = [t for t in texts if count_words(t) >= min_words]
-    if not countable:
-        return math.nan
-    found = detect_languages(countable, expected_lang, other_lang)
-    return sum(code == expected_lang for code in found) / len(countable)
+def default_language_id(lang: str) -> str:
+    """The kit's detector for a run of target language `lang` (DEFAULT_LANGUAGE_ID, else lingua)."""
+    return DEFAULT_LANGUAGE_ID.get(lang, "lingua")
 
 
 # --------------------------------------------------------------------------- degenerate answers
@@ -90,38 +82,48 @@ def distinct_trigram_ratio(text: str) -> float | None:
     return len(set(trigrams)) / len(trigrams)
 
 
-# --------------------------------------------------------------------------- per-answer flags and shares
+# --------------------------------------------------------------------------- per-prompt flags and shares
 
-FLAG_NAMES = ("fidelity", "too_short", "wrong_language", "echo", "repetition", "fidelity_clean", "line_pass")
+# Per-prompt flags: every prompt counts in target, other_language, no_answer, echo and line_pass_all;
+# answered_target is None for a prompt without an answer, line_pass None for an answer without a
+# judged line, repetition None for fewer than three trigrams.
+FLAG_NAMES = (
+    "target",
+    "other_language",
+    "no_answer",
+    "answered_target",
+    "echo",
+    "repetition",
+    "line_pass",
+    "line_pass_all",
+)
 
 
 def answer_flags(
     prompts: Sequence[str],
     answers: Sequence[str],
     expected_lang: str,
+    language_id: str = "lingua",
     min_words: int = 5,
-    other_lang: str | None = None,
-) -> dict[str, list[bool | None]]:
-    """Per answer, in order, whether it counts for each share of `fidelity_report`; None where the
-    answer is outside that share's denominator (too short for fidelity and wrong_language, fewer
-    than three trigrams for repetition). The shares are the means of the non-None flags, so a
-    paired bootstrap over prompts can resample these lists."""
+) -> dict[str, list[Any]]:
+    """Per answer, in order, each FLAG_NAMES flag and the outcome itself ("outcomes"), so a paired
+    bootstrap over prompts can resample these lists."""
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-    countable = [count_words(a) >= min_words for a in answers]
-    found = iter(detect_languages([a for a, c in zip(answers, countable) if c], expected_lang, other_lang))
-    languages = [next(found) if c else None for c in countable]
+    check_language_id(language_id)
+    outcomes = answer_outcomes(prompts, answers, expected_lang, language_id=language_id, min_words=min_words)
     ratios = [distinct_trigram_ratio(a) for a in answers]
-    fidelity = [code == expected_lang if c else None for code, c in zip(languages, countable)]
-    echo = [is_echo(p, a) for p, a in zip(prompts, answers)]
+    line_pass = line_pass_flags(answers, expected_lang, language_id)
     return {
-        "fidelity": fidelity,
-        "too_short": [not c for c in countable],
-        "wrong_language": [code not in (expected_lang, None) if c else None for code, c in zip(languages, countable)],
-        "echo": echo,
+        "outcomes": outcomes,
+        "target": [o.kind == "target" for o in outcomes],
+        "other_language": [o.kind == "other" for o in outcomes],
+        "no_answer": [o.kind == "no_answer" for o in outcomes],
+        "answered_target": [None if o.kind == "no_answer" else o.kind == "target" for o in outcomes],
+        "echo": [is_echo(p, a) for p, a in zip(prompts, answers)],
         "repetition": [None if r is None else r < REPETITION_THRESHOLD for r in ratios],
-        "fidelity_clean": [None if echoed else flag for flag, echoed in zip(fidelity, echo)],
-        "line_pass": line_pass_flags(answers, expected_lang, other_lang),
+        "line_pass": line_pass,
+        "line_pass_all": [bool(flag) for flag in line_pass],
     }
 
 
@@ -136,25 +138,25 @@ def share(flags: Sequence[bool | None]) -> float | None:
     return sum(counted) / len(counted) if counted else None
 
 
-def fidelity_report(
+def outcome_report(
     prompts: Sequence[str],
     answers: Sequence[str],
     expected_lang: str,
+    run_lang: str | None = None,
+    language_id: str = "lingua",
     min_words: int = 5,
-    other_lang: str | None = None,
 ) -> dict:
-    """Fidelity with the shares that explain it (see the module docstring for each definition).
-
-    Keys: n_prompts, the FLAG_NAMES shares, n_clean (the answers fidelity_clean counts) and
-    n_line_judged (the answers line_pass counts). A share whose denominator is empty is None (JSON
-    null), never NaN.
-    """
-    flags = answer_flags(prompts, answers, expected_lang, min_words=min_words, other_lang=other_lang)
+    """The metrics.json "eval" entry of one direction, without the reference scores: the outcome
+    shares over all prompts (`outcomes.outcome_shares`), echo, repetition, line_pass (with
+    n_line_judged), line_pass_all, and the rule used (language_id, min_words). `run_lang` is the
+    run's target language (default: expected_lang); it names the neighbours on English prompts."""
+    flags = answer_flags(prompts, answers, expected_lang, language_id=language_id, min_words=min_words)
     return {
-        "n_prompts": len(prompts),
-        **{name: share(flags[name]) for name in FLAG_NAMES},
-        "n_clean": counted(flags["fidelity_clean"]),
+        **outcome_shares(flags["outcomes"], expected_lang, run_lang or expected_lang),
+        **{name: share(flags[name]) for name in ("echo", "repetition", "line_pass", "line_pass_all")},
         "n_line_judged": counted(flags["line_pass"]),
+        "language_id": language_id,
+        "min_words": min_words,
     }
 
 
@@ -162,17 +164,17 @@ def fidelity_report(
 
 
 def line_pass_flags(
-    answers: Sequence[str], expected_lang: str, other_lang: str | None = None, min_words: int = LINE_MIN_WORDS
+    answers: Sequence[str], expected_lang: str, language_id: str = "lingua", min_words: int = LINE_MIN_WORDS
 ) -> list[bool | None]:
     """Per answer: every line of at least `min_words` words is identified as `expected_lang`;
-    None when the answer has no such line (it is not judged, like a too-short answer).
+    None when the answer has no such line (the benchmark skips it).
 
-    The language-confusion benchmark's line-level test (Marchisio et al., EMNLP 2024), with the
-    kit's language ID (lingua restricted to {expected, other}) in place of the benchmark's fastText
-    model, which is not available here: comparable in kind with that literature, not digit for digit.
+    The language-confusion benchmark's line-level test (Marchisio et al., EMNLP 2024). With
+    language_id="fasttext" it uses the benchmark's own detector (lid.176, compressed); lingua
+    otherwise. Words are the kit's word count, where the benchmark splits on whitespace.
     """
     lines = [[line for line in answer.splitlines() if count_words(line) >= min_words] for answer in answers]
-    found = iter(detect_languages([line for judged in lines for line in judged], expected_lang, other_lang))
+    found = iter(identify_languages([line for judged in lines for line in judged], language_id))
     flags: list[bool | None] = []
     for judged in lines:
         codes = [next(found) for _ in judged]
@@ -181,11 +183,11 @@ def line_pass_flags(
 
 
 def line_pass_rate(
-    answers: Sequence[str], expected_lang: str, other_lang: str | None = None, min_words: int = LINE_MIN_WORDS
+    answers: Sequence[str], expected_lang: str, language_id: str = "lingua", min_words: int = LINE_MIN_WORDS
 ) -> float | None:
     """Share of judged answers (those with a line of >= min_words words) whose every such line is in
     `expected_lang` (see `line_pass_flags`); None when no answer is judged."""
-    return share(line_pass_flags(answers, expected_lang, other_lang, min_words))
+    return share(line_pass_flags(answers, expected_lang, language_id, min_words))
 
 
 # --------------------------------------------------------------------------- paired bootstrap
@@ -215,14 +217,18 @@ def pooled_bootstrap(
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     confidence: float = 0.95,
     seed: int = BOOTSTRAP_SEED,
+    resample_seeds: bool = False,
 ) -> dict:
     """The mean share over the runs of `runs_a` (training seeds of one method), minus the mean share
-    over `runs_b` when given, with a percentile bootstrap interval over prompts.
+    over `runs_b` when given, with a percentile bootstrap interval.
 
     Every run's flags are aligned by prompt. Each resample draws prompts with replacement and takes
-    every run's answers to the drawn prompts (the paired bootstrap, pooled over seeds); the interval
-    covers the prompt sample, not the choice of training seeds (`across_seeds` gives that spread).
-    Returns {"difference", "low", "high", "n_prompts", "n_resamples"}: "difference" is the statistic
+    every run's answers to the drawn prompts (the paired bootstrap, pooled over seeds). With
+    `resample_seeds` it is a two-level bootstrap: each resample also draws the training seeds with
+    replacement (the same seed positions on both sides when they have as many runs, so the runs of
+    one training seed stay paired), then averages the drawn runs' shares; the interval then covers
+    retraining as well as the prompt sample. Without it, or with one run a side, it covers the
+    prompts only. Returns {"difference", "low", "high", "n_prompts", "n_resamples"}: "difference" is the statistic
     itself (a plain mean share when runs_b is None); low and high are None when no resample has a
     non-empty denominator in every run.
     """
@@ -240,7 +246,9 @@ def pooled_bootstrap(
     result = {"difference": value, "low": None, "high": None, "n_prompts": n, "n_resamples": 0}
     if value is None or n == 0:
         return result
-    draws = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(n_resamples, n))
+    seed_draws = {len(runs): rng.integers(0, len(runs), size=(len(runs), n_resamples)) for runs in groups}
     kept = np.ones(n_resamples, dtype=bool)
     group_means = []
     for runs in groups:
@@ -250,7 +258,10 @@ def pooled_bootstrap(
             hits = np.array([bool(f) for f in flags], dtype=float)[draws].sum(axis=1)
             kept &= counted_ > 0
             shares.append(hits / np.maximum(counted_, 1))
-        group_means.append(np.mean(shares, axis=0))
+        shares = np.asarray(shares)  # (runs, resamples)
+        if resample_seeds and len(runs) > 1:
+            shares = np.take_along_axis(shares, seed_draws[len(runs)], axis=0)
+        group_means.append(shares.mean(axis=0))
     statistics = (group_means[0] - group_means[1] if len(group_means) == 2 else group_means[0])[kept]
     return result | _percentile_interval(statistics, confidence)
 
@@ -286,27 +297,38 @@ def pooled_chrf_bootstrap(
     n_resamples: int = CHRF_RESAMPLES,
     confidence: float = 0.95,
     seed: int = BOOTSTRAP_SEED,
+    resample_seeds: bool = False,
 ) -> dict:
     """`pooled_bootstrap` for corpus chrF++: the mean over the runs of `runs_a` of each run's corpus
     chrF++, minus the same mean over `runs_b` when given, with a percentile bootstrap interval over
-    prompts. A run is its `chrf_statistics` array (one row per prompt, rows aligned by prompt); each
-    resample draws prompts with replacement and rescores every run on them from the summed rows, as
-    sacrebleu's own paired bootstrap does. Returns the same keys as `pooled_bootstrap`."""
+    prompts (and training seeds with `resample_seeds`, as in `pooled_bootstrap`). A run is its
+    `chrf_statistics` array (one row per prompt, rows aligned by prompt); each resample draws prompts
+    with replacement and rescores every run on them from the summed rows, as sacrebleu's own paired
+    bootstrap does. Returns the same keys as `pooled_bootstrap`."""
     import numpy as np
 
     groups, n = _paired_groups(runs_a, runs_b, confidence)
     groups = [[np.asarray(stats) for stats in runs] for runs in groups]
 
-    def statistic(prompts: Any) -> float:
-        means = [sum(chrf_from_statistics(stats[prompts]) for stats in runs) / len(runs) for runs in groups]
+    def statistic(prompts: Any, picks: dict[int, Any] | None = None) -> float:
+        means = []
+        for runs in groups:
+            chosen = runs if picks is None or len(runs) == 1 else [runs[i] for i in picks[len(runs)]]
+            means.append(sum(chrf_from_statistics(stats[prompts]) for stats in chosen) / len(chosen))
         return means[0] - means[1] if len(means) == 2 else means[0]
 
     result = {"difference": None, "low": None, "high": None, "n_prompts": n, "n_resamples": 0}
     if n == 0:
         return result
     result["difference"] = statistic(slice(None))
-    draws = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
-    return result | _percentile_interval(np.array([statistic(prompts) for prompts in draws]), confidence)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(n_resamples, n))
+    sizes = {len(runs) for runs in groups}
+    statistics = []
+    for prompts in draws:
+        picks = {k: rng.integers(0, k, size=k) for k in sizes} if resample_seeds else None
+        statistics.append(statistic(prompts, picks))
+    return result | _percentile_interval(np.array(statistics), confidence)
 
 
 def across_seeds(values: Sequence[float | None], confidence: float = 0.95) -> dict:

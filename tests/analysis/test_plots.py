@@ -73,7 +73,8 @@ def test_load_metrics_gives_one_row_per_run_and_direction(tables: MetricsTables)
     assert len(evals) == 2 * len(runs)
     row = evals[(evals["lang"] == "sw") & (evals["run_name"] == "clo-200") & (evals["direction"] == "tgt")].iloc[0]
     expected = runs[Path("sw/clo-200")]
-    assert row["fidelity"] == expected["eval"]["tgt"]["fidelity"]
+    assert row["target"] == expected["eval"]["tgt"]["target"]
+    assert row["other_en"] == expected["eval"]["tgt"]["other_en"]
     assert row["chrf"] == expected["eval"]["tgt"]["chrf"]
     assert row["peak_memory_mb"] == expected["train"]["peak_memory_mb"]
     assert row["judge_win_rate"] == expected["judge"]["tgt"]["win_rate"]
@@ -207,7 +208,7 @@ def test_figure_carries_caption_units_and_legend(tables: MetricsTables) -> None:
     ):
         assert label in caption
     ylabels = {ax.get_ylabel() for ax in figure.axes}
-    assert any("share of answers" in label for label in ylabels)
+    assert any("share of prompts" in label for label in ylabels)
     assert any("chrF++" in label for label in ylabels)
     legend_labels = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
     assert legend_labels == ["untouched model", "SFT", "SFT+DPO", "CLO"]
@@ -264,9 +265,30 @@ def test_figures_without_data_are_skipped_with_a_reason(tables: MetricsTables, t
     assert "nll_on" in reasons["nll_ablation"]
     assert "trainable" in reasons["trainable_modules"]
     assert "sft_en" in reasons["sft_limitation"]
-    assert sorted(path.name for path in result.written) == ["direction_scores.png", "training_curves.png"]
+    assert sorted(path.name for path in result.written) == [
+        "direction_scores.png",
+        "outcome_shares.png",
+        "training_curves.png",
+    ]
     assert not (tmp_path / "judge_win_rate.png").exists()
     assert "judge_win_rate skipped" in caplog.text
+
+
+def test_outcome_shares_figure_splits_every_bar_into_outcomes_summing_to_one(tables: MetricsTables) -> None:
+    from clo_utils.analysis.outcome_plots import SEGMENTS, plot_outcome_shares
+
+    figure = plot_outcome_shares(tables.evals)
+    target_panel = figure.axes[0]
+    labels = [tick.get_text() for tick in target_panel.get_yticklabels()]
+    expected = fixture_metrics()[Path("ca/clo-200")]["eval"]["tgt"]
+    row = labels.index("ca (Catalan) · clo-200")
+    # One bar container per segment, in SEGMENTS order; bar `row` of each is that run's share.
+    widths = [container.patches[row].get_width() for container in target_panel.containers]
+    assert widths == pytest.approx([expected[column] for column, _, _ in SEGMENTS], abs=1e-9)
+    assert sum(widths) == pytest.approx(1.0, abs=1e-3)
+    old = tables.evals.drop(columns=["target", "other_en", "other_near", "other_rest", "no_answer"])
+    with pytest.raises(plots.MissingFigureData, match="no outcome shares"):
+        plot_outcome_shares(old)
 
 
 # ---------------------------------------------------------------------------------- report
@@ -285,16 +307,23 @@ def parse_measured_table(markdown: str) -> dict[tuple[str, str, int], dict[str, 
 
 
 REPORTED_FIELDS = {  # header -> (block, direction, key, decimals printed)
-    "target fidelity": ("eval", "tgt", "fidelity", 3),
-    "English fidelity": ("eval", "en", "fidelity", 3),
-    "target line pass": ("eval", "tgt", "line_pass", 3),
-    "wrong language (target)": ("eval", "tgt", "wrong_language", 3),
+    "target: in target": ("eval", "tgt", "target", 3),
+    "target: other": ("eval", "tgt", "other_language", 3),
+    "target: other English": ("eval", "tgt", "other_en", 3),
+    "target: other neighbour": ("eval", "tgt", "other_near", 3),
+    "target: other rest": ("eval", "tgt", "other_rest", 3),
+    "target: no answer": ("eval", "tgt", "no_answer", 3),
+    "English: in English": ("eval", "en", "target", 3),
+    "English: other": ("eval", "en", "other_language", 3),
+    "English: no answer": ("eval", "en", "no_answer", 3),
+    "target line pass (benchmark rule)": ("eval", "tgt", "line_pass", 3),
+    "target lines judged": ("eval", "tgt", "n_line_judged", 0),
+    "target line pass (all prompts)": ("eval", "tgt", "line_pass_all", 3),
     "target chrF++": ("eval", "tgt", "chrf", 1),
     "English chrF++": ("eval", "en", "chrf", 1),
     "target NLL (nats/token)": ("eval", "tgt", "nll", 3),
     "echo (target)": ("eval", "tgt", "echo", 3),
     "repetition (target)": ("eval", "tgt", "repetition", 3),
-    "too_short (target)": ("eval", "tgt", "too_short", 3),
     "train seconds": ("train", None, "train_seconds", 1),
 }
 
@@ -320,10 +349,6 @@ def test_report_table_equals_the_fixture_values(report_text: str) -> None:
             source = None if source is None else (source[direction] if direction else source)
             expected = None if source is None else source.get(key)
             cell = row[header]
-            if key == "fidelity":  # the headline where the file has it; older files' fidelity marked †
-                expected = source.get("fidelity_clean", expected)
-                assert cell.endswith("†") == ("fidelity_clean" not in source), (run, header)
-                cell = cell.removesuffix("†")
             if expected is None:
                 assert cell == "—", (run, header)
             else:
@@ -453,12 +478,14 @@ def write_study(root: Path) -> Path:
         share = 1 - n_english / N_PROMPTS
         block = {
             "n_prompts": N_PROMPTS,
-            "fidelity": share,
-            "fidelity_clean": share,
-            "n_clean": N_PROMPTS,
-            "wrong_language": 1 - share,
+            "target": share,
+            "other_language": 1 - share,
+            "no_answer": 0.0,
+            "other_en": 1 - share,
+            "other_near": 0.0,
+            "other_rest": 0.0,
             "line_pass": share,
-            "too_short": 0.0,
+            "line_pass_all": share,
             "echo": 0.0,
             "repetition": 0.0,
             "chrf": 20.0,
@@ -476,7 +503,7 @@ def write_study(root: Path) -> Path:
                 "labels": STUDY_LABELS,
             },
             "train": {"train_seconds": 1.0},
-            "eval": {"tgt": block, "en": dict(block, fidelity_clean=1.0)},
+            "eval": {"tgt": block, "en": dict(block, target=1.0, other_language=0.0, other_en=0.0)},
             "eval_settings": {"min_words": 5},
         }
         (run_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
@@ -485,27 +512,33 @@ def write_study(root: Path) -> Path:
 
 def interval_rows(markdown: str) -> dict[tuple[str, int, str], dict[str, str]]:
     """(method, n_seeds, direction) -> {header: cell} from REPORT.md's interval table."""
-    section = markdown.split("## Differences against SFT", 1)[1].split("\n## ", 1)[0]
+    section = markdown.split("## Differences against SFT and SFT+DPO", 1)[1].split("\n## ", 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("|")]
     headers = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows = {}
     for line in lines[2:]:
         cells = dict(zip(headers, (cell.strip() for cell in line.strip("|").split("|"))))
-        rows[(cells["method"], int(cells["n_seeds"]), cells["direction"])] = cells
+        # The comparison with SFT comes first; CLO's second row (against SFT+DPO) is read apart.
+        rows.setdefault((cells["method"], int(cells["n_seeds"]), cells["direction"]), cells)
     return rows
 
 
-def independent_pooled_interval(a_english: list[int], b_english: list[int], resamples: int = 20000):
-    """The 2.5% and 97.5% points of the pooled paired difference, by plain-Python resampling."""
+def independent_pooled_interval(
+    a_english: list[int], b_english: list[int], resamples: int = 20000, resample_seeds: bool = False
+):
+    """The 2.5% and 97.5% points of the pooled paired difference, by plain-Python resampling: prompts,
+    and with `resample_seeds` first the training seeds (the same seed positions on both sides)."""
     import random
 
     rng = random.Random(3)
     stats = []
     for _ in range(resamples):
+        picks = [rng.randrange(len(a_english)) for _ in a_english] if resample_seeds else range(len(a_english))
         drawn = [rng.randrange(N_PROMPTS) for _ in range(N_PROMPTS)]
 
-        def mean_share(englishes, drawn=drawn):
-            return sum(sum(i >= k for i in drawn) / N_PROMPTS for k in englishes) / len(englishes)
+        def mean_share(englishes, drawn=drawn, picks=picks):
+            chosen = [englishes[i] for i in picks]
+            return sum(sum(i >= k for i in drawn) / N_PROMPTS for k in chosen) / len(chosen)
 
         stats.append(mean_share(a_english) - mean_share(b_english))
     stats.sort()
@@ -528,19 +561,55 @@ def test_seed_runs_are_grouped_and_compared_with_sft(tmp_path: Path) -> None:
     shares = [0.9, 1.0]
     sd = statistics.stdev(shares)
     half = t.ppf(0.975, 1) * sd / math.sqrt(2)
-    assert clo["fidelity_clean"] == pytest.approx(0.95) and clo["fidelity_clean_sd"] == pytest.approx(sd)
-    assert clo["fidelity_clean_low"] == pytest.approx(max(0.0, 0.95 - half)) and clo["fidelity_clean_high"] == 1.0
-    # Against SFT (0.70 and 0.80): +0.20 fidelity, -0.20 wrong language, pooled paired bootstrap.
-    assert clo["vs"] == "sft-100"
-    assert clo["fidelity_clean_diff"] == pytest.approx(0.2) and clo["wrong_language_diff"] == pytest.approx(-0.2)
-    low, high = independent_pooled_interval([2, 0], [6, 4])
-    assert clo["fidelity_clean_diff_low"] == pytest.approx(low, abs=0.03)
-    assert clo["fidelity_clean_diff_high"] == pytest.approx(high, abs=0.03)
-    # One training seed: the share with a bootstrap interval over prompts.
+    assert clo["target"] == pytest.approx(0.95) and clo["target_sd"] == pytest.approx(sd)
+    assert clo["target_low"] == pytest.approx(max(0.0, 0.95 - half)) and clo["target_high"] == 1.0
+    # Against SFT (0.70 and 0.80): +0.20 in target language, -0.20 other language, none unanswered;
+    # two training seeds a side, so the interval resamples the seeds, then the prompts.
+    assert clo["vs"] == "sft-100" and clo["interval"] == "seeds and prompts"
+    assert clo["target_diff"] == pytest.approx(0.2) and clo["other_language_diff"] == pytest.approx(-0.2)
+    assert clo["no_answer_diff"] == 0.0
+    low, high = independent_pooled_interval([2, 0], [6, 4], resample_seeds=True)
+    assert clo["target_diff_low"] == pytest.approx(low, abs=0.03)
+    assert clo["target_diff_high"] == pytest.approx(high, abs=0.03)
+    # Fidelity among answered prompts, as a comparison: every prompt was answered by all four runs.
+    assert clo["answered_n"] == N_PROMPTS and clo["answered_target_diff"] == pytest.approx(0.2)
+    # One training seed a side: the share with a bootstrap interval over prompts.
     single = groups.loc[("clo", 50, "tgt")]
-    assert single["fidelity_clean"] == pytest.approx(0.8) and pd.isna(single["fidelity_clean_sd"])
-    assert single["fidelity_clean_low"] < 0.8 < single["fidelity_clean_high"]
-    assert groups.loc[("clo", 100, "en")]["fidelity_clean_diff"] == 0.0  # both all English
+    assert single["target"] == pytest.approx(0.8) and pd.isna(single["target_sd"])
+    assert single["target_low"] < 0.8 < single["target_high"] and single["interval"] == "prompts"
+    assert groups.loc[("clo", 100, "en")]["target_diff"] == 0.0  # both all English
+
+
+def test_the_interval_that_covers_retraining_is_wider_when_seed_means_differ(tmp_path: Path) -> None:
+    from clo_utils.analysis import intervals
+
+    recipe = write_study(tmp_path)
+    groups = intervals.group_intervals(plots.load_tables(recipe).evals, n_resamples=20000)
+    clo = groups.set_index(["method", "n_seeds", "direction"]).loc[("clo", 100, "tgt")]
+    prompts_only = independent_pooled_interval([2, 0], [6, 4], resample_seeds=False)
+    # CLO's seeds differ (0.90 / 1.00), SFT's too (0.70 / 0.80): retraining adds spread.
+    assert clo["target_diff_high"] - clo["target_diff_low"] > prompts_only[1] - prompts_only[0] + 0.02
+
+
+def test_clo_is_compared_with_sft_dpo_directly(tmp_path: Path) -> None:
+    from clo_utils.analysis import intervals
+
+    recipe = write_study(tmp_path)
+    add_sft_dpo_runs(recipe)
+    evals = plots.load_tables(recipe).evals
+    groups = intervals.group_intervals(evals, n_resamples=2000, reference="sft_dpo")
+    groups = groups.set_index(["method", "n_seeds", "direction"])
+    # SFT+DPO answers like SFT here: CLO at 100 against it is +0.20, as against SFT.
+    clo = groups.loc[("clo", 100, "tgt")]
+    assert clo["vs"] == "sft_dpo-100" and clo["target_diff"] == pytest.approx(0.2)
+    assert pd.isna(groups.loc[("sft", 100, "tgt")]["vs"])  # only CLO is compared with SFT+DPO
+    text = report.render_report(recipe)
+    rows = list(text.split("## Differences against SFT and SFT+DPO", 1)[1].split("\n## ", 1)[0].splitlines())
+    assert any("| clo | 100 | attention | tgt | sft_dpo-100 |" in line and "+0.200 [" in line for line in rows)
+    half = text.split("## Half the seeds against SFT and SFT+DPO", 1)[1].split("\n## ", 1)[0]
+    assert "| ca | clo | 50 | attention | tgt | sft_dpo-100 | 20 | 1 (0) | seeds and prompts | +0.050 [" in half
+    with pytest.raises(ValueError, match="reference must be one of"):
+        intervals.group_intervals(evals, reference="dpo")
 
 
 def test_chrf_intervals_rescore_each_run_on_the_paired_prompts(tmp_path: Path) -> None:
@@ -568,7 +637,7 @@ def test_chrf_intervals_rescore_each_run_on_the_paired_prompts(tmp_path: Path) -
     assert single["chrf"] == pytest.approx(corpus_chrf("clo", 50, 0)) and pd.isna(single["chrf_sd"])
     assert single["chrf_low"] < single["chrf"] < single["chrf_high"]
     rows = interval_rows(report.render_report(recipe))
-    assert re.fullmatch(r"\+\d+\.\d \[\+\d+\.\d, \+\d+\.\d\]", rows[("clo", 100, "tgt")]["Δ chrF++ vs SFT"])
+    assert re.fullmatch(r"\+\d+\.\d \[[-+]\d+\.\d, \+\d+\.\d\]", rows[("clo", 100, "tgt")]["Δ chrF++"])
 
 
 def test_half_the_seeds_are_compared_with_sft_at_twice_the_budget(tmp_path: Path) -> None:
@@ -580,12 +649,12 @@ def test_half_the_seeds_are_compared_with_sft_at_twice_the_budget(tmp_path: Path
     groups = groups.set_index(["method", "n_seeds", "direction"])
     # CLO on 50 seeds (4 of 20 answers English: 0.80) against SFT on 100 (seeds at 0.70 and 0.80).
     clo = groups.loc[("clo", 50, "tgt")]
-    assert clo["vs"] == "sft-100" and clo["fidelity_clean_diff"] == pytest.approx(0.80 - 0.75)
-    assert clo["fidelity_clean_diff_low"] < 0.05 < clo["fidelity_clean_diff_high"]
-    assert groups.loc[("sft", 50, "tgt")]["fidelity_clean_diff"] == pytest.approx(0.60 - 0.75)
+    assert clo["vs"] == "sft-100" and clo["target_diff"] == pytest.approx(0.80 - 0.75)
+    assert clo["target_diff_low"] < 0.05 < clo["target_diff_high"]
+    assert groups.loc[("sft", 50, "tgt")]["target_diff"] == pytest.approx(0.60 - 0.75)
     assert pd.isna(groups.loc[("clo", 100, "tgt")]["vs"])  # no SFT run on 200 seeds
     rows = report.render_report(recipe).split("## Half the seeds against SFT", 1)[1].split("\n## ", 1)[0]
-    assert "| ca | clo | 50 | attention | tgt | sft-100 | 20 | 1 (0) | +0.050 [" in rows
+    assert "| ca | clo | 50 | attention | tgt | sft-100 | 20 | 1 (0) | seeds and prompts | +0.050 [" in rows
     assert "| ca | clo | 100 |" not in rows
     with pytest.raises(ValueError, match="sft_budget_factor"):
         intervals.group_intervals(evals, sft_budget_factor=0)
@@ -597,34 +666,37 @@ def test_report_prints_intervals_and_seed_spread(tmp_path: Path) -> None:
     rows = interval_rows(text)
     clo = rows[("clo", 100, "tgt")]
     assert clo["n prompts"] == str(N_PROMPTS) and clo["training seeds"] == "2 (0, 1)" and clo["vs"] == "sft-100"
-    assert clo["fidelity"].startswith("0.950 ± 0.071 [") and clo["fidelity"].endswith(", 1.000]")
-    low, high = independent_pooled_interval([2, 0], [6, 4])
-    difference = re.fullmatch(r"\+0\.200 \[([-+]\d\.\d{3}), ([-+]\d\.\d{3})\]", clo["Δ fidelity vs SFT"])
+    assert clo["in target language"].startswith("0.950 ± 0.071 [") and clo["in target language"].endswith(", 1.000]")
+    low, high = independent_pooled_interval([2, 0], [6, 4], resample_seeds=True)
+    difference = re.fullmatch(r"\+0\.200 \[([-+]\d\.\d{3}), ([-+]\d\.\d{3})\]", clo["Δ in target language"])
     assert difference and float(difference[1]) == pytest.approx(low, abs=0.03)
     assert float(difference[2]) == pytest.approx(high, abs=0.03)
-    assert clo["Δ wrong language vs SFT"].startswith("-0.200 [")
-    assert rows[("sft", 100, "tgt")]["Δ fidelity vs SFT"] == "(reference)"
-    assert re.fullmatch(r"0\.800 \[0\.\d{3}, 0\.\d{3}\]", rows[("clo", 50, "tgt")]["fidelity"])
+    assert clo["interval"] == "seeds and prompts" and "two-level bootstrap" in text
+    assert clo["Δ other language"].startswith("-0.200 [") and clo["Δ no answer"].startswith("+0.000 [")
+    assert clo["answered by both: fidelity, Δ"].startswith("n=20: 0.950 vs 0.750, Δ +0.200 [")
+    assert rows[("sft", 100, "tgt")]["Δ in target language"] == "(reference)"
+    assert re.fullmatch(r"0\.800 \[0\.\d{3}, 0\.\d{3}\]", rows[("clo", 50, "tgt")]["in target language"])
     assert "Measured with: SmolLM2-135M 4-bit dequantized · Apertium rule-based MT · tiny budget." in text
     # The measured table keeps one row per run, seed folders included.
     assert "| ca | clo | 100 | attention | clo-100-s1 | 1.000 |" in text
 
 
-def test_old_metrics_files_render_with_marked_fidelity(report_text: str) -> None:
-    # The fixture set predates the headline count: its fidelity is shown marked, without intervals.
+def test_runs_without_answers_show_their_metrics_value_without_an_interval(report_text: str) -> None:
     rows = interval_rows(report_text)
-    assert rows[("sft_dpo", 200, "tgt")]["fidelity"].endswith("†")
-    assert rows[("sft_dpo", 200, "tgt")]["Δ fidelity vs SFT"] == "—"  # no answers.jsonl to pair
+    expected = fixture_metrics()[Path("sw/sft_dpo-200")]["eval"]["tgt"]["target"]  # sw comes first
+    assert rows[("sft_dpo", 200, "tgt")]["in target language"] == f"{expected:.3f}"
+    assert rows[("sft_dpo", 200, "tgt")]["Δ in target language"] == "—"  # no answers.jsonl to pair
     # Runs with answers.jsonl get intervals over their 4 prompts.
     clo = [row for (method, n, d), row in rows.items() if method == "clo" and n == 200 and d == "tgt"]
-    assert clo and all(row["n prompts"] == "4" and "[" in row["Δ fidelity vs SFT"] for row in clo)
+    assert clo and all(row["n prompts"] == "4" and "[" in row["Δ in target language"] for row in clo)
 
 
 def test_data_efficiency_figure_draws_intervals(tmp_path: Path) -> None:
     recipe = write_study(tmp_path)
     figure = plots.plot_data_efficiency(plots.load_tables(recipe).evals)
-    wrong_target = figure.axes[0]  # first row: wrong-language share on target prompts
-    assert "wrong language" in wrong_target.get_ylabel()
+    assert "in target language" in figure.axes[0].get_ylabel()  # rows: target, other language, no answer
+    wrong_target = figure.axes[2]  # third row: other-language share on target prompts
+    assert "other language" in wrong_target.get_ylabel()
     containers = [c for c in wrong_target.containers if c.has_yerr]
     assert len(containers) == 2  # SFT and CLO
     points = {tuple(np.round(c.lines[0].get_ydata().astype(float), 3)) for c in containers}
@@ -638,14 +710,18 @@ def test_data_efficiency_figure_draws_intervals(tmp_path: Path) -> None:
     assert "tiny budget" in figure.texts[-1].get_text() and "95%" in figure.texts[-1].get_text()
 
 
-def test_data_efficiency_figure_draws_sft_dpo_beside_sft_and_clo(tmp_path: Path) -> None:
-    recipe = write_study(tmp_path)
+def add_sft_dpo_runs(recipe: Path) -> None:
     for sft in sorted((recipe / "ca").glob("sft-*")):  # SFT+DPO runs that answer like the SFT runs
         run_dir = recipe / "ca" / sft.name.replace("sft", "sft_dpo", 1)
         shutil.copytree(sft, run_dir)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         metrics["run"]["method"] = "sft_dpo"
         (run_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+
+
+def test_data_efficiency_figure_draws_sft_dpo_beside_sft_and_clo(tmp_path: Path) -> None:
+    recipe = write_study(tmp_path)
+    add_sft_dpo_runs(recipe)
     figure = plots.plot_data_efficiency(plots.load_tables(recipe).evals)
     assert len([c for c in figure.axes[0].containers if c.has_yerr]) == 3
     assert [t.get_text() for t in figure.legends[0].get_texts()] == ["SFT", "SFT+DPO", "CLO", "untouched model"]
@@ -663,7 +739,50 @@ def test_a_one_language_figure_keeps_title_legend_and_caption_apart(tmp_path: Pa
     caption = figure.texts[-1].get_window_extent(renderer)
     assert caption.x1 <= figure.bbox.width  # wrapped: a long caption would widen the saved image
     # A share panel is zoomed to its data, never narrower than MIN_SHARE_SPAN: English prompts are
-    # all answered in English, so their wrong-language panel spans [0, MIN_SHARE_SPAN].
-    low, high = figure.axes[0].get_ylim()
+    # all answered in English, so their other-language panel spans [0, MIN_SHARE_SPAN].
+    low, high = figure.axes[2].get_ylim()
     assert 0.0 <= low < high <= 1.02
-    assert figure.axes[1].get_ylim() == pytest.approx((0.0, plot_style.MIN_SHARE_SPAN))
+    assert figure.axes[3].get_ylim() == pytest.approx((0.0, plot_style.MIN_SHARE_SPAN))
+
+
+def test_fixture_hard_cases_get_one_outcome_each_in_the_analysis() -> None:
+    from clo_utils.analysis import intervals
+
+    def outcome(run: str, direction: str):
+        flags = intervals.run_flags(FIXTURE_RECIPE / "ca" / run, "ca")[direction]["eval-004"]["outcomes"]
+        return flags.kind, flags.language, flags.reason
+
+    assert outcome("base-0", "tgt") == ("no_answer", None, "short")  # the copied prompt alone
+    assert outcome("sft-200", "tgt") == ("other", "es", None)  # Spanish to a Catalan prompt
+    assert outcome("sft-200", "en") == ("no_answer", None, "empty")
+    assert outcome("clo-200", "tgt") == ("no_answer", None, "loop")  # "No, no, no, ..."
+    assert outcome("clo-200", "en") == ("target", "en", None)  # echoed prompt, then an English answer
+    # Every prompt counts: the shares of each run and direction sum to 1 over its 4 prompts.
+    for run in ("base-0", "sft-200", "clo-200"):
+        for direction, by_id in intervals.run_flags(FIXTURE_RECIPE / "ca" / run, "ca").items():
+            assert len(by_id) == 4
+            totals = [sum(flags[k] for flags in by_id.values()) for k in ("target", "other_language", "no_answer")]
+            assert sum(totals) == 4, (run, direction)
+
+
+def test_rescore_runs_scores_saved_answers_once_and_the_report_counts_other_languages(tmp_path: Path) -> None:
+    from clo_utils.analysis.rescore import rescore_runs
+
+    root = tmp_path / "demo"
+    shutil.copytree(FIXTURE_RECIPE, root)
+    with_answers = sorted(path.parent for path in root.glob("*/*/answers.jsonl"))
+    assert sorted(rescore_runs(root)) == with_answers  # the fixture files predate the scoring rule
+    assert rescore_runs(root) == []  # scored now: nothing to redo
+    assert sorted(rescore_runs(root, language_id="fasttext")) == with_answers  # another detector: redo
+    sft = json.loads((root / "ca" / "sft-200" / "metrics.json").read_text(encoding="utf-8"))
+    tgt = sft["eval"]["tgt"]
+    # The Spanish answer to eval-004 is the one neighbour-language answer (the three synthetic
+    # "[ca] SFT-200 answer to: <prompt>" mix English and Catalan words: fastText names some English).
+    assert tgt["other_languages"]["es"] == 1 and tgt["other_near"] == 0.25
+    assert tgt["target"] + tgt["other_language"] + tgt["no_answer"] == pytest.approx(1.0)
+    assert tgt["chrf"] == fixture_metrics()[Path("ca/sft-200")]["eval"]["tgt"]["chrf"]  # reference scores kept
+    assert sft["eval_settings"]["language_id"] == "fasttext"
+    section = report.render_report(root).split("## Other languages found (answers)", 1)[1].split("\n## ", 1)[0]
+    assert "| ca | sft | 200 | sft-200 | " in section and " es 1 " in section.split("| ca | sft | 200 | sft-200 |")[1]
+    with pytest.raises(ValueError, match="language_id must be one of"):
+        rescore_runs(root, language_id="cld3")

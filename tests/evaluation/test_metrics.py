@@ -11,6 +11,7 @@ import pytest
 from clo_utils.evaluation import metrics
 
 CA = "La biblioteca del poble obre cada dia a les nou del matí i tanca a les vuit del vespre."
+ES = "La biblioteca del pueblo abre todos los días a las nueve de la mañana y cierra a las ocho de la tarde."
 EN = "The village library opens every day at nine in the morning and closes at eight in the evening."
 
 
@@ -23,20 +24,40 @@ def test_line_pass_rate_judges_every_long_line():
     ]
     assert metrics.line_pass_flags(answers, "ca") == [True, False, True, None]
     assert metrics.line_pass_rate(answers, "ca") == pytest.approx(2 / 3)
-    # English prompts: English is expected, the run's target language is the alternative.
-    assert metrics.line_pass_flags([EN, f"{EN}\n{CA}"], "en", other_lang="ca") == [True, False]
+    # English prompts: English is expected, a Catalan line fails.
+    assert metrics.line_pass_flags([EN, f"{EN}\n{CA}"], "en") == [True, False]
     assert metrics.line_pass_rate(["Hola."], "ca") is None
+    # A Spanish line fails a Catalan answer: the detector sees every language.
+    assert metrics.line_pass_flags([f"{CA}\n{ES}"], "ca") == [False]
+    # The benchmark's detector gives the same verdicts on these lines.
+    assert metrics.line_pass_flags(answers, "ca", language_id="fasttext") == [True, False, True, None]
+
+
+def test_line_pass_two_ways_benchmark_rule_skips_and_all_prompts_fail():
+    prompts = ["Explica'm on és la biblioteca."] * 4
+    answers = [CA, f"{CA}\n{EN}", "Hola, bon dia.", ""]
+    report = metrics.outcome_report(prompts, answers, "ca")
+    # Benchmark rule: two answers have a judged line, one passes. All prompts: one of four passes.
+    assert report["n_line_judged"] == 2 and report["line_pass"] == 0.5
+    assert report["line_pass_all"] == 0.25
 
 
 def test_answer_flags_give_the_report_shares():
     prompts = ["Digues-me on és la biblioteca del poble, si us plau."] * 4
     answers = [CA, EN, "Sí.", "Digues-me on és la biblioteca del poble, si us plau. " + CA]
     flags = metrics.answer_flags(prompts, answers, "ca")
-    assert flags["fidelity"] == [True, False, None, True]
-    assert flags["too_short"] == [False, False, True, False]
+    assert flags["target"] == [True, False, False, True]
+    assert flags["other_language"] == [False, True, False, False]
+    assert flags["no_answer"] == [False, False, True, False]
+    assert flags["answered_target"] == [True, False, None, True]
     assert flags["echo"] == [False, False, False, True]
-    report = metrics.fidelity_report(prompts, answers, "ca")
-    assert report["fidelity"] == pytest.approx(2 / 3) and report["too_short"] == 0.25 and report["echo"] == 0.25
+    report = metrics.outcome_report(prompts, answers, "ca")
+    assert (report["target"], report["other_language"], report["no_answer"]) == (0.5, 0.25, 0.25)
+    assert report["other_en"] == 0.25 and report["other_near"] == report["other_rest"] == 0.0
+    assert report["echo"] == 0.25 and report["n_prompts"] == 4
+    assert report["other_languages"] == {"en": 1} and report["no_answer_reasons"]["short"] == 1
+    with pytest.raises(ValueError, match="language_id must be one of lingua | fasttext"):
+        metrics.answer_flags(prompts, answers, "ca", language_id="cld3")
 
 
 def test_paired_bootstrap_difference_and_degenerate_cases():
@@ -109,8 +130,8 @@ def test_paired_difference_on_constructed_answers_matches_the_binomial():
     from scipy.stats import binom
 
     prompts = [f"Pregunta número {i}: explica'm alguna cosa." for i in range(40)]
-    flags_a = metrics.answer_flags(prompts, [CA] * 40, "ca")["fidelity_clean"]
-    flags_b = metrics.answer_flags(prompts, [EN] * 10 + [CA] * 30, "ca")["fidelity_clean"]
+    flags_a = metrics.answer_flags(prompts, [CA] * 40, "ca")["target"]
+    flags_b = metrics.answer_flags(prompts, [EN] * 10 + [CA] * 30, "ca")["target"]
     result = metrics.paired_bootstrap(flags_a, flags_b, n_resamples=20000)
     assert result["difference"] == pytest.approx(0.25) and result["n_prompts"] == 40
     assert result["low"] == pytest.approx(binom.ppf(0.025, 40, 0.25) / 40, abs=1 / 40 + 1e-9)
@@ -175,3 +196,21 @@ def test_pooled_chrf_bootstrap_rescores_every_run_on_each_resample():
             [metrics.chrf_statistics(runs_a[0], references)],
             [metrics.chrf_statistics(runs_b[0][:5], references[:5])],
         )
+
+
+def test_two_level_bootstrap_covers_retraining_when_seed_means_differ():
+    # 200 prompts; method A's three training seeds answer 50%, 70% and 90% of them right, B's three
+    # seeds 60% each. Resampling the seeds too must widen the interval of the difference.
+    n = 200
+    runs_a = [[i < n * share for i in range(n)] for share in (0.5, 0.7, 0.9)]
+    runs_b = [[i < n * 0.6 for i in range(n)] for _ in range(3)]
+    prompts_only = metrics.pooled_bootstrap(runs_a, runs_b, n_resamples=4000)
+    retraining = metrics.pooled_bootstrap(runs_a, runs_b, n_resamples=4000, resample_seeds=True)
+    assert prompts_only["difference"] == retraining["difference"] == pytest.approx(0.1)
+    width = lambda r: r["high"] - r["low"]  # noqa: E731
+    assert width(retraining) > width(prompts_only) + 0.05
+    # Seed means that agree add nothing to resample: the two intervals are alike.
+    same = [[i < n * 0.7 for i in range(n)] for _ in range(3)]
+    assert width(metrics.pooled_bootstrap(same, runs_b, n_resamples=4000, resample_seeds=True)) == pytest.approx(
+        width(metrics.pooled_bootstrap(same, runs_b, n_resamples=4000)), abs=0.02
+    )

@@ -44,6 +44,17 @@ def test_recipe_key_typo_names_the_file_line_and_key(tmp_path):
         load_recipe(path)
 
 
+def test_language_id_is_a_recipe_parameter_with_two_choices(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\nlanguages: [ca]\nbudgets: [4]\nmethods: [clo]\nevaluate:\n  language_id: fasttext\n")
+    stages = plan_stages(load_recipe(path), runs_root=str(tmp_path / "runs"))
+    evaluated = [s for s in stages if s.notebook == "04_evaluate"]
+    assert evaluated and all(s.parameters["language_id"] == "fasttext" for s in evaluated)
+    path.write_text("name: x\nlanguages: [ca]\nbudgets: [4]\nmethods: [clo]\nevaluate:\n  language_id: cld3\n")
+    with pytest.raises(ValueError, match=r"line 6: evaluate\.language_id.*one of '' \| 'lingua' \| 'fasttext'"):
+        load_recipe(path)
+
+
 def test_every_shipped_recipe_is_valid():
     recipes = sorted((REPO / "params").glob("*.yaml"))
     assert any(p.name == "demo.yaml" for p in recipes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clo_utils.common.text import count_words, language_detector
+from clo_utils.common.text import count_words, pair_detector
 from clo_utils.translation.quality import (
     DROP_REASONS,
     drop_reason,
@@ -99,7 +99,7 @@ def test_registry_ratio_bounds_apply_and_can_be_overridden():
 
 
 def test_detector_is_built_once_per_language_and_unknown_codes_fail():
-    assert language_detector("ca") is language_detector("ca") is language_detector("en", "ca")
+    assert pair_detector("ca") is pair_detector("ca") is pair_detector("en", "ca")
     assert identify_language("El gat dorm a la cadira calenta del menjador.", "ca") == "ca"
     assert identify_language("The cat sleeps on the warm chair in the dining room.", "ca") == "en"
     with pytest.raises(ValueError, match="unknown language code 'xx'"):

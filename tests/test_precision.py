@@ -71,9 +71,9 @@ def test_a_t4_gets_fp16_with_loss_scaling_for_a_large_model_and_fp32_for_a_small
     assert torch.cuda.is_bf16_supported()  # torch's default answer on a T4: emulated bf16 counts
     big = choose_precision("auto", *QWEN_1_5B)
     assert big.mode == "fp16" and "no native bf16 (compute capability 7.5)" in big.reason
-    assert "8.0 GB > 25% of its 16.1 GB" in big.reason  # 4 * 1.54e9 + 12 * 0.154e9 bytes
+    assert "7.5 GiB > 10% of its 15.0 GiB" in big.reason  # 4 * 1.54e9 + 12 * 0.154e9 bytes
     small = choose_precision("auto", *SMOLLM_135M)
-    assert small.mode == "fp32" and "0.9 GB <= 25%" in small.reason
+    assert small.mode == "fp32" and "0.8 GiB <= 10%" in small.reason
     assert choose_precision("gpu").mode == "fp16"  # model size unknown: fp32 is not assumed to fit
     fp16 = training_profile("gpu", model=Model(*QWEN_1_5B), clo=False)
     assert fp16 == {"use_cpu": False, "bf16": False, "fp16": True, "gradient_checkpointing": False}

@@ -44,6 +44,8 @@ RECIPE_KEYS = {
     "seeded run against the baseline of the same training seed (sft-100-s1); base-0 or one seeded "
     "folder (sft-100-s0) is one baseline for every run",
     "jobs": "stages run side by side in separate processes (languages, training seeds; threads are split between them)",
+    "gpu": "the GPU each training process runs on, for the pre-flight memory estimate: {type: t4} (types: "
+    "clo_utils.pipeline.gpu_memory.GPU_TYPES) or {memory_gb: 24, bf16: true}; a recipe that does not fit is refused",
     "data": f"parameters of {NB_DATA}",
     "train": f"parameters shared by {NB_SFT} and {NB_CLO}",
     "method_params": "per-method parameter overrides: {method: {param: value}}",
@@ -75,6 +77,7 @@ EXPECTED = {
     "seed": "an integer >= 0",
     "seeds": "a list of distinct integers >= 0, e.g. [0, 1, 2]",
     "jobs": "an integer >= 1",
+    "gpu": "a mapping such as {type: t4} or {memory_gb: 24, bf16: true}",
     "data": "a mapping of notebook parameters (param: value lines)",
     "train": "a mapping of notebook parameters (param: value lines)",
     "evaluate": "a mapping of notebook parameters (param: value lines)",
@@ -83,6 +86,16 @@ EXPECTED = {
 }
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 Section = dict[str, Any]
+
+
+class GpuSchema(BaseModel):
+    """The recipe's `gpu:` key: a known type, or the memory (GiB) and bf16 support of the card."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: str | None = None
+    memory_gb: Annotated[float, Field(gt=0, strict=False)] | None = None
+    bf16: bool | None = None
 
 
 class RecipeSchema(BaseModel):
@@ -100,6 +113,7 @@ class RecipeSchema(BaseModel):
     seed: Annotated[int, Field(ge=0)] = 0
     seeds: Annotated[list[Annotated[int, Field(ge=0, strict=True)]], Field(min_length=1)] | None = None
     jobs: PositiveInt = 1
+    gpu: GpuSchema | None = None
     data: Section = {}
     train: Section = {}
     method_params: dict[str, Section] = {}
@@ -321,6 +335,14 @@ def load_recipe(path: str | os.PathLike, languages: list[str] | None = None) -> 
             split_method(method)
         except ValueError as err:
             problems.add(("methods", i), str(err))
+    gpu = recipe.get("gpu") or {}
+    if isinstance(gpu, dict):
+        from .gpu_memory import GPU_TYPES
+
+        if gpu.get("type") is not None and gpu["type"] not in GPU_TYPES:
+            problems.add(("gpu", "type"), f"gpu.type: unknown GPU type {gpu['type']!r}; known: {', '.join(GPU_TYPES)}")
+        elif gpu.get("type") is None and (gpu.get("memory_gb") is None or gpu.get("bf16") is None):
+            problems.add(("gpu",), "gpu: give a type (e.g. {type: t4}) or both memory_gb and bf16")
     for section, notebooks in SECTIONS.items():
         check_section(section, recipe.get(section) or {}, notebooks, problems)
     for method, params in (recipe.get("method_params") or {}).items():

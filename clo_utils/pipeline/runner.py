@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..common.methods import METHODS, NB_CLO, NB_SFT, TRAINABLE_SUFFIXES, split_method  # noqa: F401  (re-exported)
 from ..common.runfiles import read_timings, repo_root, write_timings
+from .gpu_memory import memory_check
 from .preflight import preflight, uses_only_offline_models
 from .recipe import RECIPE_KEYS, RecipeError, judge_baseline_for, load_recipe, run_folders, train_seeds  # noqa: F401
 from .stage_notebooks import NB_ANALYSIS, NB_DATA, NB_EVAL, NOTEBOOKS_DIR, notebook_parameters  # noqa: F401
@@ -213,6 +214,8 @@ def _run(
     reuse_stale: bool,
     to_run: set[str],
 ) -> list[dict]:
+    for line in memory_check(recipe) if "train" in to_run or dry_run else ():
+        print(f"memory {line}", flush=True)
     for line in preflight(recipe, needs=tuple(to_run)):
         print(f"check  {line}", flush=True)
     if dry_run:

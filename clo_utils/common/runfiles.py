@@ -31,7 +31,7 @@ class RunFileError(ValueError):
 
 def repo_root() -> Path | None:
     """The checkout this package runs from (editable install or source tree), else None."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").exists() else None
 
 

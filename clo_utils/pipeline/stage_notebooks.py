@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NB_DATA, NB_EVAL, NB_ANALYSIS = "01_translate_data", "04_evaluate", "05_analysis"
 
 # Ranges of notebook parameters whose type alone allows nonsense: name -> (lowest, lowest allowed?, highest).

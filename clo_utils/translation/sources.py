@@ -68,7 +68,7 @@ COLUMN_MAP_HINT = (
 
 def smoke_data_path() -> Path:
     """The small English instruction set written for this kit (clo_utils/assets/smoke_sft.jsonl)."""
-    return Path(__file__).resolve().parent / "assets" / "smoke_sft.jsonl"
+    return Path(__file__).resolve().parents[1] / "assets" / "smoke_sft.jsonl"
 
 
 def default_data_source() -> str:

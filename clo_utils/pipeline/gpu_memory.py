@@ -125,6 +125,10 @@ def parameter_counts(shape: dict, trainable: str, lora_r: int = 16) -> Counts:
     return Counts(weights, train, layers * (attention + mlp), trainable_linear)
 
 
+def _millions(n: int) -> str:
+    return f"{n / 1e6:,.0f}M" if n >= 1e7 else f"{n / 1e6:.2g}M"
+
+
 @dataclass
 class Estimate:
     model_id: str
@@ -153,8 +157,8 @@ class Estimate:
     def line(self) -> str:
         parts = " + ".join(f"{name} {value / GiB:.2f}" for name, value in self.parts.items())
         return (
-            f"{self.method}: {self.model_id}, {self.trainable} ({self.counts.weights / 1e6:,.0f}M weights, "
-            f"{self.counts.trainable / 1e6:,.0f}M trainable), {self.sequences} sequences x {self.max_length} "
+            f"{self.method}: {self.model_id}, {self.trainable} ({_millions(self.counts.weights)} weights, "
+            f"{_millions(self.counts.trainable)} trainable), {self.sequences} sequences x {self.max_length} "
             f"tokens per step, {self.precision} on {self.gpu.name}: {parts} = {self.total / GiB:.1f} GiB of "
             f"{self.usable / GiB:.1f} GiB usable ({USABLE_SHARE:.0%} of {self.gpu.memory_bytes / GiB:.1f} GiB): "
             + ("fits" if self.fits else "DOES NOT FIT")

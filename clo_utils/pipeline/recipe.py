@@ -335,8 +335,8 @@ def load_recipe(path: str | os.PathLike, languages: list[str] | None = None) -> 
             split_method(method)
         except ValueError as err:
             problems.add(("methods", i), str(err))
-    gpu = recipe.get("gpu") or {}
-    if isinstance(gpu, dict):
+    gpu = recipe.get("gpu")
+    if isinstance(gpu, dict) and gpu:
         from .gpu_memory import GPU_TYPES
 
         if gpu.get("type") is not None and gpu["type"] not in GPU_TYPES:

@@ -109,7 +109,7 @@ def make_seed_row(row: dict, lang: str, prompt_tgt: str, response_tgt: str) -> d
 # importable from here too, where notebooks and scripts import them from clo_utils.data. PEP 562: a name is
 # resolved on first access, so this module imports nothing heavy and no import cycle arises.
 _MOVED = {
-    "sources": (
+    "translation.sources": (
         "SMOKE_SOURCE",
         "OASST_SOURCES",
         "LOCAL_SUFFIXES",
@@ -131,7 +131,7 @@ _MOVED = {
         "prepare_english_rows",
         "select_seeds",
     ),
-    "seeds": (
+    "translation.seeds": (
         "DATA_FILES",
         "PreparedSeeds",
         "translate_seed_rows",
@@ -140,7 +140,7 @@ _MOVED = {
         "package_versions",
         "write_data_folder",
     ),
-    "runfiles": ("repo_root", "run_path", "read_jsonl", "write_jsonl", "file_sha256"),
+    "common.runfiles": ("repo_root", "run_path", "read_jsonl", "write_jsonl", "file_sha256"),
 }
 _MOVED_TO = {name: module for module, names in _MOVED.items() for name in names}
 

@@ -71,20 +71,23 @@ def run_stage(stage: Stage, force: bool = False, reuse_stale: bool = False) -> d
     write_record(stage, complete=False)
     executed = stage.workdir / f"{stage.notebook}.ipynb"
     start = time.perf_counter()
-    try:
-        papermill.execute_notebook(
-            str(NOTEBOOKS_DIR / f"{stage.notebook}.ipynb"),
-            str(executed),
-            parameters=stage.parameters,
-            kernel_name="python3",
-            progress_bar=False,
-            cwd=str(repo_root() or os.getcwd()),
-        )
-    except PapermillExecutionError as err:
-        raise StageFailed(
-            f"stage '{stage.name}' ({stage.lang}) failed in cell {err.exec_count} "
-            f"[{err.ename}: {err.evalue}]; executed notebook: {executed}"
-        ) from None
+    if stage.launch:
+        run_launched(stage, executed)
+    else:
+        try:
+            papermill.execute_notebook(
+                str(NOTEBOOKS_DIR / f"{stage.notebook}.ipynb"),
+                str(executed),
+                parameters=stage.parameters,
+                kernel_name="python3",
+                progress_bar=False,
+                cwd=str(repo_root() or os.getcwd()),
+            )
+        except PapermillExecutionError as err:
+            raise StageFailed(
+                f"stage '{stage.name}' ({stage.lang}) failed in cell {err.exec_count} "
+                f"[{err.ename}: {err.evalue}]; executed notebook: {executed}"
+            ) from None
     seconds = time.perf_counter() - start
     if not stage.done_file.exists():
         raise StageFailed(
@@ -94,6 +97,49 @@ def run_stage(stage: Stage, force: bool = False, reuse_stale: bool = False) -> d
     write_record(stage, complete=True, seconds=seconds)
     drop_aside(stage)
     return {"lang": stage.lang, "stage": stage.name, "status": "done", "seconds": round(seconds, 1)}
+
+
+def launch_command(launch: dict, notebook: Path, executed: Path, parameters_file: Path, cwd: str) -> list[str]:
+    """`accelerate launch` running `clo_utils.pipeline.launch` (papermill on every process) for a stage
+    whose recipe sets train.launch: the accelerate config file says how many machines and which
+    distributed setting; num_processes (all machines together) and main_process_port override it."""
+    from ..common.runfiles import run_path
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(run_path(launch["config"]))]
+    if launch.get("num_processes"):
+        cmd += ["--num_processes", str(launch["num_processes"])]
+    if launch.get("main_process_port"):
+        cmd += ["--main_process_port", str(launch["main_process_port"])]
+    cmd += [*launch.get("extra_args", []), "-m", "clo_utils.pipeline.launch", str(notebook), str(executed)]
+    return cmd + ["-f", str(parameters_file), "-k", "python3", "--cwd", cwd, "--no-progress-bar", "--log-output"]
+
+
+def run_launched(stage: Stage, executed: Path) -> None:
+    """Run a training stage through `accelerate launch`: one papermill kernel per process, each joined to
+    the process group through accelerate's environment; the weights and train.json are written once, by
+    the main process. The launcher's output goes to launch.log in the stage's folder."""
+    import subprocess
+
+    import yaml
+
+    params_file = stage.workdir / "launch-parameters.yaml"
+    params_file.write_text(yaml.safe_dump(stage.parameters, sort_keys=True), encoding="utf-8")
+    cmd = launch_command(
+        stage.launch, NOTEBOOKS_DIR / f"{stage.notebook}.ipynb", executed, params_file, str(repo_root() or os.getcwd())
+    )
+    log_path = stage.workdir / "launch.log"
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=repo_root() or os.getcwd())
+    params_file.unlink(missing_ok=True)
+    if done.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+        raise StageFailed(
+            f"stage '{stage.name}' ({stage.lang}) failed under accelerate launch (exit code {done.returncode}); "
+            f"executed notebook: {executed} (other processes: {executed.stem}.rank<N>.ipynb beside it); "
+            f"log: {log_path}; last lines: " + " | ".join(tail)
+        )
 
 
 def run_stages(

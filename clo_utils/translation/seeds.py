@@ -156,7 +156,7 @@ def package_versions(
 ) -> dict[str, str | None]:
     from importlib import metadata
 
-    from . import __version__
+    from .. import __version__
 
     versions: dict[str, str | None] = {"clo_utils": __version__}
     for name in names:

@@ -339,3 +339,60 @@ def test_the_clo_notebook_under_accelerate_launch_trains_on_two_processes_and_sa
     assert steps == [1, 2]  # 8 seeds, 2 per process, 2 processes: 2 steps (1 process would take 4)
     assert (out / "model" / "model.safetensors").exists() and (out / "model" / "tokenizer.json").exists()
     assert not list(out.glob("checkpoints*"))
+
+
+def test_the_runner_launches_a_training_stage_on_two_processes_saves_once_and_matches_one_process(
+    tmp_path, monkeypatch
+):
+    """A recipe's train.launch: the batch runner starts the CLO stage through `accelerate launch` with
+    cpu-2proc.yaml (two gloo processes, 2 seeds each); the run is saved once, its per-step losses equal
+    those of notebook 03 run in one process with the same global batch (4 seeds), and a rerun finds the
+    stage complete."""
+    import papermill
+    import yaml
+    from tiny_models import save_tiny_llama, tiny_recipe
+
+    from clo_utils.pipeline import runner
+    from clo_utils.pipeline.stage_notebooks import NOTEBOOKS_DIR
+
+    for name, value in _env().items():  # inherited by accelerate, the processes and their kernels
+        monkeypatch.setenv(name, value)
+    model_dir = save_tiny_llama(tmp_path / "model")
+    recipe = tiny_recipe(model_dir, languages=["ca"], budgets=[12], methods=["clo"])
+    recipe["train"]["ref_cache_dir"] = str(tmp_path / "ref")
+    recipe["train"]["launch"] = {"config": str(CPU_2PROC), "main_process_port": _free_port()}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    runs_root = str(tmp_path / "runs")
+
+    records = runner.run_recipe(path, runs_root=runs_root)
+    assert {r["stage"]: r["status"] for r in records}["clo-12 train"] == "done"
+    run = tmp_path / "runs" / "tiny" / "ca" / "clo-12"
+    assert (run / "03_clo_training.ipynb").exists() and (run / "03_clo_training.rank1.ipynb").exists()
+    assert "--config_file" in (run / "launch.log").read_text() and not (run / "launch-parameters.yaml").exists()
+    assert sorted(p.name for p in (run / "model").glob("*.safetensors")) == ["model.safetensors"]
+    assert not list(run.glob("checkpoints*")) and (run / "metrics.json").exists()
+    two = json.loads((run / "train.json").read_text())
+    assert two["summary"]["precision"]["mode"] == "fp32"
+
+    stage = next(s for s in runner.plan_stages(runner.load_recipe(path), runs_root) if s.kind == "train")
+    one_dir = tmp_path / "one" / "clo-12"
+    papermill.execute_notebook(
+        str(NOTEBOOKS_DIR / "03_clo_training.ipynb"),
+        str(tmp_path / "one.ipynb"),
+        parameters={**stage.parameters, "batch_seeds": 4, "output_dir": str(one_dir)},
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=str(REPO),
+    )
+    one = json.loads((one_dir / "train.json").read_text())
+    kept = two["summary"]["seeds_kept"]  # the seeds within max_length, 4 per global step
+    assert kept == one["summary"]["seeds_kept"] and kept > 4
+    for key in ("loss", "nll_loss", "cl_loss"):
+        a, b = _losses(one["history"], key), _losses(two["history"], key)
+        assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, math.ceil(kept / 4) + 1)), key
+        for (step, x), (_, y) in zip(a, b):
+            assert y == pytest.approx(x, rel=1e-5, abs=1e-6), f"{key} at step {step}: 1 process {x}, 2 processes {y}"
+
+    again = runner.run_recipe(path, runs_root=runs_root)
+    assert {r["stage"]: r["status"] for r in again}["clo-12 train"] == "skipped (complete)"

@@ -133,8 +133,11 @@ def precision_record(model, args) -> dict:
     """train.json's `precision` block: the mode the run trained in, the dtypes of its weights, and why
     (the rule's reason when the arguments follow it; otherwise that the arguments set it)."""
     n_params, n_trainable = parameter_counts(model)
-    on_cpu = getattr(args, "use_cpu", False) or not torch.cuda.is_available()
-    rule = choose_precision("cpu" if on_cpu else "gpu", n_params, n_trainable)
+    if not torch.cuda.is_available():
+        device = "auto"  # the rule's reason: no GPU
+    else:
+        device = "cpu" if getattr(args, "use_cpu", False) else "gpu"
+    rule = choose_precision(device, n_params, n_trainable)
     mode = args_mode(args)
     trainable = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad})
     frozen = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if not p.requires_grad})

@@ -14,6 +14,12 @@ run resumes by running the same command again; a failed stage stops the run with
 its executed notebook and the cell that failed. With jobs > 1 (the recipe's `jobs`, or --jobs) stages
 run side by side in worker processes, the threads split between them, each stage as soon as the
 stages it reads are done: languages, training seeds and methods of one budget need not wait on each other.
+
+A recipe's `train.launch: {config: params/accelerate/ddp-multigpu.yaml, num_processes: 8}` runs every
+training stage through `accelerate launch -m clo_utils.pipeline.launch` (one papermill kernel per
+process; weights and train.json written once). Several machines: accelerate's own settings in that
+config file (num_machines, machine_rank, main_process_ip), the runner started on each machine with
+its own config. A recipe's `gpu:` key makes the pre-flight estimate the memory per GPU (gpu_memory.py).
 """
 
 from __future__ import annotations

@@ -396,3 +396,42 @@ def test_the_runner_launches_a_training_stage_on_two_processes_saves_once_and_ma
 
     again = runner.run_recipe(path, runs_root=runs_root)
     assert {r["stage"]: r["status"] for r in again}["clo-12 train"] == "skipped (complete)"
+
+
+def test_train_launch_is_checked_and_becomes_the_accelerate_command(tmp_path):
+    import yaml
+
+    from clo_utils.pipeline import runner
+    from clo_utils.pipeline.recipe import RecipeError
+
+    base = {"name": "x", "languages": ["ca"], "budgets": [4], "methods": ["clo"]}
+
+    def load(launch):
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump({**base, "train": {"launch": launch}}, sort_keys=False))
+        return runner.load_recipe(path)
+
+    with pytest.raises(RecipeError, match=r"r\.yaml, line \d+: train.launch.config: no such accelerate config file"):
+        load({"config": "params/accelerate/missing.yaml"})
+    with pytest.raises(RecipeError, match=r"train.launch.num_process: Extra inputs are not permitted"):
+        load({"config": str(CPU_2PROC), "num_process": 2})
+    with pytest.raises(RecipeError, match=r"train.launch: expected a mapping \{config: "):
+        load("params/accelerate/cpu-2proc.yaml")
+    recipe = load({"config": "params/accelerate/ddp-multigpu.yaml", "num_processes": 8, "main_process_port": 29600})
+    stages = runner.plan_stages(recipe, str(tmp_path / "runs"))
+    train = [s for s in stages if s.kind == "train"]
+    assert train and all(s.launch["num_processes"] == 8 for s in train)
+    assert all(s.launch is None for s in stages if s.kind != "train")
+    assert "launch" not in train[0].parameters  # not a notebook parameter
+    cmd = runner.launch_command(train[0].launch, Path("nb.ipynb"), Path("out.ipynb"), Path("p.yaml"), "/repo")
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert cmd[3:9] == [
+        "--config_file",
+        str(REPO / "params" / "accelerate" / "ddp-multigpu.yaml"),
+        "--num_processes",
+        "8",
+        "--main_process_port",
+        "29600",
+    ]
+    assert cmd[9:13] == ["-m", "clo_utils.pipeline.launch", "nb.ipynb", "out.ipynb"]
+    assert cmd[13:15] == ["-f", "p.yaml"] and cmd[cmd.index("--cwd") + 1] == "/repo"

@@ -18,8 +18,9 @@ stages it reads are done: languages, training seeds and methods of one budget ne
 A recipe's `train.launch: {config: params/accelerate/ddp-multigpu.yaml, num_processes: 8}` runs every
 training stage through `accelerate launch -m clo_utils.pipeline.launch` (one papermill kernel per
 process; weights and train.json written once). Several machines: accelerate's own settings in that
-config file (num_machines, machine_rank, main_process_ip), the runner started on each machine with
-its own config. A recipe's `gpu:` key makes the pre-flight estimate the memory per GPU (gpu_memory.py).
+config file (num_machines, machine_rank, main_process_ip); the other machines run the command the
+runner writes to the stage's launch.log (params/accelerate/ddp-multigpu.yaml). A recipe's `gpu:` key
+makes the pre-flight estimate the memory per GPU (gpu_memory.py).
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def launch_command(launch: dict, notebook: Path, executed: Path, parameters_file
 def run_launched(stage: Stage, executed: Path) -> None:
     """Run a training stage through `accelerate launch`: one papermill kernel per process, each joined to
     the process group through accelerate's environment; the weights and train.json are written once, by
-    the main process. The launcher's output goes to launch.log in the stage's folder."""
+    the main process. The stage's folder keeps the command and the launcher's output (launch.log) and the
+    parameters (launch-parameters.yaml): on several machines, the others run the same command."""
     import subprocess
 
     import yaml
@@ -138,7 +140,6 @@ def run_launched(stage: Stage, executed: Path) -> None:
         log.write(" ".join(cmd) + "\n")
         log.flush()
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=repo_root() or os.getcwd())
-    params_file.unlink(missing_ok=True)
     if done.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
         raise StageFailed(

@@ -369,7 +369,8 @@ def test_the_runner_launches_a_training_stage_on_two_processes_saves_once_and_ma
     assert {r["stage"]: r["status"] for r in records}["clo-12 train"] == "done"
     run = tmp_path / "runs" / "tiny" / "ca" / "clo-12"
     assert (run / "03_clo_training.ipynb").exists() and (run / "03_clo_training.rank1.ipynb").exists()
-    assert "--config_file" in (run / "launch.log").read_text() and not (run / "launch-parameters.yaml").exists()
+    assert "--config_file" in (run / "launch.log").read_text().splitlines()[0]
+    assert yaml.safe_load((run / "launch-parameters.yaml").read_text())["n_seeds"] == 12
     assert sorted(p.name for p in (run / "model").glob("*.safetensors")) == ["model.safetensors"]
     assert not list(run.glob("checkpoints*")) and (run / "metrics.json").exists()
     two = json.loads((run / "train.json").read_text())

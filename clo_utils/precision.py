@@ -27,7 +27,6 @@ import torch
 # On a 15 GiB T4 (limit 1.5 GiB): SmolLM2-135M (0.8 GiB) trains in fp32; SmolLM2-360M (2.2 GiB), Qwen2.5-0.5B
 # (2.3 GiB) and larger models train under fp16 autocast.
 FP32_STATE_SHARE = 0.1
-MODES = ("bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -85,14 +84,12 @@ def choose_precision(
     n_params: int | None = None,
     n_trainable: int | None = None,
     gpu: Gpu | None = None,
-    detect: bool = True,
 ) -> Precision:
-    """The precision rule (module docstring). `gpu`: the GPU to decide for (default: this machine's,
-    when `detect`); `n_params` / `n_trainable`: the model's weights, all and trainable (None: unknown,
+    """The precision rule (module docstring). `gpu`: the GPU to decide for (default: this machine's); `n_params` / `n_trainable`: the model's weights, all and trainable (None: unknown,
     which rules out fp32 on a GPU without bf16)."""
     if device not in ("auto", "cpu", "gpu"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
-    if gpu is None and detect and device != "cpu":
+    if gpu is None and device != "cpu":
         gpu = local_gpu()
     if device == "cpu" or (device == "auto" and gpu is None):
         return Precision("fp32", "cpu", "no GPU: fp32 on the CPU" if device == "auto" else "device=cpu")
@@ -110,9 +107,7 @@ def choose_precision(
     share = f"{FP32_STATE_SHARE:.0%} of its {_gb(gpu.memory_bytes)}"
     if state <= limit:
         return Precision("fp32", "gpu", f"{no_bf16}; {sizes} <= {share}: fp32", gpu.name)
-    return Precision(
-        "fp16", "gpu", f"{no_bf16}; {sizes} > {share}: fp16 autocast with loss scaling, fp32 weights", gpu.name
-    )
+    return Precision("fp16", "gpu", f"{no_bf16}; {sizes} > {share}: fp16 autocast with loss scaling", gpu.name)
 
 
 def parameter_counts(model) -> tuple[int, int]:

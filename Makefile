@@ -11,7 +11,7 @@ RECIPE ?= params/demo.yaml
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo demo-gemma test lint bench apertium clean-runs lock
+.PHONY: demo demo-gemma test lint bench apertium clean-runs lock publish-notebooks
 
 $(STAMP): pyproject.toml constraints.txt requirements-embedded.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ bench: $(STAMP) apertium
 
 clean-runs:
 	rm -rf runs/
+
+# Copy the executed notebooks of the demo's Catalan chain (data, SFT-100, CLO-100, its evaluation, the
+# analysis) from runs/demo into docs/notebooks/, outputs inline; refuses copies whose code differs from notebooks/.
+publish-notebooks:
+	$(PYTHON) scripts/publish_notebooks.py --runs runs/demo --lang ca --seeds 100
 
 # Rewrite constraints.txt from a working .venv (after a deliberate upgrade): every installed version,
 # torch without its local build label, the embedded model packages and the kit itself left out.

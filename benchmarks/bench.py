@@ -9,7 +9,7 @@ One module per measured thing, over a shared harness (benchmarks/harness.py):
   train       CLO step vs TRL DPO and SFT steps, same seeds (steps.py)
   memory      peak training memory, attention-only vs full vs LoRA, one process per mode (memory.py)
   translate   translation batched vs one segment per call, warm cache (translation.py)
-  generate    generation batched vs one prompt at a time (generation.py)
+  generate    generation: the shrinking loop vs transformers' generate, batched vs one at a time (generation.py)
   mfu         model-FLOP utilisation against a GEMM measured in the same run (mfu.py)
   padding     share of computed positions that are padding, per stage (padding.py)
   end_to_end  a pipeline run's stage times, compute vs waiting (end_to_end.py)
@@ -71,6 +71,7 @@ def parse_args(argv=None):
     p.add_argument("--gen-prompts", type=int, default=48, help="target-language prompts (48: the whole smoke set)")
     p.add_argument("--gen-batch", type=int, default=25, help="prompts per generation batch (the demo uses 60)")
     p.add_argument("--gen-tokens", type=int, default=40, help="the demo's evaluate.max_new_tokens")
+    p.add_argument("--gen-rounds", type=int, default=2, help="timed runs of each generation path, alternating")
     p.add_argument("--recipe", default="demo", help="end_to_end: runs/<recipe> (default demo)")
     p.add_argument(
         "--run-dir", default=None, help="end_to_end: a run folder holding timings.json (overrides --recipe)"

@@ -204,7 +204,8 @@ def bench_seeds(n: int, tok, work: Path) -> tuple[list[dict], str]:
     """The n shortest seeds of the packaged smoke set (prompt + response tokens), translated into
     Catalan with Apertium (the offline default). Without Apertium the target side is a copy of the
     English (timings only; said in the output)."""
-    from clo_utils.data import load_english_sft, make_seed_row
+    from clo_utils.data import make_seed_row
+    from clo_utils.translation.sources import load_english_sft
 
     rows = load_english_sft("smoke")
     rows = sorted(rows, key=lambda r: (len(tok(r["prompt"] + r["response"])["input_ids"]), r["id"]))[:n]

@@ -34,7 +34,6 @@ import time
 from dataclasses import dataclass
 
 from benchmarks.harness import Context, median, synchronize, timed
-from benchmarks.padding import generation_tokens
 
 NAME = "mfu"
 TARGETS = {
@@ -47,7 +46,7 @@ TARGETS = {
     "mfu_sft_step": (None, None, "TRL SFT step: useful FLOP/s / GEMM FLOP/s"),
     "mfu_dpo_step": (None, None, "TRL DPO step (precomputed reference): useful FLOP/s / GEMM FLOP/s"),
     "mfu_reference_pass": (None, None, "CLO reference pass (forward only): useful FLOP/s / GEMM FLOP/s"),
-    "mfu_generation": (None, None, "batched generation: useful FLOP/s / GEMM FLOP/s"),
+    "mfu_generation": (">=", 0.40, "batched generation: useful FLOP/s / GEMM FLOP/s"),
 }
 RULE = (
     "useful FLOPs: 2 x matmul params per real token forward + causal attention scores + LM head where "
@@ -276,39 +275,32 @@ def measure_reference_pass(ctx: Context, trainer, costs: FlopCosts) -> dict:
 
 
 def measure_generation(ctx: Context, model, tok, costs: FlopCosts) -> dict:
-    """clo_utils.evaluation.evaluate.generate_answers at the demo's batch size, its generate calls recorded."""
-    from clo_utils.evaluation.evaluate import _eos_token_ids, generate_answers
+    """clo_utils.evaluation.evaluate.generate_answers at the demo's batch size, the positions of its batches
+    counted (clo_utils.evaluation.decoding.DecodeStats)."""
+    from benchmarks.generation import useful_flops
+    from clo_utils.evaluation.decoding import DecodeStats
+    from clo_utils.evaluation.evaluate import generate_answers
 
     args = ctx.args
     prompts = [s["prompt_tgt"] for s in ctx.seeds(args.gen_prompts)]
-    eos = _eos_token_ids(model, tok)
-    calls = []
-    original = model.generate
-
-    def recorded(*a, **k):
-        out = original(*a, **k)
-        calls.append((k["attention_mask"].cpu(), out.cpu()))
-        return out
-
     generate_answers(model, tok, prompts[:2], max_new_tokens=4, batch_size=2, progress=False)  # warm-up
     gemm = peak_gemm(args, next(model.parameters()).dtype)
-    model.generate = recorded
-    try:
-        seconds = clock(
-            *timed(
-                lambda: generate_answers(
-                    model, tok, prompts, max_new_tokens=args.gen_tokens, batch_size=args.gen_batch, progress=False
-                )
+    stats = DecodeStats()
+    seconds = clock(
+        *timed(
+            lambda: generate_answers(
+                model,
+                tok,
+                prompts,
+                max_new_tokens=args.gen_tokens,
+                batch_size=args.gen_batch,
+                progress=False,
+                stats=stats,
             )
         )
-    finally:
-        del model.generate
-    flops = tokens = 0
-    for mask, out in calls:
-        for prompt, new in generation_tokens(mask, out, eos)["rows"]:
-            fed = prompt + new - 1  # the last new token is never fed back
-            flops += costs.sequence(fed, 0, train=False) + new * costs.head_forward
-            tokens += prompt + new
+    )
+    tokens = sum(p + n for p, n in stats.rows)
+    flops = useful_flops(costs, stats)
     return {"flops": flops, "tokens": tokens, "seconds": seconds, "gemm": gemm, "prompts": len(prompts)}
 
 

@@ -9,8 +9,12 @@
                            train_sampling_strategy="group_by_length" (the kit's default) and "random";
   the reference pass       CLOTrainer._reference_pass's batches (single sequences sorted by length, forwarded in
                            chunks like the training batches);
-  generation               clo_utils.evaluation.evaluate.generate_answers: left padding of the prompts plus the
-                           positions a row still computes after its EOS while others in its batch go on.
+  generation               clo_utils.evaluation.evaluate.generate_answers, its positions counted by
+                           clo_utils.evaluation.decoding.DecodeStats: the left padding of each prefill chunk, and
+                           (with transformers' generate) the positions a row still computes after its EOS while
+                           others in its batch go on. A decode step computes one position per row still in the
+                           batch; its attention also reads the masked columns of the joined KV cache, which cost
+                           no matmul over the model's weights and are not counted as positions.
 
 A computed position is one row x one column of a padded batch (of a chunk, when a batch is forwarded in
 chunks cut to their own width); a real one is a token of the data (prompt and response; in generation, the
@@ -46,7 +50,7 @@ TARGETS = {
     "padding_reference_by_seed": (None, None, "reference pass with seeds, not sequences, sorted and batched"),
     "padding_sft_training": (None, None, "TRL SFT batches (grouped by length, the kit's default / random)"),
     "padding_dpo_training": (None, None, "TRL DPO batches (grouped by length, the kit's default / random)"),
-    "padding_generation": (None, None, "generation: left padding + positions after EOS"),
+    "padding_generation": ("<=", 0.15, "generation: left padding + positions after EOS"),
 }
 
 
@@ -82,19 +86,6 @@ def counts_of(lengths_per_item: list[list[int]], batches: list[list[int]]) -> tu
 
 def share(computed: int, real: int) -> float:
     return 1.0 - real / computed if computed else 0.0
-
-
-def generation_tokens(mask, output, eos_ids) -> dict:
-    """Token accounting of one left-padded generate call: per row (real prompt tokens, new tokens up to
-    and including EOS), and the positions computed (every row runs until the last row stops)."""
-    width, steps = mask.shape[1], output.shape[1] - mask.shape[1]
-    rows = []
-    for prompt_len, new in zip(mask.sum(-1).tolist(), output[:, width:].tolist()):
-        stop = next((i + 1 for i, t in enumerate(new) if t in eos_ids), len(new))
-        rows.append((int(prompt_len), stop))
-    computed = len(rows) * (width + max(steps - 1, 0))  # the last new token is never fed back
-    real = sum(p + n - 1 for p, n in rows)
-    return {"rows": rows, "computed": computed, "real": real}
 
 
 def clo_batches(trainer, strategy: str, padded: bool = False, packed: bool = False) -> list[dict]:
@@ -143,7 +134,8 @@ def run(ctx: Context) -> None:
     from trl import SFTTrainer
 
     from clo_utils.data import build_cross_lingual_pairs, build_sft_rows
-    from clo_utils.evaluation.evaluate import _eos_token_ids, generate_answers
+    from clo_utils.evaluation.decoding import DecodeStats
+    from clo_utils.evaluation.evaluate import generate_answers
     from clo_utils.train import (
         CLOConfig,
         CLOTrainer,
@@ -220,23 +212,17 @@ def run(ctx: Context) -> None:
         figures[f"dpo_{strategy}"] = mask_counts(trl_batches(dpo, strategy))
 
     prompts = [s["prompt_tgt"] for s in seeds][: args.gen_prompts]
-    eos = _eos_token_ids(model, tok)
-    calls = []
-    original = model.generate
-
-    def recorded(*a, **k):
-        out = original(*a, **k)
-        calls.append(generation_tokens(k["attention_mask"].cpu(), out.cpu(), eos))
-        return out
-
-    model.generate = recorded
-    try:
-        generate_answers(
-            model, tok, prompts, max_new_tokens=args.gen_tokens, batch_size=args.gen_batch, progress=False
-        )
-    finally:
-        del model.generate
-    figures["generation"] = (sum(c["computed"] for c in calls), sum(c["real"] for c in calls))
+    generation = DecodeStats()
+    generate_answers(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=args.gen_tokens,
+        batch_size=args.gen_batch,
+        progress=False,
+        stats=generation,
+    )
+    figures["generation"] = (generation.computed, generation.real)
 
     section["positions"] = {
         k: {"computed": c, "real": r, "padding_share": share(c, r)} for k, (c, r) in figures.items()

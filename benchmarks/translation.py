@@ -84,7 +84,7 @@ def tiny_m2m100(out: Path) -> Path:
 
 def translation_texts(n: int) -> list[str]:
     """n distinct one-sentence English texts from the packaged smoke set."""
-    from clo_utils.data import load_english_sft
+    from clo_utils.translation.sources import load_english_sft
 
     texts = []
     for row in load_english_sft("smoke"):

@@ -47,8 +47,10 @@ class PeakMemoryCallback(TrainerCallback):
 class TrainableChangeCallback(TrainerCallback):
     """Records `trainable_changed_fraction` into `summary`: the share of trainable elements whose value
     differs from the start of training, and warns when it is near zero (weights that never move, as
-    with bf16 weights stepped in place). The snapshot costs one copy of the trainable parameters in
-    host memory."""
+    with bf16 weights stepped in place). `trainable_changed_fraction_bf16` is the share that still
+    differs once start and end are rounded to bf16: what an evaluation loading the saved fp32 master
+    weights in bf16 (dtype "auto" on a GPU) sees move. The snapshot costs one copy of the trainable
+    parameters in host memory."""
 
     def __init__(self, warn_below: float = 0.01):
         self.summary: dict[str, float | None] = {}
@@ -69,14 +71,18 @@ class TrainableChangeCallback(TrainerCallback):
         self._start = {name: t.to("cpu", copy=True) for name, t in self._trainable(model)}
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        changed = total = 0
+        changed = changed_bf16 = total = 0
         for name, t in self._trainable(model):
             if name in self._start and self._start[name].shape == t.shape:
-                changed += int((t.cpu() != self._start[name]).sum())
+                t, start = t.cpu(), self._start[name]
+                changed += int((t != start).sum())
+                if t.is_floating_point():
+                    changed_bf16 += int((t.to(torch.bfloat16) != start.to(torch.bfloat16)).sum())
                 total += t.numel()
         self._start = {}
         fraction = changed / total if total else None  # None: no local elements (ZeRO-3 partitions)
         self.summary["trainable_changed_fraction"] = fraction
+        self.summary["trainable_changed_fraction_bf16"] = changed_bf16 / total if total else None
         self.summary["trainable_changed_from_step"] = self._from_step
         if fraction is not None and state.global_step > self._from_step and fraction < self.warn_below:
             log.warning(

@@ -4,8 +4,9 @@
     python scripts/set_kit_source.py --show                      # print the current setting
 
 The repository and branch appear in two kinds of place that must agree: `KIT_SOURCE` in the setup
-cell that opens every notebook (what Colab installs the kit from) and the "open in Colab" links in
-README.md (which notebook Colab opens). This script rewrites both, so a fork's Colab session opens
+cell that opens every notebook (what Colab installs the kit from) and the "Open in Colab" links in
+README.md and in the first cell of every notebook (which notebook Colab opens). The executed copies
+under docs/notebooks/ carry both too. This script rewrites them all, so a fork's Colab session opens
 the fork's notebooks and installs the fork's code.
 """
 
@@ -25,15 +26,17 @@ LINK_RE = re.compile(r"(https://colab\.research\.google\.com/github/)([\w.-]+/[\
 
 
 def notebooks() -> list[Path]:
-    return sorted((ROOT / "notebooks").glob("*.ipynb"))
+    """The source notebooks, then the published executed copies (docs/notebooks/, when there are any)."""
+    return sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "docs" / "notebooks").glob("*.ipynb"))
 
 
 def current_settings() -> dict[str, set[tuple[str, str]]]:
-    """{file: {(owner/repo, branch), ...}} for every notebook setup cell and README Colab link."""
+    """{file: {(owner/repo, branch), ...}} for every notebook (setup cell and Colab badge) and README Colab link."""
     found = {}
     for path in notebooks():
         text = "".join("".join(cell["source"]) for cell in json.loads(path.read_text(encoding="utf-8"))["cells"])
-        found[path.name] = {(m.group(2), m.group(3)) for m in SOURCE_RE.finditer(text)}
+        settings = [(m.group(2), m.group(3)) for regex in (SOURCE_RE, LINK_RE) for m in regex.finditer(text)]
+        found[path.relative_to(ROOT).as_posix()] = set(settings)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     found["README.md"] = {(m.group(2), m.group(3)) for m in LINK_RE.finditer(readme)}
     return found
@@ -45,6 +48,7 @@ def rewrite(repo: str, branch: str) -> None:
         for cell in notebook["cells"]:
             source = "".join(cell["source"])
             new = SOURCE_RE.sub(lambda m: f"{m.group(1)}{repo}@{branch}{m.group(4)}", source)
+            new = LINK_RE.sub(lambda m: f"{m.group(1)}{repo}/blob/{branch}{m.group(4)}", new)
             if new != source:
                 cell["source"] = new.splitlines(keepends=True)
         path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

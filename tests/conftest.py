@@ -1,6 +1,13 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_models import make_tokenizer
+
+# Test modules share helpers across folders (a judge server, tiny chat models): every test folder is importable.
+TESTS = Path(__file__).resolve().parent
+sys.path[1:1] = [str(folder) for folder in sorted(TESTS.iterdir()) if folder.is_dir() and folder.name != "fixtures"]
 
 
 @pytest.fixture

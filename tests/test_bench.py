@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks.end_to_end import breakdown, cell_category  # noqa: E402
 from benchmarks.mfu import FlopCosts, flop_costs  # noqa: E402
-from benchmarks.padding import counts_of, generation_tokens, mask_counts, share  # noqa: E402
+from benchmarks.padding import counts_of, mask_counts, share  # noqa: E402
 from clo_utils.batching import (  # noqa: E402
     LengthGroupedSeedSampler,
     length_chunks,
@@ -246,12 +246,15 @@ def test_sequence_flops_count_causal_pairs_and_head_positions():
     assert c.sequence(3, 2, train=True) == 30 + 200 + 48 + 60 + 200 + 96
 
 
-def test_generation_tokens_count_prompt_padding_and_positions_after_eos():
-    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
-    out = torch.tensor([[0, 5, 6, 7, 3, 0], [5, 6, 7, 8, 9, 3]])  # row 0 stops after 2 new tokens (EOS 3)
-    counts = generation_tokens(mask, out, [3])
-    assert counts["rows"] == [(2, 2), (3, 3)]
-    assert counts["computed"] == 2 * (3 + 2) and counts["real"] == (2 + 1) + (3 + 2)
+def test_generate_batches_count_prompt_padding_and_positions_after_eos():
+    from clo_utils.evaluation.decoding import DecodeStats
+
+    stats = DecodeStats()
+    # prompts of 2 and 3 tokens in 3 columns; row 0 stops after 2 new tokens (EOS 3), then pads
+    stats.add_padded_batch([2, 3], 3, [[7, 3, 0], [8, 9, 3]], [3])
+    assert stats.rows == [(2, 2), (3, 3)]
+    assert stats.computed == 2 * (3 + 2) and stats.real == (2 + 1) + (3 + 2)
+    assert stats.padding_share == pytest.approx(1 - 8 / 10)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -423,6 +426,11 @@ def test_sections_run_on_a_tiny_model(tmp_path):
     assert ratios["end_to_end_compute_share"]["value"] == pytest.approx(60 / 90)
     for name in ("clo_vs_dpo_live_step", "clo_vs_sft_per_seed", "generate_batched_speedup"):
         assert ratios[name]["value"] > 0
+    # the shrinking loop against generate: the same greedy answers, fewer positions computed
+    assert ratios["generate_answers_differing"]["value"] == 0 and ratios["generate_speedup_vs_generate"]["value"] > 0
+    generation = results["sections"]["generation"]
+    assert generation["shrinking"]["real_positions"] == generation["generate"]["real_positions"]
+    assert generation["shrinking"]["computed_positions"] <= generation["generate"]["computed_positions"]
     assert "useful FLOPs" in proc.stdout and "load average" in proc.stdout
 
 

@@ -31,7 +31,7 @@ from clo_utils.translation.translate import Translator
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-BUNDLED_SFT = REPO / "data" / "english_sft.jsonl"
+BUNDLED_SFT = REPO / "clo_utils" / "assets" / "english_sft.jsonl"
 sys.path.insert(0, str(HERE))
 
 
@@ -69,20 +69,38 @@ def test_smoke_set_is_packaged_and_well_formed():
     )
 
 
-@pytest.mark.skipif(not BUNDLED_SFT.exists(), reason="data/english_sft.jsonl not in this checkout")
-def test_default_source_is_the_english_sft_set_in_the_repository():
+def test_default_source_is_the_english_sft_set_shipped_in_the_package():
     assert default_data_source() == str(BUNDLED_SFT)
+    assert file_sha256(BUNDLED_SFT) == "fff4375400f852a8d2ec77be9c6f3c14ee5d7949fb53421520073624e141395c"
     rows = load_english_sft(default_data_source())
     assert len(rows) == 2481 and {r["source"] for r in rows} == {"dolly", "lima"}
 
 
-def test_default_source_outside_a_checkout_is_a_clear_error(monkeypatch):
+def test_smoke_source_is_the_packaged_smoke_file():
+    from clo_utils.translation.sources import smoke_data_path
+
+    assert smoke_data_path() == REPO / "clo_utils" / "assets" / "smoke_sft.jsonl" and smoke_data_path().is_file()
+
+
+def test_licence_notes_travel_with_the_data_and_match_the_repository_readme():
+    """The licence table beside the shipped file is data/README.md's, row for row."""
+
+    def licence_rows(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith(("| `dolly`", "| `lima`"))]
+
+    beside = (BUNDLED_SFT.parent / "english_sft.LICENCES.md").read_text(encoding="utf-8")
+    readme = (REPO / "data" / "README.md").read_text(encoding="utf-8")
+    assert len(licence_rows(beside)) == 2 and licence_rows(beside) == licence_rows(readme)
+    assert "CC BY-NC-SA 4.0" in beside and "CC BY-SA 3.0" in beside
+
+
+def test_default_source_missing_is_a_clear_error(monkeypatch, tmp_path):
     from clo_utils.translation import sources
 
-    monkeypatch.setattr(sources, "repo_root", lambda: None)
+    monkeypatch.setattr(sources, "BUNDLED_SFT", tmp_path / "english_sft.jsonl")
     with pytest.raises(
         FileNotFoundError,
-        match=r"expected at <repository>/data/english_sft\.jsonl.*data_source.*"
+        match=r"expected at .*english_sft\.jsonl, which is missing.*data_source.*"
         r"\.jsonl/\.json/\.csv/\.parquet file or hub dataset id",
     ):
         default_data_source()
@@ -560,16 +578,6 @@ def test_existing_pair_and_sft_builders_are_unchanged():
     )
     assert pairs[1]["prompt"] == [{"role": "user", "content": "Pregunta número 0?"}]
     assert len(build_sft_rows(seeds, "both")) == 4 and len(build_sft_rows(seeds, "en")) == 2
-
-
-def test_names_moved_out_of_data_still_import_from_it():
-    from clo_utils import data
-    from clo_utils.common import runfiles
-    from clo_utils.translation import seeds, sources
-
-    assert data.select_seeds is sources.select_seeds and data.write_data_folder is seeds.write_data_folder
-    assert data.examples_table is sources.examples_table and data.run_path is runfiles.run_path
-    assert not hasattr(data, "SEED_ROW_FIELDS")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ GOOD = {"instruction": "Name a fruit.", "input": "", "output": "An apple.", "id"
 
 
 def test_malformed_jsonl_names_the_file_and_line(tmp_path):
-    from clo_utils.data import load_english_sft
+    from clo_utils.translation.sources import load_english_sft
 
     lines = [json.dumps(GOOD), json.dumps({**GOOD, "id": "b"}), '{"instruction": "Broken", "output": ']
     path = _write(tmp_path / "sft.jsonl", "\n".join(lines) + "\n")
@@ -67,7 +67,7 @@ def test_malformed_jsonl_names_the_file_and_line(tmp_path):
 
 
 def test_missing_column_names_the_line_and_field(tmp_path):
-    from clo_utils.data import load_english_sft
+    from clo_utils.translation.sources import load_english_sft
 
     path = _write(
         tmp_path / "sft.jsonl", json.dumps(GOOD) + "\n" + json.dumps({"instruction": "Hi", "id": "b"}) + "\n"
@@ -80,7 +80,7 @@ def test_missing_column_names_the_line_and_field(tmp_path):
 
 
 def test_empty_dataset_after_filtering_is_an_error_naming_why(tmp_path, tok):
-    from clo_utils.data import load_english_sft, prepare_english_rows
+    from clo_utils.translation.sources import load_english_sft, prepare_english_rows
 
     path = _write(
         tmp_path / "sft.jsonl", "\n".join(json.dumps({**GOOD, "id": str(i), "output": " "}) for i in range(3))
@@ -98,7 +98,7 @@ def test_all_translations_filtered_out_is_an_error_and_keeps_the_translations(tm
     """Nothing survives the quality filter (here: translations identical to the English): an error
     naming the drop reasons, and the translations stay in the cache for the next attempt."""
     from clo_utils.common.cache import DiskCache
-    from clo_utils.data import translate_and_filter
+    from clo_utils.translation.seeds import translate_and_filter
     from clo_utils.translation.translate import Translator
 
     class Identity(Translator):  # a "translator" that returns the English: every seed is dropped

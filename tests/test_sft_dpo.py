@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -91,7 +92,10 @@ def test_a_tiny_recipe_trains_sft_once_and_dpo_from_it(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     root = tmp_path / "runs" / "tiny" / "ca"
     sft, dpo = (json.loads((root / run / "train.json").read_text()) for run in ("sft-4", "sft_dpo-4"))
-    assert dpo["run"]["sft_run_dir"] == str(root / "sft-4") and dpo["run"]["dpo_trainer"] == "kit"
+    assert dpo["run"]["sft_run_dir"] == "sft-4" and dpo["run"]["dpo_trainer"] == "kit"  # relative: runs folders move
+    # the DPO stage's own settings default to the SFT stage's, and are recorded
+    assert dpo["run"]["dpo_settings"] == {"learning_rate": 1e-3, "num_train_epochs": 1.0, "beta": 0.1}
+    assert dpo["run"]["seeds_sha256"] == sft["run"]["seeds_sha256"]
     assert [h for h in dpo["history"] if h["stage"] == "sft"] == sft["history"]  # SFT was not trained again
     assert dpo["summary"]["sft"]["train_seconds"] == sft["summary"]["train_seconds"]
     assert {h["stage"] for h in dpo["history"]} == {"sft", "dpo"}
@@ -101,6 +105,18 @@ def test_a_tiny_recipe_trains_sft_once_and_dpo_from_it(tmp_path):
     assert attention and all(not before[k].equal(after[k]) for k in attention)  # the DPO stage trained them
     assert all(before[k].equal(after[k]) for k in before if k not in attention)  # and nothing else
     assert json.loads((root / "sft_dpo-4" / "metrics.json").read_text())["eval"]["tgt"]["n_prompts"] == 2
+
+    # the runs root moved: every stage is complete, and a rerun runs none
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    cmd[cmd.index(str(tmp_path / "runs"))] = str(tmp_path / "moved")
+    dry = subprocess.run([*cmd, "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    states = [line.split()[-1] for line in dry.stdout.splitlines() if line.startswith(("ca ", "all "))]
+    assert len(states) == 7 and set(states) == {"complete"}, dry.stdout
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    statuses = re.findall(r"^\[(?:analysis )?\d+/\d+\] \S+ .+?: (.+)$", again.stdout, flags=re.M)
+    assert statuses == ["skipped (complete)"] * 7, again.stdout
 
 
 def test_lora_sft_dpo_saves_merged_weights_that_give_the_trained_models_logits(tmp_path):
@@ -134,3 +150,129 @@ def test_lora_sft_dpo_saves_merged_weights_that_give_the_trained_models_logits(t
     with torch.no_grad():
         logits = AutoModelForCausalLM.from_pretrained(saved)(input_ids=ids).logits
     assert torch.allclose(logits, expected, atol=1e-5)
+
+
+def test_sft_settings_and_check_sft_run_compare_the_data_by_content_not_by_path(tmp_path):
+    from clo_utils.pipeline.runs import seeds_digest, sft_settings
+
+    params = {**dict.fromkeys(SFT_SETTINGS, 1), "data_dir": "/old/runs/t/ca/data"}
+    assert sft_settings(params) == sft_settings({**params, "data_dir": "/new/runs/t/ca/data"})
+    assert "data_dir" not in SFT_SETTINGS
+    seeds = [{"id": "a", "prompt_tgt": "Hola"}, {"id": "b", "prompt_tgt": "Adéu"}]
+    run = {"variant": "both", "then_dpo": False, "sft_settings": _settings(), "seed_ids": ["a", "b"]}
+    write_train(tmp_path, {"run": {**run, "seeds_sha256": seeds_digest(seeds)}, "history": [], "summary": {}})
+    assert check_sft_run(tmp_path, _settings(), ["a", "b"], seeds_digest(seeds))
+    retranslated = [seeds[0], {**seeds[1], "prompt_tgt": "Adeu"}]  # same ids, other content
+    assert seeds_digest(retranslated) != seeds_digest(seeds)
+    with pytest.raises(ValueError, match=r"train\.json: the SFT run's seeds differ in content"):
+        check_sft_run(tmp_path, _settings(), ["a", "b"], seeds_digest(retranslated))
+
+
+def test_the_dpo_stage_settings_default_to_the_sft_stages():
+    from clo_utils.pipeline.runs import dpo_stage_settings
+
+    params = {"learning_rate": 5e-5, "num_train_epochs": 2.0, "dpo_beta": 0.1}
+    assert dpo_stage_settings({**params, "dpo_learning_rate": 0.0, "dpo_epochs": 0.0}) == {
+        "learning_rate": 5e-5,
+        "num_train_epochs": 2.0,
+        "beta": 0.1,
+    }
+    assert dpo_stage_settings({**params, "dpo_learning_rate": 1e-6, "dpo_epochs": 3.0}) == {
+        "learning_rate": 1e-6,
+        "num_train_epochs": 3.0,
+        "beta": 0.1,
+    }
+
+
+def _save_sft_run(model, tok, run_dir: Path) -> dict:
+    model.save_pretrained(run_dir / "model")
+    tok.save_pretrained(run_dir / "model")
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+def test_the_kit_dpo_stage_starts_from_the_sft_run_and_scores_its_reference_with_it(tmp_path):
+    """The notebook's path from a finished SFT run: load it, choose the trainable set, train with the kit's
+    trainer at lam = 0. At step 0 the trainable weights are the SFT run's saved ones (not the base model's),
+    and the reference log-probs are the SFT model's, computed here independently."""
+    import torch
+    from tiny_models import clo_config, seed_rows
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from clo_utils.data import build_cross_lingual_pairs
+    from clo_utils.losses import sequence_logps
+    from clo_utils.models import load_model_and_tokenizer, select_trainable
+    from clo_utils.pipeline.runs import load_sft_run_model
+    from clo_utils.train import tokenize_clo_pairs, train_clo
+
+    base, tok = load_model_and_tokenizer(str(save_tiny_llama(tmp_path / "base")), dtype="float32")
+    base_weights = {k: v.clone() for k, v in base.state_dict().items()}
+    torch.manual_seed(0)
+    with torch.no_grad():  # an SFT stage that moved the attention weights
+        for name, p in base.named_parameters():
+            if "self_attn" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    saved = _save_sft_run(base, tok, tmp_path / "sft-4")
+
+    class AtStepZero(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    model, tok = load_sft_run_model(tmp_path / "sft-4", dtype="float32")
+    model, _ = select_trainable(model, "attention")
+    pairs = build_cross_lingual_pairs(seed_rows(2))
+    start = AtStepZero()
+    trainer, summary = train_clo(model, tok, pairs, clo_config(tmp_path, lam=0.0, max_steps=1), callbacks=[start])
+    attention = [k for k in saved if "self_attn" in k]
+    assert sorted(start.weights) == sorted(attention)
+    for name in attention:
+        assert torch.equal(start.weights[name], saved[name]), name
+        assert not torch.equal(start.weights[name], base_weights[name]), name
+    assert summary["reference_seeds_computed"] == 2
+
+    sft = AutoModelForCausalLM.from_pretrained(tmp_path / "sft-4" / "model").eval()
+    untouched = AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
+    examples, _ = tokenize_clo_pairs(pairs, tok, 512)
+
+    def logps(m, ex):
+        with torch.no_grad():
+            return [
+                sequence_logps(m(input_ids=torch.tensor([ids])).logits, torch.tensor([labels]))[0].item()
+                for ids, labels in zip(ex["input_ids"], ex["labels"])
+            ]
+
+    ref = {row["index"]: row["ref_logps"] for row in trainer.train_dataset}
+    for ex in examples:
+        assert ref[ex["index"]] == pytest.approx(logps(sft, ex), abs=1e-4)
+        assert ref[ex["index"]] != pytest.approx(logps(untouched, ex), abs=1e-2)
+
+
+def test_a_bf16_reload_of_the_sft_run_keeps_its_fp32_master_weights(tmp_path):
+    """On a GPU the SFT stage trains fp32 masters of bf16 weights and saves them in fp32; the DPO stage loads
+    the run in bf16, which would round them. load_sft_run_model puts the saved fp32 values back."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from clo_utils.models import load_model_and_tokenizer, select_trainable
+    from clo_utils.pipeline.runs import load_sft_run_model
+
+    model, tok = load_model_and_tokenizer(str(save_tiny_llama(tmp_path / "base")), dtype="bfloat16")
+    model, _ = select_trainable(model, "attention")
+    for p in model.parameters():  # prepare_mixed_precision, then updates smaller than a bf16 step
+        if p.requires_grad:
+            p.data = p.data.float() + 1e-5
+    saved = _save_sft_run(model, tok, tmp_path / "sft-4")
+    attention = [k for k in saved if "self_attn" in k]
+    assert attention and all(saved[k].dtype == torch.float32 for k in attention)
+    assert all(saved[k].dtype == torch.bfloat16 for k in saved if k not in attention)
+
+    rounded = dict(
+        AutoModelForCausalLM.from_pretrained(tmp_path / "sft-4" / "model", dtype=torch.bfloat16).named_parameters()
+    )
+    assert any(not torch.equal(rounded[k].float(), saved[k]) for k in attention)  # what a plain reload loses
+
+    kept, _ = load_sft_run_model(tmp_path / "sft-4", dtype="bfloat16")
+    kept = dict(kept.named_parameters())
+    for name in attention:
+        assert kept[name].dtype == torch.float32 and torch.equal(kept[name], saved[name]), name
+    for name in set(saved) - set(attention):
+        assert kept[name].dtype == torch.bfloat16 and torch.equal(kept[name], saved[name]), name

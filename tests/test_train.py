@@ -565,6 +565,53 @@ def test_lam0_target_triples_equal_trl_dpo_sigmoid_loss(tmp_path, tok):
     assert ours.item() == pytest.approx(trl_loss, rel=1e-4)
 
 
+def test_lam0_clo_trainer_compute_loss_equals_trl_dpo_trainer_loss_on_the_same_batch(tmp_path, tok):
+    """The kit's DPO stage of SFT+DPO: CLOTrainer.compute_loss with lam = 0, on a collated batch of seeds
+    (both directions' triples), equals TRL's DPOTrainer.compute_loss on the same pairs and reference."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    policy = make_model("llama", len(tok), seed=1).eval()
+    reference = make_model("llama", len(tok), seed=2).eval()
+    pairs = build_cross_lingual_pairs(_distinct_seeds(3))
+    beta = 0.3
+    examples, _ = tokenize_clo_pairs(pairs, tok, 256)
+    for ex in examples:  # the reference's log-probs, as the reference pass would store them
+        with torch.no_grad():
+            ex["ref_logps"] = [
+                sequence_logps(reference(input_ids=torch.tensor([i])).logits, torch.tensor([lab]))[0][0].item()
+                for i, lab in zip(ex["input_ids"], ex["labels"])
+            ]
+    clo = CLOTrainer(
+        policy, _config(tmp_path, beta=beta, lam=0.0, per_device_train_batch_size=3), examples, processing_class=tok
+    )
+    batch = next(iter(clo.get_train_dataloader()))
+    assert batch["seed_index"].numel() == 3
+    with torch.no_grad():
+        ours = clo.compute_loss(policy.eval(), batch).item()
+
+    dpo = DPOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=DPOConfig(
+            output_dir=str(tmp_path / "dpo"),
+            beta=beta,
+            per_device_train_batch_size=len(pairs),
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            max_length=256,
+        ),
+        processing_class=tok,
+        train_dataset=Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]),
+    )
+    with torch.no_grad():
+        trl_loss = dpo.compute_loss(policy.eval(), next(iter(dpo.get_train_dataloader()))).item()
+    assert abs(ours - math.log(2)) > 1e-3  # policy != reference: not the step-0 value
+    assert ours == pytest.approx(trl_loss, rel=1e-4)
+
+
 @pytest.mark.slow
 def test_end_to_end_clo_on_the_embedded_smollm2(tmp_path):
     from clo_utils.models import load_model_and_tokenizer
@@ -727,6 +774,13 @@ def test_bf16_weights_learn_at_the_paper_lr_and_track_fp32(tmp_path, tok):
     assert (fp32_record["mode"], fp32_record["autocast"], fp32_record["loss_scaling"]) == ("fp32", None, False)
     moved = [n for n, p in bf16_model.named_parameters() if p.requires_grad and not torch.equal(p.float(), start[n])]
     assert sorted(moved) == sorted(start)
+    # what a bf16 evaluation of the saved fp32 masters sees move: start and end both rounded to bf16
+    trained = {n: p.detach() for n, p in bf16_model.named_parameters() if p.requires_grad}
+    visible = sum(int((trained[n].bfloat16() != start[n].bfloat16()).sum()) for n in start)
+    share = visible / sum(t.numel() for t in start.values())
+    assert bf16_summary["trainable_changed_fraction_bf16"] == pytest.approx(share, abs=1e-12)
+    assert 0 < share < bf16_summary["trainable_changed_fraction"]  # some updates are below a bf16 step
+    print(f"lr 8e-6, 4 steps: changed {bf16_summary['trainable_changed_fraction']:.4f}, in bf16 {share:.4f}")
     assert all(p.dtype == torch.float32 for p in bf16_model.parameters() if p.requires_grad)
     for n, p in bf16_model.named_parameters():  # frozen weights stay bf16 and untouched
         if not p.requires_grad:

@@ -35,13 +35,26 @@ def repo_root() -> Path | None:
     return root if (root / "pyproject.toml").exists() else None
 
 
-def run_path(path: PathLike) -> Path:
-    """A run folder path: relative paths are taken from the repository root when the package runs
-    from a checkout (notebooks execute in notebooks/), else from the working directory."""
+RUNS_DIR = "runs"  # the first part of every relative run path in the notebooks' and recipes' defaults
+
+
+def base_folder() -> Path:
+    """Where relative paths are taken from: the repository root when the package runs from a checkout
+    (notebooks execute in notebooks/), else the working folder (a pip or wheel install)."""
+    return repo_root() or Path.cwd()
+
+
+def run_path(path: PathLike, runs_root: PathLike | None = None) -> Path:
+    """A run folder path. Absolute paths are kept. A relative path under runs/ is taken from `runs_root`
+    when one is given: with runs_root="/content/drive/MyDrive/clo-runs", "runs/smoke/ca/data" is
+    /content/drive/MyDrive/clo-runs/smoke/ca/data. Other relative paths, and a relative runs_root
+    itself, are taken from `base_folder()`. runs_root "runs" (the default) changes nothing."""
     path = Path(path).expanduser()
     if path.is_absolute():
         return path
-    return (repo_root() or Path.cwd()) / path
+    if runs_root is not None and str(runs_root) != "" and path.parts[:1] == (RUNS_DIR,):
+        return run_path(runs_root).joinpath(*path.parts[1:])
+    return base_folder() / path
 
 
 def file_sha256(path: PathLike) -> str:

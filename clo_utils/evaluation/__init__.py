@@ -3,6 +3,7 @@
 May import clo_utils.common, the core and clo_utils.translation; never analysis or pipeline.
 
   generation  answer generation: length-sorted batches, end-of-turn handling, the on-disk generation cache
+  decoding    greedy decoding in a shrinking batch: prompts prefilled in chunks of similar length, finished answers leave
   metrics     pure evaluation metrics: fidelity and its shares, chrF++, line pass rate, bootstrap
   evaluate    the evaluation driver: held-out NLL, answers.jsonl and metrics.json
   judge       pairwise LLM-judge win rates

@@ -1,8 +1,10 @@
 """Answer generation: held-out prompts through the chat template, batched, with an on-disk cache.
 
-Prompts are grouped into length-sorted, left-padded batches; generation stops at any end-of-turn
-token (the chat template's, the tokenizer's and the model's EOS) or at a ChatML turn end written as
-text. Generated answers are cached on disk (generations.sqlite in the kit's cache folder), one entry
+Prompts are grouped into length-sorted batches; generation stops at any end-of-turn token (the chat
+template's, the tokenizer's and the model's EOS) or at a ChatML turn end written as text. Greedy
+batches run through clo_utils.evaluation.decoding (prompts prefilled in chunks of similar length,
+finished answers leaving the batch), which gives transformers' `generate`'s tokens at less compute;
+sampling and a text turn end run through `generate` itself. Generated answers are cached on disk (generations.sqlite in the kit's cache folder), one entry
 per batch keyed by the weights' fingerprint, the batch's prompt tokens and every decoding setting,
 written in one transaction each: evaluation killed mid-generation resumes with the batches it
 lacks, and a complete rerun generates nothing.
@@ -24,6 +26,7 @@ import torch
 from ..common.cache import DiskCache, cache_key, default_cache_dir, open_cache
 from ..common.text import chat_messages
 from ..models import CHATML_TURN_END, end_of_turn_token_ids
+from .decoding import DecodeStats, greedy_answers
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +140,17 @@ def _decoding_settings(model, config, do_sample: bool, seed: int) -> dict:
 # --------------------------------------------------------------------------- generation
 
 
+def _generate_batch(model, tokenizer, rows, config, eos_ids, stats: DecodeStats | None) -> list[list[int]]:
+    """One left-padded batch through transformers' generate: every row runs until the last one stops."""
+    inputs = tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt").to(model.device)
+    output = model.generate(**inputs, generation_config=config, tokenizer=tokenizer)
+    width = inputs["input_ids"].shape[1]
+    generated = output[:, width:].tolist()
+    if stats is not None:
+        stats.add_padded_batch([len(r) for r in rows], width, generated, eos_ids)
+    return [_until_eos(row, eos_ids) for row in generated]
+
+
 def generate_answers(
     model,
     tokenizer,
@@ -150,6 +164,8 @@ def generate_answers(
     seed: int = 0,
     progress: bool = True,
     cache: GenerationCache | None = None,
+    shrinking: bool = True,
+    stats: DecodeStats | None = None,
 ) -> list[str]:
     """Answers to `prompts` through the chat template, in the order of `prompts`.
 
@@ -159,6 +175,12 @@ def generate_answers(
     length-sorted prompts with left padding, so little compute goes to padding; generation stops at
     EOS (the tokenizer's and the model's) or after max_new_tokens. With `cache`, a batch found there
     is not generated, and each generated batch is stored as soon as it is done.
+
+    Greedy batches run through clo_utils.evaluation.decoding.greedy_answers when `shrinking` (the
+    default): prompts prefilled in chunks of similar length, finished answers leaving the batch; the
+    tokens are those of transformers' `generate`, which runs them with `shrinking=False` and always
+    for sampling and for a turn end written as text. Both give the same answers, so they share cache
+    entries. `stats` (optional) receives the positions computed by the batches generated here.
     """
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
@@ -217,13 +239,11 @@ def generate_answers(
                 else:
                     if do_sample:
                         torch.manual_seed(seed * 1_000_003 + index)
-                    inputs = tokenizer.pad(
-                        {"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt"
-                    ).to(model.device)
-                    output = model.generate(**inputs, generation_config=config, tokenizer=tokenizer)
-                    new_tokens = [
-                        _until_eos(row, eos_ids) for row in output[:, inputs["input_ids"].shape[1] :].tolist()
-                    ]
+                    rows = [encoded[i] for i in batch]
+                    if shrinking and not do_sample and not turn_end_is_text:
+                        new_tokens = greedy_answers(model, rows, eos_ids, pad_id, max_new_tokens, stats=stats)
+                    else:
+                        new_tokens = _generate_batch(model, tokenizer, rows, config, eos_ids, stats)
                     if cache is not None:
                         cache.store.put_many({key: new_tokens})  # one transaction: the whole batch or nothing
                         stored[key] = new_tokens

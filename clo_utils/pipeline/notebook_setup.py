@@ -1,6 +1,7 @@
 """What the notebooks share: Trainer arguments built from the training notebooks' parameters (02 SFT /
-SFT+DPO, 03 CLO), the inline loss-curve plot, notebook 01's `column_map` parameter, and the Colab
-installs that every notebook's setup cell runs after installing the kit.
+SFT+DPO, 03 CLO), the inline loss-curve plot, notebook 01's `column_map` parameter, the `runs_root`
+parameter (a Google Drive folder on Colab), and the Colab installs that every notebook's setup cell
+runs after installing the kit.
 
 Both notebooks declare the same typed training parameters (papermill reads each notebook's own
 `parameters` cell, and the batch runner checks a recipe's `train:` keys against them); this module
@@ -154,6 +155,33 @@ APERTIUM_PACKAGES = {
 
 def on_colab() -> bool:
     return "google.colab" in sys.modules
+
+
+COLAB_DRIVE = Path("/content/drive")  # where Colab mounts Google Drive (MyDrive/ inside)
+
+
+def runs_root_folder(runs_root: str) -> Path:
+    """The notebooks' `runs_root` parameter as a folder (relative: from the repository root, outside a
+    checkout from the working folder).
+
+    A folder on Google Drive (under /content/drive) lets notebooks run in separate Colab sessions share
+    their run folders: on Colab, Drive is mounted here when it is not yet (Colab asks for access once).
+    Elsewhere an unmounted Drive path is an error, not a folder created on the local disk.
+    """
+    from ..common.runfiles import run_path
+
+    folder = run_path(runs_root)
+    if folder.is_relative_to(COLAB_DRIVE) and not (COLAB_DRIVE / "MyDrive").is_dir():
+        if not on_colab():
+            raise FileNotFoundError(
+                f"runs_root={runs_root!r} is on Google Drive, which is not mounted at {COLAB_DRIVE}: on Colab, "
+                f"run `from google.colab import drive; drive.mount('{COLAB_DRIVE}')` in the notebook first, "
+                "or set runs_root to a local folder"
+            )
+        from google.colab import drive
+
+        drive.mount(str(COLAB_DRIVE))
+    return folder
 
 
 def apertium_modes() -> set[str]:

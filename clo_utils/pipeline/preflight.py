@@ -187,7 +187,7 @@ def resolve_data_source(source: str) -> str:
 def check_data_size(recipe: dict) -> str:
     """The English rows left after dedup and the token-length filter cover the largest budget plus
     the held-out set. Hub datasets are counted by the data stage (a download)."""
-    from ..data import LOCAL_SUFFIXES, OASST_SOURCES, SMOKE_SOURCE, prepare_english_rows
+    from ..translation.sources import LOCAL_SUFFIXES, OASST_SOURCES, SMOKE_SOURCE, prepare_english_rows
 
     source = resolve_data_source(_value(recipe, "data", "data_source", NB_DATA))
     n_eval = _value(recipe, "data", "n_eval", NB_DATA)

@@ -32,7 +32,8 @@ from .stage_notebooks import (  # noqa: F401  (re-exported)
 RECIPE_KEYS = {
     "name": "recipe name: outputs go to <runs_root>/<name>/",
     "description": "one line on what the recipe is for",
-    "runs_root": "folder holding every recipe's runs (default: runs, from the repository root)",
+    "runs_root": "folder holding every recipe's runs (default: runs; relative: from the repository root, outside a "
+    "checkout from the working folder)",
     "languages": "target languages (ISO codes), a list such as [ca, es]",
     "budgets": "seed budgets, a list of positive integers (nested: smaller budgets are prefixes of the largest)",
     "methods": f"methods to train: {sorted(TRAINED_METHODS)} (+ {' / '.join(TRAINABLE_SUFFIXES)} suffixes)",

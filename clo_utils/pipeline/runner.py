@@ -6,8 +6,9 @@ Every stage writes into runs/<recipe>/<lang>/... (docs/run-layout.md) and leaves
 notebook there as provenance. Before any stage runs, the whole recipe is checked (recipe.py, preflight.py):
 types and ranges, models, translator, data size. Each stage then leaves a completion record
 (stage-<kind>.json, written after its outputs) holding a fingerprint of what determines its
-output: its parameters, the fingerprints of the stages it reads (data -> train -> evaluate ->
-analysis) and the kit's version. A stage is complete when its record is complete and its
+output: its parameters, the code it runs (its notebook's code cells and the clo_utils files they
+import), the fingerprints of the stages it reads (data -> train -> evaluate -> analysis) and the kit's
+version; no absolute path, so a moved runs folder or clone stays complete. A stage is complete when its record is complete and its
 fingerprint is the one the recipe asks for; a stale stage (the recipe changed) reruns with its
 old outputs kept aside until the new ones are complete, or is kept with --reuse-stale. A killed
 run resumes by running the same command again; a failed stage stops the run with the path of
@@ -303,7 +304,9 @@ def _run(
             )
         _write_timings(final.workdir, records, started, time.perf_counter() - start, jobs)  # REPORT.md reads it
         check_one_data_version(final.workdir)
-        records += run_stages([final], label="analysis ", force=True)  # cheap: always rebuilt from metrics
+        # Rebuilt from the metrics whenever a stage ran (cheap); a rerun that ran nothing leaves it as it is.
+        ran = any(r["status"] == "done" for r in records)
+        records += run_stages([final], label="analysis ", force=ran)
     finally:
         timings = _write_timings(final.workdir, records, started, time.perf_counter() - start, jobs)
     print_summary(records, final.workdir, timings)

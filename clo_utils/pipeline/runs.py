@@ -6,6 +6,8 @@ so the batch runner can tell a finished stage from one killed midway (docs/run-l
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -111,9 +113,10 @@ def save_run(
 # --------------------------------------------------------------------------- SFT+DPO from a finished SFT run
 
 # The notebook parameters an SFT+DPO run must share with the SFT run whose model starts its DPO stage:
-# with them equal (and the same seeds), that SFT stage is the one SFT+DPO would train itself.
+# with them equal (and the same seeds, by id and content: `seeds_digest`), that SFT stage is the one
+# SFT+DPO would train itself. The data folder is compared by the seeds it gave, not by its path, so a
+# moved runs folder or clone still finds its SFT run.
 SFT_SETTINGS = (
-    "data_dir",
     "n_seeds",
     "variant",
     "model_id",
@@ -135,18 +138,41 @@ SFT_SETTINGS = (
 
 
 def sft_settings(params: dict) -> dict:
-    """The SFT_SETTINGS of a training notebook's parameters (its globals()), data_dir resolved."""
-    from ..common.runfiles import run_path
-
+    """The SFT_SETTINGS of a training notebook's parameters (its globals())."""
     missing = [k for k in SFT_SETTINGS if k not in params]
     if missing:
         raise KeyError(f"sft_settings needs the notebook parameters {missing}")
-    return {k: str(run_path(params[k])) if k == "data_dir" else params[k] for k in SFT_SETTINGS}
+    return {k: params[k] for k in SFT_SETTINGS}
 
 
-def check_sft_run(sft_run_dir: str | os.PathLike, settings: dict, seed_ids: list[str]) -> dict:
+def seeds_digest(seeds: list[dict]) -> str:
+    """sha256 of the seed rows a run trains on: the data compared by content, wherever its folder lies."""
+    return hashlib.sha256(json.dumps(seeds, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def dpo_stage_settings(params: dict) -> dict:
+    """The DPO stage's learning rate, epochs and beta from a training notebook's parameters (its
+    globals()): dpo_learning_rate and dpo_epochs at 0 take the SFT stage's learning_rate and
+    num_train_epochs."""
+    return {
+        "learning_rate": params["dpo_learning_rate"] or params["learning_rate"],
+        "num_train_epochs": params["dpo_epochs"] or params["num_train_epochs"],
+        "beta": params["dpo_beta"],
+    }
+
+
+def run_relative(path: str | os.PathLike, run_dir: str | os.PathLike) -> str:
+    """`path` as seen from the folder holding `run_dir` ("sft-4" for a sibling run): recorded instead of
+    an absolute path, so a record stays true after its runs folder moves."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(run_dir).resolve().parent)).as_posix()
+
+
+def check_sft_run(
+    sft_run_dir: str | os.PathLike, settings: dict, seed_ids: list[str], seeds_sha256: str | None = None
+) -> dict:
     """train.json of a finished SFT run, after checking that it is the SFT stage this SFT+DPO run would
-    train itself: plain SFT (no DPO stage), the same settings (SFT_SETTINGS) and the same seeds."""
+    train itself: plain SFT (no DPO stage), the same settings (SFT_SETTINGS) and the same seeds (ids, and
+    with `seeds_sha256` their content: `seeds_digest`). Paths are not compared: runs folders move."""
     from ..common.runfiles import read_train
 
     path = Path(sft_run_dir) / "train.json"
@@ -177,7 +203,50 @@ def check_sft_run(sft_run_dir: str | os.PathLike, settings: dict, seed_ids: list
             f"{path}: the SFT run trained on other seeds than this run's {len(seed_ids)}; "
             "rerun the data stage and both runs"
         )
+    if seeds_sha256 is not None and run.get("seeds_sha256") != seeds_sha256:
+        raise ValueError(
+            f"{path}: the SFT run's seeds differ in content from this run's (seeds_sha256 "
+            f"{run.get('seeds_sha256')!r} there, {seeds_sha256!r} here): rerun the data stage and both runs"
+        )
     return record
+
+
+def keep_fp32_masters(model, model_dir: str | os.PathLike) -> int:
+    """Put back the fp32 values of the weights a run saved in fp32 (its trainable weights: the fp32
+    master copies of a bf16 run, `train_setup.prepare_mixed_precision`) into a model loaded in half
+    precision, which rounded them. The DPO stage of SFT+DPO then starts from the SFT stage's exact
+    weights, as it does when it follows SFT in one run. Returns the number of tensors put back."""
+    from safetensors import safe_open
+
+    params = dict(model.named_parameters())
+    restored = 0
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as saved:
+            for name in saved.keys():
+                p = params.get(name)
+                if p is not None and p.dtype in (torch.bfloat16, torch.float16):
+                    if saved.get_slice(name).get_dtype() == "F32":
+                        p.data = saved.get_tensor(name).to(p.device)
+                        restored += 1
+    return restored
+
+
+def load_sft_run_model(sft_run_dir: str | os.PathLike, dtype: str = "auto"):
+    """(model, tokenizer) of a finished SFT run, as its DPO stage starts from it: full weights with the
+    fp32 master copies kept (`keep_fp32_masters`), or a LoRA run's adapter merged into its base."""
+    from ..models import load_model_and_tokenizer, load_tokenizer, resolve_dtype
+
+    model_dir = Path(sft_run_dir) / "model"
+    if (model_dir / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype))
+        return model.merge_and_unload(), load_tokenizer(str(model_dir))
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir}: the SFT run saved no model; train it first (02_sft_baseline)")
+    model, tokenizer = load_model_and_tokenizer(str(model_dir), dtype=dtype)
+    keep_fp32_masters(model, model_dir)
+    return model, tokenizer
 
 
 def sft_model_for_dpo(model, trainable: str, lora_r: int):

@@ -51,7 +51,14 @@ _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), 
 def _notebook_parameters(name: str) -> tuple[tuple[str, str, str], ...]:
     import papermill
 
-    params = papermill.inspect_notebook(str(NOTEBOOKS_DIR / f"{name}.ipynb"))
+    path = NOTEBOOKS_DIR / f"{name}.ipynb"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: the batch runner executes the notebooks of a checkout, and an installed "
+            "wheel carries the package only. Clone the repository and run `python -m clo_utils.pipeline "
+            "RECIPE.yaml` from the clone's root (or run the notebooks one by one with papermill)."
+        )
+    params = papermill.inspect_notebook(str(path))
     return tuple((k, v["inferred_type_name"], v["default"]) for k, v in params.items())
 
 

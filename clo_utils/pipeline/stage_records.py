@@ -1,8 +1,10 @@
 """Stage completion records: fingerprints, complete / stale / missing, and stale outputs set aside.
 
 Each stage leaves a completion record (stage-<kind>.json, written after its outputs) holding a
-fingerprint of what determines its output: its parameters, the fingerprints of the stages it reads
-(data -> train -> evaluate -> analysis) and the kit's version. A stage is complete when its record
+fingerprint of what determines its output: its parameters, the code it runs (its notebook's code
+cells and the clo_utils files they import, code_fingerprint.py), the fingerprints of the stages it
+reads (data -> train -> evaluate -> analysis) and the kit's version. No absolute path takes part,
+so moving the runs folder or the clone makes nothing stale. A stage is complete when its record
 is complete and its fingerprint is the one the recipe asks for; a stage run by hand with the
 recipe's parameters (no record, an executed notebook that agrees) is adopted as complete.
 """
@@ -17,7 +19,8 @@ import time
 from pathlib import Path
 
 from ..common.runfiles import read_json, write_json
-from .stage_notebooks import NB_EVAL, notebook_default, notebook_parameters
+from .code_fingerprint import PACKAGE_DIR, code_changes, stage_code
+from .stage_notebooks import NB_EVAL, NOTEBOOKS_DIR, notebook_default, notebook_parameters
 from .stages import Stage, StageFailed
 
 # Parameters that say where files go or how fast a stage runs, not what it computes: left out of
@@ -27,6 +30,7 @@ NON_DETERMINING = (
     "data_dir",
     "run_dirs",
     "runs_root",
+    "recipe_dir",
     "figures_dir",
     "report_path",
     "cache_dir",
@@ -36,6 +40,8 @@ NON_DETERMINING = (
     "recipe",
 )
 EVAL_OUTPUTS = ("metrics.json", "answers.jsonl", f"{NB_EVAL}.ipynb")
+# Parameters of the DPO stage of 02_sft_baseline: they determine an SFT+DPO run's output, not an SFT run's.
+DPO_STAGE_PARAMETERS = ("dpo_beta", "dpo_trainer", "dpo_learning_rate", "dpo_epochs")
 
 
 def kit_version() -> str:
@@ -47,22 +53,49 @@ def kit_version() -> str:
         return "unknown"
 
 
+def _run_relative(parameters: dict, key: str) -> str:
+    """A run folder parameter (sft_run_dir) as the stage sees it from its own language folder
+    ("sft-4"): which run it names, wherever the runs folder lies."""
+    value = parameters.get(key) or ""
+    if not value or not parameters.get("output_dir"):
+        return value
+    return os.path.relpath(Path(value), Path(parameters["output_dir"]).parent).replace(os.sep, "/")
+
+
 def _determining(notebook: str, parameters: dict) -> dict:
     """Every parameter of the notebook that determines its output: the stage's value, else the
-    notebook's default (so a changed default makes the stage stale too)."""
-    return {
+    notebook's default (so a changed default makes the stage stale too). Paths are left out, but
+    for `sft_run_dir`, taken relative to the run's own folder; the DPO stage's parameters count
+    only when there is a DPO stage."""
+    values = {
         k: parameters[k] if k in parameters else notebook_default(notebook, k)
         for k in sorted(notebook_parameters(notebook))
         if k not in NON_DETERMINING
     }
+    if "sft_run_dir" in values:
+        values["sft_run_dir"] = _run_relative(parameters, "sft_run_dir")
+    if "then_dpo" in values and not values["then_dpo"]:
+        values = {k: v for k, v in values.items() if k not in DPO_STAGE_PARAMETERS}
+    return values
 
 
-def stage_fingerprint(stage: Stage, reads: dict[str, str]) -> str:
+def code_of(notebook: str, package_dir: Path | None = None) -> dict[str, str]:
+    """{file: code hash} of what a stage of `notebook` runs (code_fingerprint.stage_code)."""
+    return stage_code(NOTEBOOKS_DIR / f"{notebook}.ipynb", package_dir or PACKAGE_DIR)
+
+
+def _code_digest(code: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(code, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_fingerprint(stage: Stage, reads: dict[str, str], code: dict[str, str] | None = None) -> str:
     """sha256 of what determines the stage's output: notebook, parameters (paths and thread counts
-    left out), the fingerprints of the stages it reads, and the kit's version."""
+    left out), its code (`code_of`, computed when not given), the fingerprints of the stages it
+    reads, and the kit's version."""
     payload = {
         "notebook": stage.notebook,
         "parameters": _determining(stage.notebook, stage.parameters),
+        "code": _code_digest(code if code is not None else code_of(stage.notebook)),
         "reads": reads,
         "kit_version": kit_version(),
     }
@@ -89,6 +122,10 @@ def _stale_reason(record: dict, stage: Stage, reads: dict[str, str]) -> str:
         for k in sorted(set(reads) | set(record.get("reads") or {}))
         if (record.get("reads") or {}).get(k) != reads.get(k)
     ]
+    if "code" not in record:
+        changed.append("code not recorded (a record written before stages recorded their code)")
+    elif files := code_changes(record["code"], stage.code):
+        changed.append("code changed: " + ", ".join(files))
     if upstream:
         changed.append("input changed: " + ", ".join(upstream))
     if record.get("kit_version") != kit_version():
@@ -109,13 +146,18 @@ def _differs_from_executed(stage: Stage) -> str:
     return ("the executed notebook differs: " + "; ".join(changed)) if changed else ""
 
 
-def assess_stages(stages: list[Stage], reuse_stale: bool = False) -> None:
-    """Set each stage's fingerprint and state: complete, stale (with why) or missing. A stage kept
-    with reuse_stale passes its recorded fingerprint on to the stages that read it."""
+def assess_stages(stages: list[Stage], reuse_stale: bool = False, package_dir: Path | None = None) -> None:
+    """Set each stage's code, fingerprint and state: complete, stale (with why) or missing. A stage
+    kept with reuse_stale passes its recorded fingerprint on to the stages that read it. The code is
+    that of the clo_utils package at `package_dir` (default: this one)."""
     effective: dict[str, str] = {}
+    code: dict[str, dict[str, str]] = {}  # per notebook: read once per assessment
     for stage in stages:
         reads = {k: effective[k] for k in stage.reads if k in effective}
-        stage.fingerprint, stage.read_fingerprints = stage_fingerprint(stage, reads), reads
+        if stage.notebook not in code:
+            code[stage.notebook] = code_of(stage.notebook, package_dir)
+        stage.code = code[stage.notebook]
+        stage.fingerprint, stage.read_fingerprints = stage_fingerprint(stage, reads, stage.code), reads
         record = read_record(stage)
         complete = bool(record and record.get("complete")) and stage.done_file.exists()
         if complete and record.get("fingerprint") == stage.fingerprint:
@@ -148,6 +190,7 @@ def write_record(stage: Stage, complete: bool, seconds: float = 0.0) -> None:
             "complete": complete,
             "parameters": _determining(stage.notebook, stage.parameters),
             "reads": stage.read_fingerprints,
+            "code": stage.code,
             "kit_version": kit_version(),
             "finished" if complete else "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **({"seconds": round(seconds, 1)} if complete else {}),

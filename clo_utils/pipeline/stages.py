@@ -31,6 +31,7 @@ class Stage:
     reads: tuple[str, ...] = ()  # keys of the stages whose outputs this one reads
     fingerprint: str = ""  # set by assess_stages
     read_fingerprints: dict = field(default_factory=dict)  # fingerprints of the stages it reads
+    code: dict = field(default_factory=dict)  # {file: code hash} of what it runs (set by assess_stages)
     state: str = ""  # complete | stale | missing (set by assess_stages)
     why: str = ""  # what made it stale, or that it was interrupted
     launch: dict | None = None  # train.launch: run under `accelerate launch` (runner.launch_command)
@@ -76,7 +77,18 @@ def _training_order(recipe: dict) -> list[tuple[str, int, int, str]]:
 
 # Parameters in which an SFT+DPO run may differ from the SFT run whose model starts its DPO stage.
 _DPO_STAGE_ONLY = frozenset(
-    {"method", "output_dir", "then_dpo", "dpo_beta", "dpo_trainer", "sft_run_dir", "ref_cache_dir", "num_threads"}
+    {
+        "method",
+        "output_dir",
+        "then_dpo",
+        "dpo_beta",
+        "dpo_learning_rate",
+        "dpo_epochs",
+        "dpo_trainer",
+        "sft_run_dir",
+        "ref_cache_dir",
+        "num_threads",
+    }
 )
 
 
@@ -98,9 +110,15 @@ def _start_dpo_from_sft_runs(runs: dict[str, tuple[str, dict]]) -> dict[str, tup
     return out
 
 
+def recipe_runs_root(recipe: dict, runs_root: str | None = None) -> Path:
+    """The folder holding every recipe's runs (--runs-root, else the recipe's runs_root, else runs/); a
+    relative one is taken from the repository root in a checkout, else from the working folder."""
+    return run_path(runs_root or recipe.get("runs_root") or "runs")
+
+
 def recipe_root(recipe: dict, runs_root: str | None = None) -> Path:
-    """<runs_root>/<name>, relative runs roots taken from the repository root whatever the cwd."""
-    return run_path(runs_root or recipe.get("runs_root") or "runs") / recipe["name"]
+    """<runs_root>/<name>."""
+    return recipe_runs_root(recipe, runs_root) / recipe["name"]
 
 
 def plan_stages(recipe: dict, runs_root: str | None = None, num_threads: int = 0) -> list[Stage]:
@@ -109,7 +127,8 @@ def plan_stages(recipe: dict, runs_root: str | None = None, num_threads: int = 0
     root = recipe_root(recipe, runs_root)
     seed = recipe.get("seed", 0)
     budgets = sorted(recipe["budgets"])
-    common = {"seed": seed, "num_threads": num_threads}
+    # Every notebook gets the runs root too (its paths are absolute already): one value, whichever notebook.
+    common = {"seed": seed, "num_threads": num_threads, "runs_root": str(recipe_runs_root(recipe, runs_root))}
     several_seeds = len(train_seeds(recipe)) > 1
     evaluate = recipe.get("evaluate") or {}
     judged = evaluate.get("judge_backend", "none") != "none"
@@ -203,7 +222,11 @@ def plan_stages(recipe: dict, runs_root: str | None = None, num_threads: int = 0
 
 def analysis_stage(recipe: dict, runs_root: str | None = None, stages: list[Stage] = ()) -> Stage:
     root = recipe_root(recipe, runs_root)
-    params = {**(recipe.get("analysis") or {}), "runs_root": str(root)}
+    params = {
+        **(recipe.get("analysis") or {}),
+        "runs_root": str(recipe_runs_root(recipe, runs_root)),
+        "recipe_dir": str(root),
+    }
     return Stage(
         "all",
         "analysis",

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..common.runfiles import iter_jsonl, repo_root
+from ..common.runfiles import iter_jsonl
 
 # Notebook 01 takes every step from this module; translating and writing live in clo_utils.translation.seeds.
 from .seeds import (  # noqa: F401
@@ -35,7 +35,9 @@ from .seeds import (  # noqa: F401
 log = logging.getLogger(__name__)
 
 SMOKE_SOURCE = "smoke"
-BUNDLED_SFT = Path("data") / "english_sft.jsonl"  # relative to the repository root
+# The kit's data files, shipped inside the package (a wheel carries them): clo_utils/assets/.
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_SFT = ASSETS_DIR / "english_sft.jsonl"  # its licences, row by row: english_sft.LICENCES.md beside it
 OASST_SOURCES = ("oasst1", "OpenAssistant/oasst1")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -68,20 +70,18 @@ COLUMN_MAP_HINT = (
 
 def smoke_data_path() -> Path:
     """The small English instruction set written for this kit (clo_utils/assets/smoke_sft.jsonl)."""
-    return Path(__file__).resolve().parents[1] / "assets" / "smoke_sft.jsonl"
+    return ASSETS_DIR / "smoke_sft.jsonl"
 
 
 def default_data_source() -> str:
-    """The English SFT set shipped with the repository (data/english_sft.jsonl)."""
-    root = repo_root()
-    if root is not None and (root / BUNDLED_SFT).is_file():
-        return str(root / BUNDLED_SFT)
-    where = root / BUNDLED_SFT if root is not None else f"<repository>/{BUNDLED_SFT.as_posix()}"
+    """The English SFT set shipped with the package (clo_utils/assets/english_sft.jsonl, described in
+    data/README.md): found in a checkout and in a wheel install alike."""
+    if BUNDLED_SFT.is_file():
+        return str(BUNDLED_SFT)
     raise FileNotFoundError(
-        f"the default English SFT set is expected at {where}, which is missing (clo_utils "
-        "runs outside a checkout of the repository?). Set data_source to any "
-        ".jsonl/.json/.csv/.parquet file or hub dataset id (org/name), or to 'smoke' for the "
-        "packaged smoke set."
+        f"the default English SFT set is expected at {BUNDLED_SFT}, which is missing (an install that "
+        "left out the package data?). Set data_source to any .jsonl/.json/.csv/.parquet file or hub "
+        "dataset id (org/name), or to 'smoke' for the small smoke set."
     )
 
 

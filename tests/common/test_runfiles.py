@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from clo_utils.common import runfiles
 from clo_utils.common.runfiles import (
     RunFileError,
     file_sha256,
@@ -146,9 +145,25 @@ def test_answers_train_timings_manifest(tmp_path):
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
-def test_data_module_forwards_the_moved_names():
-    from clo_utils import data
+def test_run_path_outside_a_checkout_takes_the_working_folder(tmp_path, monkeypatch):
+    """A wheel install (no checkout above the package): relative run paths land in the working folder."""
+    from clo_utils.common import runfiles
 
-    assert data.run_path is runfiles.run_path and data.repo_root is runfiles.repo_root
-    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
-        data.not_a_name  # noqa: B018
+    monkeypatch.setattr(runfiles, "repo_root", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    assert runfiles.base_folder() == tmp_path
+    assert run_path("runs/smoke/ca/data") == tmp_path / "runs" / "smoke" / "ca" / "data"
+    assert run_path("runs/smoke", runs_root="elsewhere") == tmp_path / "elsewhere" / "smoke"
+
+
+def test_runs_root_stands_for_the_runs_folder_of_relative_run_paths(tmp_path):
+    drive = tmp_path / "drive" / "clo-runs"
+    assert run_path("runs/smoke/ca/data", drive) == drive / "smoke" / "ca" / "data"
+    assert run_path("runs", drive) == drive
+    assert run_path("runs/smoke/ca/data", "runs") == run_path("runs/smoke/ca/data") == REPO / "runs/smoke/ca/data"
+    assert run_path("runs/smoke", "") == REPO / "runs" / "smoke"  # empty: no runs root given
+    assert run_path("runs/x", "other/place") == REPO / "other" / "place" / "x"  # a relative root: from the base
+    # Only the first part counts: other relative paths and absolute paths are kept as they are.
+    assert run_path("data/runs/x.jsonl", drive) == REPO / "data" / "runs" / "x.jsonl"
+    assert run_path("runsx/y", drive) == REPO / "runsx" / "y"
+    assert run_path(tmp_path / "runs" / "a", drive) == tmp_path / "runs" / "a"

@@ -319,14 +319,23 @@ def test_sampling_is_seeded(tiny):
 
 
 def _counting_generate(model, monkeypatch) -> list[int]:
-    """Replace model.generate by a wrapper that records the batch size of every call."""
-    calls, generate = [], model.generate
+    """Wrap model.generate (sampling) and the greedy loop (greedy answers) to record the batch size of
+    every batch generated."""
+    from clo_utils.evaluation import generation
+
+    calls, generate, greedy = [], model.generate, generation.greedy_answers
 
     def counted(*args, **kwargs):
         calls.append(len(kwargs["input_ids"]))
         return generate(*args, **kwargs)
 
+    def counted_greedy(run_model, prompts, *args, **kwargs):
+        if run_model is model:
+            calls.append(len(prompts))
+        return greedy(run_model, prompts, *args, **kwargs)
+
     monkeypatch.setattr(model, "generate", counted)
+    monkeypatch.setattr(generation, "greedy_answers", counted_greedy)
     return calls
 
 
@@ -532,9 +541,12 @@ def test_a_rerun_of_evaluate_run_generates_nothing_and_writes_the_same_answers(t
     assert (tmp_path / "generations" / "generations.sqlite").is_file()
 
     def no_generation(*args, **kwargs):
-        raise AssertionError("model.generate called on a complete rerun")
+        raise AssertionError("an answer generated on a complete rerun")
+
+    from clo_utils.evaluation import generation
 
     monkeypatch.setattr(LlamaForCausalLM, "generate", no_generation)
+    monkeypatch.setattr(generation, "greedy_answers", no_generation)
     again = ev.evaluate_run(runs["clo-3"], runs["data"], "ca", **kwargs)
     assert again["eval_settings"]["generation_batches"] == {"total": 4, "from_cache": 4}
     assert (runs["clo-3"] / "answers.jsonl").read_text() == answers

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,15 @@ def test_no_notebook_edits_sys_path_or_reads_shared():
         assert "sys.path" not in text and "../shared" not in text and "shared/data" not in text, path.name
 
 
+def test_setup_cell_installs_only_what_colab_lacks():
+    """The kit without the notebooks extra (Colab has its own Jupyter and widgets), torch held at Colab's build."""
+    setup = source(cells(NOTEBOOKS[0])[1])
+    installs = re.findall(r"subprocess\.run\(\[\*pip, (.*)\], check=True\)", setup)
+    assert installs[0] == '"-c", keep_torch, f"clo-utils @ {KIT_SOURCE}"'
+    assert "jupyterlab" not in setup.lower() and "[notebooks]" not in setup
+    assert not re.search(r"\btorch\b[^=]*\$", setup)  # torch appears only in the constraint that keeps it
+
+
 def test_setup_cell_installs_the_pinned_embedded_package():
     pins = [
         line.strip()
@@ -95,7 +105,11 @@ def test_defaults_form_one_smoke_chain():
         Path(clo["output_dir"]),
     ]
     assert Path(sft["output_dir"]).parent == Path(clo["output_dir"]).parent == root
-    assert Path(analysis["runs_root"]) == root.parent
+    assert Path(analysis["recipe_dir"]) == root.parent
+    assert {parameters(p)["runs_root"] for p in NOTEBOOKS} == {"runs"}  # one runs root, the first part of every path
+    assert all(
+        Path(path).parts[0] == "runs" for path in (data, sft["output_dir"], clo["output_dir"], *evaluate["run_dirs"])
+    )
     assert evaluate["judge_baseline"] == Path(sft["output_dir"]).name
 
 
@@ -198,3 +212,27 @@ def test_loss_curves_continue_steps_across_stages():
     figure = plot_loss_curves({"sft": sft, "dpo": dpo})
     dpo_loss = next(line for line in figure.axes[0].lines if line.get_label() == "dpo: total loss")
     assert list(dpo_loss.get_xdata()) == [3, 4]
+
+
+def test_runs_root_on_drive_mounts_it_on_colab_only(tmp_path, monkeypatch):
+    drive = tmp_path / "content" / "drive"
+    monkeypatch.setattr(notebook_setup, "COLAB_DRIVE", drive)
+    wanted = drive / "MyDrive" / "clo-runs"
+    assert notebook_setup.runs_root_folder(str(tmp_path / "local")) == tmp_path / "local"  # not Drive: no mount
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"runs_root=.*clo-runs.*not mounted.*drive\.mount"):
+        notebook_setup.runs_root_folder(str(wanted))
+    assert not drive.exists()  # nothing created on the local disk in Drive's place
+
+    mounted = []
+
+    def mount(where):
+        mounted.append(where)
+        (Path(where) / "MyDrive").mkdir(parents=True)
+
+    colab = types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=mount)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    assert notebook_setup.runs_root_folder(str(wanted)) == wanted and mounted == [str(drive)]
+    assert notebook_setup.runs_root_folder(str(wanted)) == wanted and len(mounted) == 1  # mounted once

@@ -397,10 +397,10 @@ def _complete(stage) -> None:
     pipeline.write_record(stage, complete=True)
 
 
-def _planned(tmp_path, recipe: dict, reuse_stale: bool = False):
+def _planned(tmp_path, recipe: dict, reuse_stale: bool = False, runs_root=None, package_dir=None):
     loaded = load_recipe(_write(tmp_path / "r.yaml", recipe))
-    stages = plan_stages(loaded, runs_root=str(tmp_path / "runs"))
-    pipeline.assess_stages(stages, reuse_stale=reuse_stale)
+    stages = plan_stages(loaded, runs_root=str(runs_root or tmp_path / "runs"))
+    pipeline.assess_stages(stages, reuse_stale=reuse_stale, package_dir=package_dir)
     return {s.key: s for s in stages}
 
 
@@ -442,6 +442,85 @@ def test_a_changed_parameter_makes_its_stage_and_every_reader_stale_and_nothing_
     reused = _planned(tmp_path, {**TINY, "data": {"translator": "m2m100"}}, reuse_stale=True)
     assert reused["ca/data"].state == "stale"
     assert {s.state for k, s in reused.items() if k != "ca/data"} == {"complete"}
+
+
+WITH_SFT_DPO = {**TINY, "methods": ["sft", "sft_dpo", "clo"]}
+
+
+def _kit_copy(tmp_path) -> Path:
+    """A copy of the clo_utils package to edit: the code of the stages assessed against it."""
+    from clo_utils.pipeline.code_fingerprint import PACKAGE_DIR
+
+    copy = tmp_path / "kit" / "clo_utils"
+    shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def test_a_code_change_makes_the_stages_that_import_it_stale_and_names_the_file(tmp_path):
+    kit = _kit_copy(tmp_path)
+    for stage in _planned(tmp_path, WITH_SFT_DPO, package_dir=kit).values():
+        _complete(stage)
+    assert {s.state for s in _planned(tmp_path, WITH_SFT_DPO, package_dir=kit).values()} == {"complete"}
+
+    losses = kit / "losses.py"
+    original = losses.read_text()
+    # comments, docstrings and layout are not code: nothing turns stale
+    losses.write_text(original.replace('"""The CLO objective', '"""The  CLO  objective') + "\n# a note\n\n")
+    assert {s.state for s in _planned(tmp_path, WITH_SFT_DPO, package_dir=kit).values()} == {"complete"}
+
+    losses.write_text(original + "\n\ndef unused(x):\n    return x + 1\n")
+    stages = _planned(tmp_path, WITH_SFT_DPO, package_dir=kit)
+    states = {k: s.state for k, s in stages.items()}
+    assert states == {
+        "ca/data": "complete",  # 01 and 04 import no losses.py
+        "ca/base-0 eval": "complete",
+        "ca/sft-4 train": "stale",
+        "ca/sft-4 eval": "stale",
+        "ca/sft_dpo-4 train": "stale",
+        "ca/sft_dpo-4 eval": "stale",
+        "ca/clo-4 train": "stale",
+        "ca/clo-4 eval": "stale",
+    }
+    for run in ("sft", "sft_dpo", "clo"):
+        assert stages[f"ca/{run}-4 train"].why.startswith("code changed: clo_utils/losses.py")
+        assert stages[f"ca/{run}-4 eval"].why == f"input changed: ca/{run}-4 train"
+    # an evaluation fix: the evaluations go stale, the trained runs do not
+    losses.write_text(original)
+    metrics = kit / "evaluation" / "metrics.py"
+    metrics.write_text(metrics.read_text() + "\n\nFIXED = True\n")
+    stages = _planned(tmp_path, WITH_SFT_DPO, package_dir=kit)
+    assert {k for k, s in stages.items() if s.state == "stale"} == {
+        "ca/base-0 eval",
+        "ca/sft-4 eval",
+        "ca/sft_dpo-4 eval",
+        "ca/clo-4 eval",
+    }
+    assert "code changed: clo_utils/evaluation/metrics.py" in stages["ca/clo-4 eval"].why
+
+
+def test_moving_the_runs_root_leaves_every_stage_complete(tmp_path):
+    for stage in _planned(tmp_path, WITH_SFT_DPO, runs_root=tmp_path / "A").values():
+        _complete(stage)
+    record = json.loads((tmp_path / "A" / "t" / "ca" / "sft_dpo-4" / "stage-train.json").read_text())
+    assert record["parameters"]["sft_run_dir"] == "sft-4"  # which run, not where it lay
+    assert str(tmp_path) not in json.dumps({k: v for k, v in record.items() if k != "code"})
+    shutil.move(tmp_path / "A", tmp_path / "B")
+    moved = _planned(tmp_path, WITH_SFT_DPO, runs_root=tmp_path / "B")
+    assert moved["ca/sft_dpo-4 train"].parameters["sft_run_dir"] == str(tmp_path / "B" / "t" / "ca" / "sft-4")
+    assert {k: s.state for k, s in moved.items()} == dict.fromkeys(moved, "complete")
+
+
+def test_the_dpo_stage_settings_determine_sft_dpo_only(tmp_path):
+    for stage in _planned(tmp_path, WITH_SFT_DPO).values():
+        _complete(stage)
+    for key in ("dpo_learning_rate", "dpo_epochs", "dpo_beta"):
+        stages = _planned(tmp_path, {**WITH_SFT_DPO, "train": {**TINY["train"], key: 0.5}})
+        assert {k for k, s in stages.items() if s.state == "stale"} == {"ca/sft_dpo-4 train", "ca/sft_dpo-4 eval"}
+        assert stages["ca/sft_dpo-4 train"].why == f"{key}: {0.0 if key != 'dpo_beta' else 0.1} -> 0.5"
+        # its DPO stage still starts from the recipe's SFT run
+        assert stages["ca/sft_dpo-4 train"].parameters["sft_run_dir"].endswith("sft-4")
+    with pytest.raises(ValueError, match=r"train\.dpo_learning_rate: expected a value >= 0, got -1"):
+        _planned(tmp_path, {**WITH_SFT_DPO, "train": {"dpo_learning_rate": -1.0}})
 
 
 def test_a_completion_record_written_before_the_output_is_not_complete(tmp_path):
@@ -628,3 +707,33 @@ def test_a_failed_stage_stops_new_ones_and_lets_running_ones_finish(tmp_path, ca
     out = capsys.readouterr().out
     assert "es data: done" in out  # started beside the failing stage, finished and recorded
     assert "ca after" not in out and "es train" not in out  # nothing new starts after the failure
+
+
+def test_every_stage_gets_the_runs_root_and_moving_it_makes_nothing_stale(tmp_path):
+    recipe = load_recipe(
+        _write(tmp_path / "r.yaml", {"name": "t", "languages": ["ca"], "budgets": [4], "methods": ["sft", "clo"]})
+    )
+    first, moved = tmp_path / "local" / "runs", tmp_path / "drive" / "clo-runs"
+    stages = plan_stages(recipe, runs_root=str(first))
+    stages.append(pipeline.analysis_stage(recipe, str(first), stages))
+    assert {s.parameters["runs_root"] for s in stages} == {str(first)}
+    assert (
+        stages[-1].parameters["recipe_dir"] == str(first / "t") and stages[-1].done_file == first / "t" / "REPORT.md"
+    )
+    assert all(Path(s.parameters.get("output_dir", s.workdir)).is_relative_to(first / "t") for s in stages)
+    again = plan_stages(recipe, runs_root=str(moved))
+    again.append(pipeline.analysis_stage(recipe, str(moved), again))
+    assert {s.parameters["runs_root"] for s in again} == {str(moved)}
+    assert [pipeline.stage_fingerprint(s, {}) for s in stages] == [pipeline.stage_fingerprint(s, {}) for s in again]
+
+
+def test_the_runner_outside_a_checkout_says_it_needs_the_notebooks(tmp_path, monkeypatch):
+    from clo_utils.pipeline import stage_notebooks
+
+    monkeypatch.setattr(stage_notebooks, "NOTEBOOKS_DIR", tmp_path / "notebooks")
+    stage_notebooks._notebook_parameters.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match=r"01_translate_data\.ipynb not found: .*checkout.*Clone"):
+            stage_notebooks.notebook_parameters("01_translate_data")
+    finally:
+        stage_notebooks._notebook_parameters.cache_clear()

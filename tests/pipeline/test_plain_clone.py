@@ -91,4 +91,7 @@ def test_demo_data_stage_in_a_plain_clone(plain_clone, tmp_path):
     n_eval = sum(1 for _ in open(data / "seeds_eval.jsonl", encoding="utf-8"))
     assert n_train == max(recipe["budgets"])
     assert recipe["evaluate"]["max_prompts"] <= n_eval <= recipe["data"]["n_eval"]
-    assert Path(manifest["data_source"]).resolve() == (plain_clone / "data" / "english_sft.jsonl").resolve()
+    assert (
+        Path(manifest["data_source"]).resolve()
+        == (plain_clone / "clo_utils" / "assets" / "english_sft.jsonl").resolve()
+    )

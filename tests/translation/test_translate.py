@@ -32,7 +32,8 @@ from clo_utils.translation.translate import (
     translate_with_stats,
 )
 
-HERE = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+TESTS = HERE.parent
 
 MARKDOWN = textwrap.dedent("""\
     Here is how to do it:
@@ -208,7 +209,7 @@ translate(_texts(400), "ca", backend=UpperTranslator(delay=0.02), cache={cache!r
 
 def test_kill_mid_run_loses_at_most_the_batch_in_flight(tmp_path):
     cache = tmp_path / "t.sqlite"
-    script = KILL_SCRIPT.format(tests=str(HERE), repo=str(HERE.parent), cache=str(cache))
+    script = KILL_SCRIPT.format(tests=str(HERE), repo=str(TESTS.parent), cache=str(cache))
     proc = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.time() + 60
     while time.time() < deadline:  # wait until some batches are committed
@@ -572,7 +573,7 @@ def test_hf_language_code_errors(m2m100_dir):
 
 
 def test_chat_backend_plumbing_on_a_tiny_llama(tmp_path):
-    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(TESTS))
     from tiny_models import make_model, make_tokenizer
 
     tokenizer = make_tokenizer()

@@ -1,0 +1,223 @@
+"""Greedy decoding with a batch that shrinks: finished answers leave it, prompts are prefilled in chunks of similar length.
+
+transformers' `generate` keeps every row of a batch until the last one stops: a row that reached its
+end of turn goes on computing padding, and every prompt is left-padded to the batch's longest. This
+loop computes the same greedy tokens with less:
+
+    1. prefill: the batch's prompts, sorted by length, are forwarded in chunks of at most
+       `max_padding` left padding each (clo_utils.batching.length_chunks), each into its own KV cache;
+    2. join: the chunks' caches are left-padded (zeros, masked) to the widest prompt and concatenated
+       into one batch, so decoding runs every row in one forward per step;
+    3. decode: one token per active row per step, the argmax of the last position's logits (as
+       `generate` takes it, in fp32); a row that emits an end-of-turn token or reaches
+       `max_new_tokens` leaves the batch at once (its KV-cache rows, mask and position dropped).
+
+Inputs match `generate`'s for the same rows: left padding, positions counted from the attention
+mask (cumsum - 1), the mask extended by one per step, logits at the last position only. Padded
+columns are masked out, so a row's tokens do not depend on its neighbours.
+
+Caches of full-attention layers (DynamicLayer) join at any width; sliding-window layers
+(DynamicSlidingWindowLayer, Gemma-3) join while the widest prompt is shorter than the window, since
+their cache then still holds every prompt token; past that, or with any other cache layer type, each
+chunk is decoded as its own batch (still shrinking). `DecodeStats` counts the positions each forward
+computes, for the padding and utilisation benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..batching import length_chunks
+
+# Left padding per prefill chunk: at most this share of a chunk's positions.
+PREFILL_MAX_PADDING = 0.10
+
+
+@dataclass
+class DecodeStats:
+    """Positions computed by a generation call, for padding and FLOP accounting.
+
+    rows: one (prompt tokens, new tokens up to and including the end-of-turn token) per answer;
+    computed: positions run through the model (padded prefill rows x width, plus one per active row
+    per decode step); real: the prompt tokens and the generated tokens fed back (the last generated
+    token of a row is never fed)."""
+
+    rows: list[tuple[int, int]] = field(default_factory=list)
+    computed: int = 0
+    real: int = 0
+
+    def add_rows(self, rows: Sequence[tuple[int, int]]) -> None:
+        self.rows.extend(rows)
+        self.real += sum(p + n - 1 for p, n in rows)
+
+    def add_padded_batch(self, prompt_lengths: Sequence[int], width: int, generated: Sequence[Sequence[int]], eos_ids):
+        """A batch run by transformers' generate: `width` prompt columns, then every row fed each new token
+        (but the last) until the last row stops, its tokens after its EOS being padding."""
+        steps = max(map(len, generated), default=0)
+        self.computed += len(generated) * (width + max(steps - 1, 0))
+        self.add_rows(
+            [
+                (p, next((k + 1 for k, t in enumerate(g) if t in eos_ids), len(g)))
+                for p, g in zip(prompt_lengths, generated)
+            ]
+        )
+
+    @property
+    def padding_share(self) -> float:
+        return 1.0 - self.real / self.computed if self.computed else 0.0
+
+
+def _left_padded(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[r, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """generate's position ids for a left-padded prompt: real tokens count from 0, padding gets 0."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def _next_tokens(logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, -1, :].to(dtype=torch.float32).argmax(-1)
+
+
+def _joinable(caches, width: int) -> bool:
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    for cache in caches:
+        for layer in cache.layers:
+            if type(layer) is DynamicSlidingWindowLayer:
+                if width >= layer.sliding_window:
+                    return False
+            elif type(layer) is not DynamicLayer:
+                return False
+    return True
+
+
+def _join_caches(model, caches, widths: Sequence[int]):
+    """One DynamicCache holding every chunk's rows, each left-padded with zeros to the widest chunk."""
+    from transformers import DynamicCache
+
+    width = max(widths)
+    joined = DynamicCache(config=model.config)
+    for index in range(len(caches[0].layers)):
+        keys, values = [], []
+        for cache, w in zip(caches, widths):
+            layer = cache.layers[index]
+            pad = (0, 0, width - w, 0)  # (head_dim: none, sequence: on the left)
+            keys.append(torch.nn.functional.pad(layer.keys, pad))
+            values.append(torch.nn.functional.pad(layer.values, pad))
+        joined.layers[index].update(torch.cat(keys), torch.cat(values))
+    return joined
+
+
+def _prefill(model, rows: Sequence[Sequence[int]], pad_id: int, stats: DecodeStats | None):
+    from transformers import DynamicCache
+
+    ids, mask = _left_padded(rows, pad_id, model.device)
+    cache = DynamicCache(config=model.config)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=_positions(mask),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    if stats is not None:
+        stats.computed += ids.numel()
+    return out.past_key_values, mask, _next_tokens(out.logits)
+
+
+def _decode(
+    model, cache, mask: torch.Tensor, first: torch.Tensor, eos_ids, max_new_tokens: int, stats: DecodeStats | None
+) -> tuple[list[list[int]], list[int]]:
+    """(greedy tokens of every row of a prefilled batch, each up to and without its end-of-turn token;
+    the tokens each row generated, its end-of-turn token included)."""
+    n = mask.shape[0]
+    eos = torch.tensor(sorted(set(eos_ids)), device=mask.device)
+    answers: list[list[int]] = [[] for _ in range(n)]
+    steps = [0] * n
+    active = list(range(n))  # row of the batch -> index of the answer
+    position = _positions(mask)[:, -1:]
+    token = first
+    while True:
+        done = torch.isin(token, eos).tolist()
+        tokens = token.tolist()
+        keep = []
+        for row, answer in enumerate(active):
+            steps[answer] += 1
+            if done[row]:
+                continue
+            answers[answer].append(tokens[row])
+            if steps[answer] < max_new_tokens:
+                keep.append(row)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            index = torch.tensor(keep, device=mask.device)
+            cache.batch_select_indices(index)
+            mask, position, token = mask[index], position[index], token[index]
+            active = [active[row] for row in keep]
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
+        position = position + 1
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=position,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if stats is not None:
+            stats.computed += len(active)
+        token = _next_tokens(out.logits)
+    return answers, steps
+
+
+@torch.inference_mode()
+def greedy_answers(
+    model,
+    prompts: Sequence[Sequence[int]],
+    eos_ids: Sequence[int],
+    pad_id: int,
+    max_new_tokens: int,
+    max_padding: float = PREFILL_MAX_PADDING,
+    stats: DecodeStats | None = None,
+) -> list[list[int]]:
+    """Greedy answer tokens for each prompt (token ids, chat template applied), in the order of
+    `prompts`, each cut before its first end-of-turn token: the tokens `generate` gives for the
+    same batch. `stats` (optional) receives the positions computed."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    lengths = [len(p) for p in prompts]
+    chunks = length_chunks(lengths, max_padding)
+    prefilled = [_prefill(model, [prompts[i] for i in chunk], pad_id, stats) for chunk in chunks]
+    widths = [mask.shape[1] for _, mask, _ in prefilled]
+    caches = [cache for cache, _, _ in prefilled]
+    if len(chunks) > 1 and _joinable(caches, max(widths)):
+        width = max(widths)
+        cache = _join_caches(model, caches, widths)
+        mask = torch.cat([torch.nn.functional.pad(m, (width - m.shape[1], 0)) for _, m, _ in prefilled])
+        first = torch.cat([t for _, _, t in prefilled])
+        groups = [([i for chunk in chunks for i in chunk], cache, mask, first)]
+    else:
+        groups = [(chunk, cache, mask, first) for chunk, (cache, mask, first) in zip(chunks, prefilled)]
+    answers: list[list[int]] = [[] for _ in prompts]
+    for indices, cache, mask, first in groups:
+        tokens, steps = _decode(model, cache, mask, first, eos_ids, max_new_tokens, stats)
+        for i, answer in zip(indices, tokens):
+            answers[i] = answer
+        if stats is not None:
+            stats.add_rows([(lengths[i], n) for i, n in zip(indices, steps)])
+    return answers

@@ -6,14 +6,16 @@ from __future__ import annotations
 import copy
 import os
 
+from .precision import precision_record
 from .sequences import tokenize_dpo_pairs, tokenize_sft_rows
 from .train_callbacks import summary_callbacks
 from .train_setup import prepare_mixed_precision, resume_checkpoint, training_profile
 
 
-def sft_config(output_dir: str, max_length: int = 1024, device: str = "auto", **overrides):
+def sft_config(output_dir: str, max_length: int = 1024, device: str = "auto", model=None, **overrides):
     """TRL SFTConfig for the baseline: completion-only loss on conversational prompt-completion rows, in
-    batches of rows of similar length (transformers' LengthGroupedSampler), as CLO's batches are."""
+    batches of rows of similar length (transformers' LengthGroupedSampler), as CLO's batches are.
+    `device` and `model` pick the precision (train_setup.training_profile)."""
     from trl import SFTConfig
 
     kwargs = {
@@ -23,7 +25,7 @@ def sft_config(output_dir: str, max_length: int = 1024, device: str = "auto", **
         "report_to": "none",
         "packing": False,
         "train_sampling_strategy": "group_by_length",
-        **training_profile(device, clo=False),
+        **training_profile(device, clo=False, model=model),
     }
     kwargs.update(overrides)
     return SFTConfig(**kwargs)
@@ -49,13 +51,17 @@ def train_sft(model, tokenizer, sft_rows: list[dict], config, callbacks: list | 
         processing_class=tokenizer,
         callbacks=[memory, change, *(callbacks or [])],
     )
+    precision = precision_record(model, config)
     trainer.train(resume_from_checkpoint=resume_checkpoint(config))
-    return trainer, {"rows": len(dataset), **memory.summary, **change.summary}
+    return trainer, {"rows": len(dataset), **memory.summary, **change.summary, "precision": precision}
 
 
-def dpo_config(output_dir: str, beta: float = 0.1, max_length: int = 1024, device: str = "auto", **overrides):
+def dpo_config(
+    output_dir: str, beta: float = 0.1, max_length: int = 1024, device: str = "auto", model=None, **overrides
+):
     """TRL DPOConfig for the SFT+DPO baseline: sigmoid loss, reference log-probs precomputed, batches of
-    pairs of similar length (the rows' `length` column, see `tokenize_dpo_pairs`)."""
+    pairs of similar length (the rows' `length` column, see `tokenize_dpo_pairs`). `device` and `model`
+    pick the precision (train_setup.training_profile)."""
     from trl import DPOConfig
 
     kwargs = {
@@ -66,7 +72,7 @@ def dpo_config(output_dir: str, beta: float = 0.1, max_length: int = 1024, devic
         "precompute_ref_log_probs": True,
         "report_to": "none",
         "train_sampling_strategy": "group_by_length",
-        **training_profile(device, clo=False),
+        **training_profile(device, clo=False, model=model),
     }
     kwargs.update(overrides)
     return DPOConfig(**kwargs)
@@ -125,5 +131,6 @@ def train_dpo(model, tokenizer, pairs: list[dict], config, callbacks: list | Non
     )
     if ref_model is not None:  # the log-probs are precomputed: the copy is no longer needed
         trainer.ref_model = None
+    precision = precision_record(model, config)
     trainer.train(resume_from_checkpoint=resume_checkpoint(config))
-    return trainer, {"pairs": len(dataset), **memory.summary, **change.summary}
+    return trainer, {"pairs": len(dataset), **memory.summary, **change.summary, "precision": precision}

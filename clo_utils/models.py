@@ -149,11 +149,21 @@ def _convert_gguf(model_id: str, spec: dict, target: Path) -> None:
         gguf_path.unlink(missing_ok=True)
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, inference: bool = False) -> torch.dtype:
+    """A torch dtype from its name. "auto": bf16 on a GPU with native bf16 (clo_utils.precision); on a
+    GPU without it (T4, V100) fp16 for inference and fp32 for training (fp32 weights, which the fp16
+    autocast of training keeps as master weights, or fp32 training for a small model); fp32 on a CPU."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype == "auto":  # the GPU profile: bf16 where the hardware has it, else fp32
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype == "auto":
+        from .precision import local_gpu
+
+        gpu = local_gpu()
+        if gpu is None:
+            return torch.float32
+        if gpu.bf16:
+            return torch.bfloat16
+        return torch.float16 if inference else torch.float32
     names = {
         "float32": torch.float32,
         "fp32": torch.float32,
@@ -201,16 +211,18 @@ def load_model_and_tokenizer(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     chat_template: str | None = None,
+    inference: bool = False,
 ):
     """A causal LM and its tokenizer from a hub id, a local folder, or an `embedded:` id.
 
     `trust_remote_code` stays off by default: only architectures transformers ships are run.
+    `inference` picks the dtype "auto" resolves to for generation rather than training (`resolve_dtype`).
     """
     from transformers import AutoModelForCausalLM
 
     path = embedded_model_dir(model_id) if model_id in EMBEDDED_MODELS else model_id
     tokenizer = load_tokenizer(model_id, trust_remote_code=trust_remote_code, chat_template=chat_template)
-    kwargs = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
+    kwargs = {"dtype": resolve_dtype(dtype, inference), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -26,6 +26,7 @@ from transformers import Trainer
 from .baselines import _pretokenized_dpo_trainer as _pretokenized_dpo_trainer
 from .baselines import dpo_config, sft_config, train_dpo, train_sft
 from .losses import clo_loss, packed_sequence_logps, response_nll, response_positions, sequence_logps
+from .precision import precision_record
 from .reference import REFERENCE_CACHE_VERSION, ReferencePassMixin, model_fingerprint
 from .sequences import (
     PADDING_FREE_ATTENTION,
@@ -359,6 +360,7 @@ def train_clo(model, tokenizer, pairs: list[dict], config: CLOConfig, callbacks:
         processing_class=tokenizer,
         callbacks=[memory, change, *(callbacks or [])],
     )
+    precision = precision_record(trainer.model, config)
     trainer.train(resume_from_checkpoint=resume_checkpoint(config))
     summary = {
         **token_stats,
@@ -366,5 +368,6 @@ def train_clo(model, tokenizer, pairs: list[dict], config: CLOConfig, callbacks:
         **change.summary,
         "reference_forward_batches": trainer.reference_forward_batches,
         "reference_seeds_computed": trainer.reference_seeds_computed,
+        "precision": precision,
     }
     return trainer, summary

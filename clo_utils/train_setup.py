@@ -9,25 +9,31 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
+from .precision import choose_precision, parameter_counts
+
 log = logging.getLogger(__name__)
 
 # Padding share allowed per forwarded chunk of a CLO batch on CPU (clo_utils.batching.length_chunks).
 CPU_FORWARD_CHUNK_PADDING = 0.1
 
 
-def training_profile(device: str = "auto", clo: bool = True) -> dict:
+def training_profile(device: str = "auto", clo: bool = True, model=None) -> dict:
     """Trainer keyword arguments per hardware profile; with `clo`, CLOConfig's own ones too (TRL's
     configs take `clo=False`).
 
     CPU: fp32 without gradient checkpointing (TRL's defaults, bf16 and checkpointing, are slow on a
     CPU without bf16 arithmetic), and CLO's padded batches forwarded in chunks of rows of similar
     length (CLOConfig.forward_chunk_padding): the time of a CPU step follows the positions computed,
-    padding included. GPU: bf16 autocast; `prepare_mixed_precision` keeps the trainable parameters in
-    fp32; one forward per batch, as a large batch keeps the GPU busier than several smaller ones.
+    padding included. GPU: the precision of `clo_utils.precision.choose_precision` (bf16 autocast where
+    the GPU has native bf16; otherwise fp32 for a `model` whose fp32 training state is small against
+    the GPU's memory, else fp16 autocast with loss scaling); `prepare_mixed_precision` keeps the
+    trainable parameters in fp32; one forward per batch, as a large batch keeps the GPU busier than
+    several smaller ones. `model` (its trainable set chosen) sizes the fp32 check; without it a GPU
+    without bf16 gets fp16.
     """
-    if device == "auto":
-        device = "gpu" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
+    counts = parameter_counts(model) if model is not None else (None, None)
+    choice = choose_precision(device, *counts)
+    if choice.device == "cpu":
         profile = {
             "use_cpu": True,
             "bf16": False,
@@ -36,10 +42,9 @@ def training_profile(device: str = "auto", clo: bool = True) -> dict:
             "dataloader_num_workers": 0,
         }
         return {**profile, "forward_chunk_padding": CPU_FORWARD_CHUNK_PADDING} if clo else profile
-    if device == "gpu":
-        profile = {"use_cpu": False, "bf16": True, "fp16": False, "gradient_checkpointing": False}
-        return {**profile, "forward_chunk_padding": None} if clo else profile
-    raise ValueError(f"profile device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    log.info("precision: %s (%s)", choice.mode, choice.reason)
+    profile = {"use_cpu": False, **choice.trainer_flags(), "gradient_checkpointing": False}
+    return {**profile, "forward_chunk_padding": None} if clo else profile
 
 
 def prepare_mixed_precision(model, args: TrainingArguments) -> None:
@@ -57,7 +62,8 @@ def prepare_mixed_precision(model, args: TrainingArguments) -> None:
         raise ValueError(
             f"{len(half)} trainable parameter tensors are in half precision (first: {half[0]}) but "
             "the training arguments set no mixed precision: bf16 weights do not take small AdamW "
-            "updates. Pass training_profile('gpu') (bf16=True), or load the model with dtype='float32'"
+            "updates. Pass training_profile('gpu', model=model) (bf16 or fp16 autocast), or load the model with "
+            "dtype='float32'"
         )
     for p in model.parameters():
         if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):

@@ -2,6 +2,7 @@
 
 import copy
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from tiny_models import BOS_TEMPLATE, clo_config, make_model, make_tokenizer, ma
 from clo_utils.data import build_cross_lingual_pairs
 from clo_utils.losses import response_positions, sequence_logps
 from clo_utils.models import select_trainable
+from clo_utils.precision import Gpu
 from clo_utils.train import (
     CLOCollator,
     CLOTrainer,
@@ -357,7 +359,8 @@ def test_cpu_profile_chunks_clo_forwards_and_trl_configs_take_the_profile_withou
 
     assert 0 < CPU_FORWARD_CHUNK_PADDING <= 0.1  # within the padding goal of a training batch
     assert training_profile("cpu")["forward_chunk_padding"] == CPU_FORWARD_CHUNK_PADDING
-    assert training_profile("gpu")["forward_chunk_padding"] is None
+    with mock.patch("clo_utils.precision.local_gpu", return_value=Gpu("A100", 40 * 2**30, bf16=True)):
+        assert training_profile("gpu")["forward_chunk_padding"] is None
     cfg = CLOConfig(output_dir=str(tmp_path / "clo"), report_to="none", **training_profile("cpu"))
     assert cfg.forward_chunk_padding == CPU_FORWARD_CHUNK_PADDING
     assert _config(tmp_path).forward_chunk_padding is None  # outside the profile: one forward per batch
@@ -761,6 +764,14 @@ def test_bf16_weights_learn_at_the_paper_lr_and_track_fp32(tmp_path, tok):
     bf16_trainer, bf16_summary = train_clo(bf16_model, tok, pairs, _config(tmp_path / "bf16", bf16=True, **common))
     fp32_trainer, fp32_summary = train_clo(fp32_model, tok, pairs, _config(tmp_path / "fp32", **common))
     assert bf16_summary["trainable_changed_fraction"] > 0.9 and fp32_summary["trainable_changed_fraction"] > 0.9
+    bf16_record, fp32_record = bf16_summary["precision"], fp32_summary["precision"]  # train.json's precision block
+    assert (bf16_record["mode"], bf16_record["trainable_dtype"], bf16_record["frozen_dtype"]) == (
+        "bf16",
+        ["float32"],
+        ["bfloat16"],
+    )
+    assert bf16_record["reason"].startswith("set by the training arguments (the rule says fp32")  # bf16 on a CPU
+    assert (fp32_record["mode"], fp32_record["autocast"], fp32_record["loss_scaling"]) == ("fp32", None, False)
     moved = [n for n, p in bf16_model.named_parameters() if p.requires_grad and not torch.equal(p.float(), start[n])]
     assert sorted(moved) == sorted(start)
     # what a bf16 evaluation of the saved fp32 masters sees move: start and end both rounded to bf16

@@ -215,10 +215,18 @@ def evaluate_model(model, tokenizer, seeds: list[dict], lang: str, **options) ->
 # --------------------------------------------------------------------------- run folders
 
 
-def load_run_model(run_dir: str | Path, base_model_id: str, dtype: str = "float32", chat_template: str | None = None):
+def load_run_model(
+    run_dir: str | Path,
+    base_model_id: str,
+    dtype: str = "float32",
+    chat_template: str | None = None,
+    inference: bool = False,
+):
     """(model, tokenizer, model_id) for a run folder: its model/ (full weights or a peft adapter),
     or `base_model_id` for the untouched model's folder base-0. Trained runs saved their tokenizer
-    with its template; `chat_template` ("chatml" for a base model) serves base-0."""
+    with its template; `chat_template` ("chatml" for a base model) serves base-0. `inference`: the
+    model is for generation, so dtype "auto" is fp16 on a GPU without bf16 (models.resolve_dtype),
+    and it goes to the GPU when there is one."""
     from ..models import load_model_and_tokenizer
 
     run_dir = Path(run_dir)
@@ -228,15 +236,21 @@ def load_run_model(run_dir: str | Path, base_model_id: str, dtype: str = "float3
 
         from ..models import load_tokenizer, resolve_dtype
 
-        model = AutoPeftModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype))
-        return model.merge_and_unload(), load_tokenizer(str(model_dir)), str(model_dir)
-    if model_dir.exists():
-        model, tokenizer = load_model_and_tokenizer(str(model_dir), dtype=dtype)
-        return model, tokenizer, str(model_dir)
-    if run_dir.name == "base-0":
-        model, tokenizer = load_model_and_tokenizer(base_model_id, dtype=dtype, chat_template=chat_template)
-        return model, tokenizer, base_model_id
-    raise FileNotFoundError(f"{run_dir}: no model/ folder (and not a base-0 folder); train this run first")
+        model = AutoPeftModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype, inference))
+        model, tokenizer, model_id = model.merge_and_unload(), load_tokenizer(str(model_dir)), str(model_dir)
+    elif model_dir.exists():
+        model, tokenizer = load_model_and_tokenizer(str(model_dir), dtype=dtype, inference=inference)
+        model_id = str(model_dir)
+    elif run_dir.name == "base-0":
+        model, tokenizer = load_model_and_tokenizer(
+            base_model_id, dtype=dtype, chat_template=chat_template, inference=inference
+        )
+        model_id = base_model_id
+    else:
+        raise FileNotFoundError(f"{run_dir}: no model/ folder (and not a base-0 folder); train this run first")
+    if inference and torch.cuda.is_available():
+        model = model.to("cuda")
+    return model, tokenizer, model_id
 
 
 def run_blocks(
@@ -309,7 +323,9 @@ def evaluate_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     seeds = load_eval_seeds(data_dir, max_prompts)
     run, train = run_blocks(run_dir, language, base_model_id, data_dir)
-    model, tokenizer, model_id = load_run_model(run_dir, base_model_id, dtype=dtype, chat_template=chat_template)
+    model, tokenizer, model_id = load_run_model(
+        run_dir, base_model_id, dtype=dtype, chat_template=chat_template, inference=True
+    )
     log.info("evaluating %s (%s) on %d held-out seeds", run_dir.name, model_id, len(seeds))
     with open_generation_cache(generation_cache_dir or None, model) as cache:
         block, rows = evaluate_model(

@@ -98,7 +98,7 @@ def check_model_id(model_id: str, label: str) -> str:
         return f"{label}: {model_id} (hub, in the local cache; {offline})"
     raise RecipeError(
         f"{label}: {model_id!r} is a hub id and the hub cannot be used ({offline}), and it is not in "
-        f"the local cache: on a machine with network run `hf download {model_id}` and copy "
+        f"the local cache: the model itself is not available offline. On a machine with network run `hf download {model_id}` and copy "
         "~/.cache/huggingface/hub here, or set it to a local folder or an embedded: model"
     )
 

@@ -45,8 +45,11 @@ RECIPE_KEYS = {
     "seeded run against the baseline of the same training seed (sft-100-s1); base-0 or one seeded "
     "folder (sft-100-s0) is one baseline for every run",
     "jobs": "stages run side by side in separate processes (languages, training seeds; threads are split between them)",
+    "gpu": "the GPU each training process runs on, for the pre-flight memory estimate: {type: t4} (types: "
+    "clo_utils.pipeline.gpu_memory.GPU_TYPES) or {memory_gb: 24, bf16: true}; a recipe that does not fit is refused",
     "data": f"parameters of {NB_DATA}",
-    "train": f"parameters shared by {NB_SFT} and {NB_CLO}",
+    "train": f"parameters shared by {NB_SFT} and {NB_CLO}; train.launch: {{config: ACCELERATE_CONFIG.yaml, "
+    "num_processes: N}} starts every training stage through `accelerate launch` (several GPUs, several machines)",
     "method_params": "per-method parameter overrides: {method: {param: value}}",
     "evaluate": f"parameters of {NB_EVAL}",
     "analysis": f"parameters of {NB_ANALYSIS}",
@@ -76,6 +79,7 @@ EXPECTED = {
     "seed": "an integer >= 0",
     "seeds": "a list of distinct integers >= 0, e.g. [0, 1, 2]",
     "jobs": "an integer >= 1",
+    "gpu": "a mapping such as {type: t4} or {memory_gb: 24, bf16: true}",
     "data": "a mapping of notebook parameters (param: value lines)",
     "train": "a mapping of notebook parameters (param: value lines)",
     "evaluate": "a mapping of notebook parameters (param: value lines)",
@@ -84,6 +88,53 @@ EXPECTED = {
 }
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 Section = dict[str, Any]
+
+
+class GpuSchema(BaseModel):
+    """The recipe's `gpu:` key: a known type, or the memory (GiB) and bf16 support of the card."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: str | None = None
+    memory_gb: Annotated[float, Field(gt=0, strict=False)] | None = None
+    bf16: bool | None = None
+
+
+class LaunchSchema(BaseModel):
+    """`train.launch`: the training stages run under `accelerate launch --config_file CONFIG`; the rest of
+    the setting (machines, ranks, addresses, DeepSpeed/FSDP) is accelerate's own, in that file."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    config: Annotated[str, Field(min_length=1)]
+    num_processes: PositiveInt | None = None
+    main_process_port: Annotated[int, Field(gt=0, lt=65536, strict=True)] | None = None
+    extra_args: list[str] = []
+
+
+LAUNCH_EXPECTED = (
+    "a mapping {config: params/accelerate/<file>.yaml, num_processes: N} (optional: main_process_port, "
+    "extra_args: [--flag, value])"
+)
+
+
+def check_launch(launch: Any, problems: _Problems) -> None:
+    """train.launch: its keys and types, and that the accelerate config file exists."""
+    keys = ("train", "launch")
+    if not isinstance(launch, dict):
+        problems.add(keys, f"train.launch: expected {LAUNCH_EXPECTED}, got {launch!r}")
+        return
+    try:
+        LaunchSchema.model_validate(launch)
+    except ValidationError as err:
+        for e in err.errors():
+            where = (*keys, *e["loc"])
+            problems.add(where, f"train.launch.{_dotted(tuple(e['loc']))}: {e['msg']} (expected {LAUNCH_EXPECTED})")
+        return
+    if not run_path(launch["config"]).is_file():
+        problems.add(
+            (*keys, "config"), f"train.launch.config: no such accelerate config file: {run_path(launch['config'])}"
+        )
 
 
 class RecipeSchema(BaseModel):
@@ -101,6 +152,7 @@ class RecipeSchema(BaseModel):
     seed: Annotated[int, Field(ge=0)] = 0
     seeds: Annotated[list[Annotated[int, Field(ge=0, strict=True)]], Field(min_length=1)] | None = None
     jobs: PositiveInt = 1
+    gpu: GpuSchema | None = None
     data: Section = {}
     train: Section = {}
     method_params: dict[str, Section] = {}
@@ -322,8 +374,19 @@ def load_recipe(path: str | os.PathLike, languages: list[str] | None = None) -> 
             split_method(method)
         except ValueError as err:
             problems.add(("methods", i), str(err))
+    gpu = recipe.get("gpu")
+    if isinstance(gpu, dict) and gpu:
+        from .gpu_memory import GPU_TYPES
+
+        if gpu.get("type") is not None and gpu["type"] not in GPU_TYPES:
+            problems.add(("gpu", "type"), f"gpu.type: unknown GPU type {gpu['type']!r}; known: {', '.join(GPU_TYPES)}")
+        elif gpu.get("type") is None and (gpu.get("memory_gb") is None or gpu.get("bf16") is None):
+            problems.add(("gpu",), "gpu: give a type (e.g. {type: t4}) or both memory_gb and bf16")
     for section, notebooks in SECTIONS.items():
-        check_section(section, recipe.get(section) or {}, notebooks, problems)
+        params = dict(recipe.get(section) or {})
+        if section == "train" and "launch" in params:
+            check_launch(params.pop("launch"), problems)
+        check_section(section, params, notebooks, problems)
     for method, params in (recipe.get("method_params") or {}).items():
         try:
             _, notebook, _ = split_method(method)

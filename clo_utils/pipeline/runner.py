@@ -15,6 +15,13 @@ run resumes by running the same command again; a failed stage stops the run with
 its executed notebook and the cell that failed. With jobs > 1 (the recipe's `jobs`, or --jobs) stages
 run side by side in worker processes, the threads split between them, each stage as soon as the
 stages it reads are done: languages, training seeds and methods of one budget need not wait on each other.
+
+A recipe's `train.launch: {config: params/accelerate/ddp-multigpu.yaml, num_processes: 8}` runs every
+training stage through `accelerate launch -m clo_utils.pipeline.launch` (one papermill kernel per
+process; weights and train.json written once). Several machines: accelerate's own settings in that
+config file (num_machines, machine_rank, main_process_ip); the other machines run the command the
+runner writes to the stage's launch.log (params/accelerate/ddp-multigpu.yaml). A recipe's `gpu:` key
+makes the pre-flight estimate the memory per GPU (gpu_memory.py).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pathlib import Path
 
 from ..common.methods import METHODS, NB_CLO, NB_SFT, TRAINABLE_SUFFIXES, split_method  # noqa: F401  (re-exported)
 from ..common.runfiles import read_timings, repo_root, write_timings
+from .gpu_memory import memory_check
 from .preflight import preflight, uses_only_offline_models
 from .recipe import RECIPE_KEYS, RecipeError, judge_baseline_for, load_recipe, run_folders, train_seeds  # noqa: F401
 from .stage_notebooks import NB_ANALYSIS, NB_DATA, NB_EVAL, NOTEBOOKS_DIR, notebook_parameters  # noqa: F401
@@ -71,20 +79,23 @@ def run_stage(stage: Stage, force: bool = False, reuse_stale: bool = False) -> d
     write_record(stage, complete=False)
     executed = stage.workdir / f"{stage.notebook}.ipynb"
     start = time.perf_counter()
-    try:
-        papermill.execute_notebook(
-            str(NOTEBOOKS_DIR / f"{stage.notebook}.ipynb"),
-            str(executed),
-            parameters=stage.parameters,
-            kernel_name="python3",
-            progress_bar=False,
-            cwd=str(repo_root() or os.getcwd()),
-        )
-    except PapermillExecutionError as err:
-        raise StageFailed(
-            f"stage '{stage.name}' ({stage.lang}) failed in cell {err.exec_count} "
-            f"[{err.ename}: {err.evalue}]; executed notebook: {executed}"
-        ) from None
+    if stage.launch:
+        run_launched(stage, executed)
+    else:
+        try:
+            papermill.execute_notebook(
+                str(NOTEBOOKS_DIR / f"{stage.notebook}.ipynb"),
+                str(executed),
+                parameters=stage.parameters,
+                kernel_name="python3",
+                progress_bar=False,
+                cwd=str(repo_root() or os.getcwd()),
+            )
+        except PapermillExecutionError as err:
+            raise StageFailed(
+                f"stage '{stage.name}' ({stage.lang}) failed in cell {err.exec_count} "
+                f"[{err.ename}: {err.evalue}]; executed notebook: {executed}"
+            ) from None
     seconds = time.perf_counter() - start
     if not stage.done_file.exists():
         raise StageFailed(
@@ -94,6 +105,49 @@ def run_stage(stage: Stage, force: bool = False, reuse_stale: bool = False) -> d
     write_record(stage, complete=True, seconds=seconds)
     drop_aside(stage)
     return {"lang": stage.lang, "stage": stage.name, "status": "done", "seconds": round(seconds, 1)}
+
+
+def launch_command(launch: dict, notebook: Path, executed: Path, parameters_file: Path, cwd: str) -> list[str]:
+    """`accelerate launch` running `clo_utils.pipeline.launch` (papermill on every process) for a stage
+    whose recipe sets train.launch: the accelerate config file says how many machines and which
+    distributed setting; num_processes (all machines together) and main_process_port override it."""
+    from ..common.runfiles import run_path
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(run_path(launch["config"]))]
+    if launch.get("num_processes"):
+        cmd += ["--num_processes", str(launch["num_processes"])]
+    if launch.get("main_process_port"):
+        cmd += ["--main_process_port", str(launch["main_process_port"])]
+    cmd += [*launch.get("extra_args", []), "-m", "clo_utils.pipeline.launch", str(notebook), str(executed)]
+    return cmd + ["-f", str(parameters_file), "-k", "python3", "--cwd", cwd, "--no-progress-bar", "--log-output"]
+
+
+def run_launched(stage: Stage, executed: Path) -> None:
+    """Run a training stage through `accelerate launch`: one papermill kernel per process, each joined to
+    the process group through accelerate's environment; the weights and train.json are written once, by
+    the main process. The stage's folder keeps the command and the launcher's output (launch.log) and the
+    parameters (launch-parameters.yaml): on several machines, the others run the same command."""
+    import subprocess
+
+    import yaml
+
+    params_file = stage.workdir / "launch-parameters.yaml"
+    params_file.write_text(yaml.safe_dump(stage.parameters, sort_keys=True), encoding="utf-8")
+    cmd = launch_command(
+        stage.launch, NOTEBOOKS_DIR / f"{stage.notebook}.ipynb", executed, params_file, str(repo_root() or os.getcwd())
+    )
+    log_path = stage.workdir / "launch.log"
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=repo_root() or os.getcwd())
+    if done.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+        raise StageFailed(
+            f"stage '{stage.name}' ({stage.lang}) failed under accelerate launch (exit code {done.returncode}); "
+            f"executed notebook: {executed} (other processes: {executed.stem}.rank<N>.ipynb beside it); "
+            f"log: {log_path}; last lines: " + " | ".join(tail)
+        )
 
 
 def run_stages(
@@ -214,6 +268,8 @@ def _run(
     reuse_stale: bool,
     to_run: set[str],
 ) -> list[dict]:
+    for line in memory_check(recipe) if "train" in to_run or dry_run else ():
+        print(f"memory {line}", flush=True)
     for line in preflight(recipe, needs=tuple(to_run)):
         print(f"check  {line}", flush=True)
     if dry_run:

@@ -34,6 +34,7 @@ class Stage:
     code: dict = field(default_factory=dict)  # {file: code hash} of what it runs (set by assess_stages)
     state: str = ""  # complete | stale | missing (set by assess_stages)
     why: str = ""  # what made it stale, or that it was interrupted
+    launch: dict | None = None  # train.launch: run under `accelerate launch` (runner.launch_command)
 
     @property
     def key(self) -> str:
@@ -199,6 +200,7 @@ def plan_stages(recipe: dict, runs_root: str | None = None, num_threads: int = 0
                 params,
                 kind="train",
                 reads=(data_key,) + ((f"{lang}/{sft_folder} train",) if sft_folder else ()),
+                launch=(recipe.get("train") or {}).get("launch"),
             )
             baseline = judge_baseline_for(recipe, params["seed"])
             reads = (data_key, train.key) + ((f"{lang}/{baseline} eval",) if judged and folder != baseline else ())

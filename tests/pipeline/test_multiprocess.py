@@ -339,3 +339,100 @@ def test_the_clo_notebook_under_accelerate_launch_trains_on_two_processes_and_sa
     assert steps == [1, 2]  # 8 seeds, 2 per process, 2 processes: 2 steps (1 process would take 4)
     assert (out / "model" / "model.safetensors").exists() and (out / "model" / "tokenizer.json").exists()
     assert not list(out.glob("checkpoints*"))
+
+
+def test_the_runner_launches_a_training_stage_on_two_processes_saves_once_and_matches_one_process(
+    tmp_path, monkeypatch
+):
+    """A recipe's train.launch: the batch runner starts the CLO stage through `accelerate launch` with
+    cpu-2proc.yaml (two gloo processes, 2 seeds each); the run is saved once, its per-step losses equal
+    those of notebook 03 run in one process with the same global batch (4 seeds), and a rerun finds the
+    stage complete."""
+    import papermill
+    import yaml
+    from tiny_models import save_tiny_llama, tiny_recipe
+
+    from clo_utils.pipeline import runner
+    from clo_utils.pipeline.stage_notebooks import NOTEBOOKS_DIR
+
+    for name, value in _env().items():  # inherited by accelerate, the processes and their kernels
+        monkeypatch.setenv(name, value)
+    model_dir = save_tiny_llama(tmp_path / "model")
+    recipe = tiny_recipe(model_dir, languages=["ca"], budgets=[12], methods=["clo"])
+    recipe["train"]["ref_cache_dir"] = str(tmp_path / "ref")
+    recipe["train"]["launch"] = {"config": str(CPU_2PROC), "main_process_port": _free_port()}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    runs_root = str(tmp_path / "runs")
+
+    records = runner.run_recipe(path, runs_root=runs_root)
+    assert {r["stage"]: r["status"] for r in records}["clo-12 train"] == "done"
+    run = tmp_path / "runs" / "tiny" / "ca" / "clo-12"
+    assert (run / "03_clo_training.ipynb").exists() and (run / "03_clo_training.rank1.ipynb").exists()
+    assert "--config_file" in (run / "launch.log").read_text().splitlines()[0]
+    assert yaml.safe_load((run / "launch-parameters.yaml").read_text())["n_seeds"] == 12
+    assert sorted(p.name for p in (run / "model").glob("*.safetensors")) == ["model.safetensors"]
+    assert not list(run.glob("checkpoints*")) and (run / "metrics.json").exists()
+    two = json.loads((run / "train.json").read_text())
+    assert two["summary"]["precision"]["mode"] == "fp32"
+
+    stage = next(s for s in runner.plan_stages(runner.load_recipe(path), runs_root) if s.kind == "train")
+    one_dir = tmp_path / "one" / "clo-12"
+    papermill.execute_notebook(
+        str(NOTEBOOKS_DIR / "03_clo_training.ipynb"),
+        str(tmp_path / "one.ipynb"),
+        parameters={**stage.parameters, "batch_seeds": 4, "output_dir": str(one_dir)},
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=str(REPO),
+    )
+    one = json.loads((one_dir / "train.json").read_text())
+    kept = two["summary"]["seeds_kept"]  # the seeds within max_length, 4 per global step
+    assert kept == one["summary"]["seeds_kept"] and kept > 4
+    for key in ("loss", "nll_loss", "cl_loss"):
+        a, b = _losses(one["history"], key), _losses(two["history"], key)
+        assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, math.ceil(kept / 4) + 1)), key
+        for (step, x), (_, y) in zip(a, b):
+            assert y == pytest.approx(x, rel=1e-5, abs=1e-6), f"{key} at step {step}: 1 process {x}, 2 processes {y}"
+
+    again = runner.run_recipe(path, runs_root=runs_root)
+    assert {r["stage"]: r["status"] for r in again}["clo-12 train"] == "skipped (complete)"
+
+
+def test_train_launch_is_checked_and_becomes_the_accelerate_command(tmp_path):
+    import yaml
+
+    from clo_utils.pipeline import runner
+    from clo_utils.pipeline.recipe import RecipeError
+
+    base = {"name": "x", "languages": ["ca"], "budgets": [4], "methods": ["clo"]}
+
+    def load(launch):
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump({**base, "train": {"launch": launch}}, sort_keys=False))
+        return runner.load_recipe(path)
+
+    with pytest.raises(RecipeError, match=r"r\.yaml, line \d+: train.launch.config: no such accelerate config file"):
+        load({"config": "params/accelerate/missing.yaml"})
+    with pytest.raises(RecipeError, match=r"train.launch.num_process: Extra inputs are not permitted"):
+        load({"config": str(CPU_2PROC), "num_process": 2})
+    with pytest.raises(RecipeError, match=r"train.launch: expected a mapping \{config: "):
+        load("params/accelerate/cpu-2proc.yaml")
+    recipe = load({"config": "params/accelerate/ddp-multigpu.yaml", "num_processes": 8, "main_process_port": 29600})
+    stages = runner.plan_stages(recipe, str(tmp_path / "runs"))
+    train = [s for s in stages if s.kind == "train"]
+    assert train and all(s.launch["num_processes"] == 8 for s in train)
+    assert all(s.launch is None for s in stages if s.kind != "train")
+    assert "launch" not in train[0].parameters  # not a notebook parameter
+    cmd = runner.launch_command(train[0].launch, Path("nb.ipynb"), Path("out.ipynb"), Path("p.yaml"), "/repo")
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert cmd[3:9] == [
+        "--config_file",
+        str(REPO / "params" / "accelerate" / "ddp-multigpu.yaml"),
+        "--num_processes",
+        "8",
+        "--main_process_port",
+        "29600",
+    ]
+    assert cmd[9:13] == ["-m", "clo_utils.pipeline.launch", "nb.ipynb", "out.ipynb"]
+    assert cmd[13:15] == ["-f", "p.yaml"] and cmd[cmd.index("--cwd") + 1] == "/repo"

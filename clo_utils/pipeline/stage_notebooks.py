@@ -31,11 +31,23 @@ PARAMETER_RANGES = {
         (0, False, None),
     ),
     **dict.fromkeys(
-        ("warmup", "save_steps", "batch_size", "max_prompts", "min_words", "translate_margin", "knowledge_limit"),
+        (
+            "warmup",
+            "save_steps",
+            "dpo_learning_rate",
+            "dpo_epochs",
+            "batch_size",
+            "max_prompts",
+            "min_words",
+            "translate_margin",
+            "knowledge_limit",
+        ),
         (0, True, None),
     ),
     "lam": (0, True, 1),
 }
+# Text parameters that take one of a few values ("" where the notebook picks a default).
+PARAMETER_CHOICES = {"language_id": ("", "lingua", "fasttext")}
 _TYPE_WORDS = {
     "int": "an integer",
     "float": "a number",
@@ -90,4 +102,6 @@ def parameter_problem(param: str, value: Any, type_name: str) -> str | None:
         if value != value or (value < low if inclusive else value <= low) or (high is not None and value > high):
             bound = f"{'>=' if inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
             return f"expected a value {bound}, got {value!r}"
+    if param in PARAMETER_CHOICES and value not in PARAMETER_CHOICES[param]:
+        return f"expected one of {' | '.join(repr(c) for c in PARAMETER_CHOICES[param])}, got {value!r}"
     return None

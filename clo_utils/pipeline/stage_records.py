@@ -18,7 +18,9 @@ import shutil
 import time
 from pathlib import Path
 
-from ..common.runfiles import read_json, write_json
+import yaml
+
+from ..common.runfiles import read_json, run_path, write_json
 from .code_fingerprint import PACKAGE_DIR, code_changes, stage_code
 from .stage_notebooks import NB_EVAL, NOTEBOOKS_DIR, notebook_default, notebook_parameters
 from .stages import Stage, StageFailed
@@ -62,11 +64,12 @@ def _run_relative(parameters: dict, key: str) -> str:
     return os.path.relpath(Path(value), Path(parameters["output_dir"]).parent).replace(os.sep, "/")
 
 
-def _determining(notebook: str, parameters: dict) -> dict:
+def _determining(notebook: str, parameters: dict, launch: dict | None = None) -> dict:
     """Every parameter of the notebook that determines its output: the stage's value, else the
     notebook's default (so a changed default makes the stage stale too). Paths are left out, but
     for `sft_run_dir`, taken relative to the run's own folder; the DPO stage's parameters count
-    only when there is a DPO stage."""
+    only when there is a DPO stage. A stage run through `accelerate launch` also counts its number of
+    processes: the global batch is the per-process batch times that number."""
     values = {
         k: parameters[k] if k in parameters else notebook_default(notebook, k)
         for k in sorted(notebook_parameters(notebook))
@@ -76,7 +79,18 @@ def _determining(notebook: str, parameters: dict) -> dict:
         values["sft_run_dir"] = _run_relative(parameters, "sft_run_dir")
     if "then_dpo" in values and not values["then_dpo"]:
         values = {k: v for k, v in values.items() if k not in DPO_STAGE_PARAMETERS}
+    if launch:
+        values["launch.num_processes"] = launch_processes(launch)
     return values
+
+
+def launch_processes(launch: dict) -> int | None:
+    """The number of processes `accelerate launch` starts: train.launch.num_processes, else its config file's."""
+    if launch.get("num_processes"):
+        return int(launch["num_processes"])
+    config = run_path(launch["config"])
+    settings = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+    return (settings or {}).get("num_processes")
 
 
 def code_of(notebook: str, package_dir: Path | None = None) -> dict[str, str]:
@@ -94,7 +108,7 @@ def stage_fingerprint(stage: Stage, reads: dict[str, str], code: dict[str, str] 
     reads, and the kit's version."""
     payload = {
         "notebook": stage.notebook,
-        "parameters": _determining(stage.notebook, stage.parameters),
+        "parameters": _determining(stage.notebook, stage.parameters, stage.launch),
         "code": _code_digest(code if code is not None else code_of(stage.notebook)),
         "reads": reads,
         "kit_version": kit_version(),
@@ -111,7 +125,7 @@ def read_record(stage: Stage) -> dict | None:
 
 
 def _stale_reason(record: dict, stage: Stage, reads: dict[str, str]) -> str:
-    old, new = record.get("parameters") or {}, _determining(stage.notebook, stage.parameters)
+    old, new = record.get("parameters") or {}, _determining(stage.notebook, stage.parameters, stage.launch)
     changed = [
         f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
         for k in sorted(set(old) | set(new))
@@ -141,7 +155,10 @@ def _differs_from_executed(stage: Stage) -> str:
         passed = executed["metadata"]["papermill"]["parameters"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"no executed {stage.notebook}.ipynb with its parameters"
-    then, now = _determining(stage.notebook, passed), _determining(stage.notebook, stage.parameters)
+    then, now = (
+        _determining(stage.notebook, passed, stage.launch),
+        _determining(stage.notebook, stage.parameters, stage.launch),
+    )
     changed = [f"{k}: {then[k]!r} -> {now[k]!r}" for k in now if then[k] != now[k]]
     return ("the executed notebook differs: " + "; ".join(changed)) if changed else ""
 
@@ -188,7 +205,7 @@ def write_record(stage: Stage, complete: bool, seconds: float = 0.0) -> None:
             "notebook": stage.notebook,
             "fingerprint": stage.fingerprint,
             "complete": complete,
-            "parameters": _determining(stage.notebook, stage.parameters),
+            "parameters": _determining(stage.notebook, stage.parameters, stage.launch),
             "reads": stage.read_fingerprints,
             "code": stage.code,
             "kit_version": kit_version(),

@@ -748,3 +748,18 @@ def test_the_runner_outside_a_checkout_says_it_needs_the_notebooks(tmp_path, mon
             stage_notebooks.notebook_parameters("01_translate_data")
     finally:
         stage_notebooks._notebook_parameters.cache_clear()
+
+
+def test_the_number_of_launched_processes_determines_the_training_stages(tmp_path):
+    """Under `accelerate launch` the global batch is the per-process batch times the processes: training
+    on 2 processes and then on 4 is not the same run."""
+    config = REPO / "params" / "accelerate" / "cpu-2proc.yaml"  # num_processes: 2
+    launched = {**TINY, "train": {**TINY["train"], "launch": {"config": str(config)}}}
+    for stage in _planned(tmp_path, launched).values():
+        _complete(stage)
+    assert {s.state for s in _planned(tmp_path, launched).values()} == {"complete"}
+    four = {**TINY, "train": {**TINY["train"], "launch": {"config": str(config), "num_processes": 4}}}
+    stages = _planned(tmp_path, four)
+    assert stages["ca/clo-4 train"].state == "stale"
+    assert stages["ca/clo-4 train"].why == "launch.num_processes: 2 -> 4"
+    assert stages["ca/data"].state == "complete"

@@ -1,6 +1,6 @@
 """Measure each language-ID detector on text of known language, offline: the README's detector table.
 
-Takes the last `--rows` answers of data/english_sft.jsonl (English, at least five words), translates them
+Takes the last `--rows` answers of the kit's English SFT set (clo_utils/assets/english_sft.jsonl) (English, at least five words), translates them
 with Apertium into each `--langs` language, keeps the rows every translation really translated (the
 translation quality filter's {target, English} test) and the source is English by either detector, cuts
 every text to its first N words (answers of a small model are short), and prints, per detector and cut,
@@ -18,13 +18,12 @@ from pathlib import Path
 
 from clo_utils.common.text import LANGUAGE_IDS, count_words, detect_languages, identify_languages
 from clo_utils.evaluation.outcomes import detector_accuracy
+from clo_utils.translation.sources import default_data_source
 from clo_utils.translation.translators import ApertiumTranslator
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def known_texts(langs: list[str], rows: int) -> dict[str, list[str]]:
-    lines = (REPO / "data" / "english_sft.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = Path(default_data_source()).read_text(encoding="utf-8").splitlines()
     english = [row["output"] for row in map(json.loads, lines[-rows:]) if count_words(row["output"]) >= 5]
     # Twenty answers per Apertium call: a long document can come back untranslated from some point on.
     texts = {"en": english} | {
@@ -49,7 +48,7 @@ def known_texts(langs: list[str], rows: int) -> dict[str, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--langs", nargs="+", default=["ca", "es"], help="Apertium target languages")
-    parser.add_argument("--rows", type=int, default=300, help="last rows of data/english_sft.jsonl")
+    parser.add_argument("--rows", type=int, default=300, help="last rows of the English SFT set")
     parser.add_argument("--cuts", nargs="+", type=int, default=[0, 24, 12, 6], help="words kept (0: whole text)")
     args = parser.parse_args()
     texts = known_texts(args.langs, args.rows)

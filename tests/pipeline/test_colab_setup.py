@@ -54,17 +54,21 @@ def link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
+def purelib_of(python: Path) -> Path:
+    """The site-packages folder of the environment whose interpreter is `python`."""
+    paths = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(paths.stdout.strip())
+
+
 def venv_with_relabelled_torch(where: Path) -> Path:
     venv.EnvBuilder(with_pip=True).create(where)
     python = where / "bin" / "python"
-    site = Path(
-        subprocess.run(
-            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+    site = purelib_of(python)
     dist = importlib.metadata.distribution("torch")
     version = dist.version
     relabelled = f"{version.split('+')[0]}+{COLAB_LABEL}"

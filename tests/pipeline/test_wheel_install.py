@@ -23,6 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
+from test_colab_setup import purelib_of
 from test_plain_clone import checkout_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,14 +54,7 @@ def venv_reusing_these_packages(where: Path, wheel: Path) -> Path:
     """A fresh environment whose only own package is the kit's wheel; everything else comes from here."""
     venv.EnvBuilder(with_pip=False).create(where)
     python = where / "bin" / "python"
-    site = Path(
-        subprocess.run(
-            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+    site = purelib_of(python)
     here = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     (site / "zz_reuse_packages.pth").write_text("".join(f"{path}\n" for path in here))
     installed = subprocess.run(

@@ -59,6 +59,7 @@ class SlotCache:
         self.values = [v.new_zeros((rows, v.shape[1], width, v.shape[3])) for v in like_values]
         self.lengths = torch.zeros(rows, dtype=torch.long, device=like_keys[0].device)
         self.active = 0
+        self._rows = self.lengths[:0]
         self._columns = 0
 
     @property
@@ -88,13 +89,14 @@ class SlotCache:
         """(position ids, 4D mask) of a decode step over slots 0..n-1: each row's new token sits at column
         lengths[row] and sees columns 0..lengths[row]."""
         self.active = n
+        self._rows = torch.arange(n, device=self.lengths.device)
         lengths = self.lengths[:n]
         self._columns = int(lengths.max()) + 1
         columns = torch.arange(self._columns, device=lengths.device)
         return lengths[:, None], (columns[None, :] <= lengths[:, None])[:, None, None, :]
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        n, rows = self.active, torch.arange(self.active, device=self.lengths.device)
+        n, rows = self.active, self._rows
         columns = self.lengths[:n]
         self.keys[layer_idx][rows, :, columns] = key_states[:, :, 0]
         self.values[layer_idx][rows, :, columns] = value_states[:, :, 0]
@@ -180,7 +182,7 @@ def greedy_stream(
                 need = max(len(prompts[i]) for i in rows) + max_new_tokens
                 if cache is None:
                     width = max(lengths) + max_new_tokens
-                    cache = SlotCache(max_rows, width, keys, values)
+                    cache = SlotCache(min(max_rows, len(prompts)), width, keys, values)
                 elif need > cache.width:
                     cache.widen(need)
                 start = len(owner)

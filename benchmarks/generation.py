@@ -1,31 +1,40 @@
-"""Generation throughput for evaluation (clo_utils.evaluation.evaluate.generate_answers): the shrinking greedy loop
-(clo_utils.evaluation.decoding) against transformers' generate (shrinking=False, the earlier path), the same
-prompts and batch size, in this one process; their answers compared token for token; the loop batched vs one
-prompt at a time; beside it the ceiling of batching on this device (B x a decode step at batch 1 / a step at
-batch B, equal lengths, no early stops).
+"""Generation throughput for evaluation (clo_utils.evaluation.evaluate.generate_answers): the greedy loop
+(clo_utils.evaluation.decoding: every uncached batch's prompts in one continuously refilled decode batch of up to
+128 rows over an in-place KV cache, clo_utils.evaluation.continuous) against transformers' generate
+(shrinking=False, the earlier path, batch by batch), the same prompts and batch_size (the loop's batches only key
+the generation cache; it decodes up to 128 rows together), in this one process; their answers compared token for
+token; the loop vs one prompt at a time (decode_rows=1); beside it the ceiling of batching on this device (B x a
+decode step at batch 1 / a step at batch B, equal lengths, no early stops; wall time).
 
 Times are process CPU time / threads on a CPU (other jobs on a shared machine slow neither side), wall time on
 a GPU. Each path runs `--gen-rounds` times, alternating; the ratio is of their medians.
 
 Measured here (SmolLM2-135M fp32, the 48 bench prompts, batch 25, 40 new tokens at most, 1 torch thread on a
-shared 2-core AMD EPYC, load average 3 -> 10 during the run, process CPU time):
-  transformers' generate 30.7 s (padding 0.39 of computed positions, MFU 0.36 of a 91 GFLOP/s GEMM);
-  the shrinking loop 23.8 s (padding 0.04, MFU 0.47): 1.29x, the 48 answers identical. Its time splits into
-  prefill 8.1 s (2669 prompt tokens, ~0.8 of the GEMM rate) and decode 13.9 s (1631 new tokens in ~80 steps,
-  ~0.35 of it); a profile gives aten::mm 77% of op time, the KV cache's aten::cat 6%, attention 5%.
-  The 48 English prompts in one batch of 60 (the demo's batch size): 29.7 s -> 20.3 s (1.46x, padding
-  0.46 -> 0.05), answers identical.
-What bounds the ratio here: generate's waste is its padding (6926 computed positions for 4252 real ones, at
-most 1.6x), and a decode step at these batch sizes costs about the same whatever its rows (the weights are read
-once per step), so rows leaving the batch save little decode time on this CPU; the saving comes from prefill
-chunks. The 1.8x goal would need the decode steps themselves faster.
+shared 2-core AMD EPYC, load average 4-6, `bench.py --only generate --threads 1`, two invocations):
+  transformers' generate 28.5, 29.0 s | 32.0, 33.9 s (padding 0.39 of computed positions, MFU 0.32-0.36 of a
+  ~97 GFLOP/s GEMM); the loop 18.2, 19.5 s | 18.8, 20.7 s (padding 0.05, MFU 0.53-0.55): 1.55x | 1.67x, the 48
+  answers identical. (The shrinking loop of one batch at a time before it: 23.8 s against 30.7 s, 1.29x.)
+  The loop's time (English prompts of the smoke set, same settings): prefill 6.7 s (2187 positions in 2
+  chunks, ~0.72 of the GEMM rate), decode 10.8 s (41 steps of ~45 rows, ~263 ms a step, ~0.47 of it).
+  Demo-like (120 English prompts of <= 64 tokens from the packaged english_sft set, batch 60 as in
+  params/demo.yaml, 40 new tokens, two alternating rounds, a one-off script calling generate_answers with
+  shrinking=False/True): generate 46.2, 47.0 s (padding 0.21), the loop 38.2, 39.4 s (padding 0.05): 1.19x,
+  0 of 120 answers differing.
+What bounds the ratio here: the loop computes the real positions and little else (padding 0.05), so its time is
+(useful FLOPs) / (the rate a forward reaches). Useful work is ~1.0 TFLOP on the bench prompts (10.3 s at the GEMM
+rate: 1.8x needs 0.64 of it overall) and ~2.3 TFLOP on the demo-like set (24 s: generate at batch 60 already
+runs at 0.52 of the GEMM rate there, so 1.8x would need 0.94 of it; the ceiling is 1.9x). Prefill runs at ~0.72;
+a decode step of ~45 rows at ~0.47: on one thread the step streams all 537 MB of fp32 weights (the 113 MB LM head
+included, an N=49152 GEMM that reaches ~50 GFLOP/s at M=46 even with hot weights) and its GEMMs are short in M.
+More rows per step help only while prompts remain: the bench has 48.
 Tried and not kept:
-  - static KV cache + torch.compile of the decode step: a shrinking batch changes the batch dimension at every
-    early stop, so a compiled step recompiles (or runs dynamic shapes) for each batch size met, and compiling
-    costs minutes on 2 cores against a decode of tens of seconds; not measured further. On a GPU, where launch
-    overhead dominates a small model's step, the trade differs: unmeasured.
-Not tried yet: refilling the batch with waiting prompts as rows finish (continuous batching: ~65 instead of ~80
-decode steps here), a preallocated cache instead of the per-step aten::cat.
+  - static KV cache + torch.compile of the decode step: a batch whose rows change changes shape at every stop,
+    so a compiled step recompiles (or runs dynamic shapes) per batch size, and compiling costs minutes on 2
+    cores against a decode of tens of seconds; not measured. On a GPU the trade differs: unmeasured.
+  - the LM head as (W @ x.T).T instead of x @ W.T: no faster at M=46 (44 vs 52 GFLOP/s).
+  - contiguous keys/values or an additive float mask for sdpa: ~0.1 ms a layer-step at 46 rows, not worth a copy.
+Not tried: prefill packed into the decode steps (mixed batches, one weight stream for both), prepacked
+(oneDNN) weights, bf16 weights on CPU (each changes the arithmetic, so greedy answers could change).
 """
 
 from __future__ import annotations

@@ -1,8 +1,13 @@
-"""Greedy decoding with a batch that shrinks: finished answers leave it, prompts are prefilled in chunks of similar length.
+"""Greedy decoding without generate's padding: `greedy_stream` / `greedy_answers`, and the shrinking loop.
+
+Models whose cache layers are all full attention decode through clo_utils.evaluation.continuous (one
+decode batch refilled as answers finish, a KV cache written in place); the others (Gemma-3's
+sliding-window layers, attention that takes no 4D mask) through the shrinking loop below, `max_rows`
+prompts at a time.
 
 transformers' `generate` keeps every row of a batch until the last one stops: a row that reached its
 end of turn goes on computing padding, and every prompt is left-padded to the batch's longest. This
-loop computes the same greedy tokens with less:
+shrinking loop computes the same greedy tokens with less:
 
     1. prefill: the batch's prompts, sorted by length, are forwarded in chunks of at most
        `max_padding` left padding each (clo_utils.batching.length_chunks), each into its own KV cache;

@@ -104,7 +104,7 @@ def _decode_forwards(model) -> list[int]:
     return rows
 
 
-def test_continuous_batching_decodes_every_row_in_one_batch_and_refills_it():
+def test_continuous_batching_decodes_every_row_in_one_batch_and_refills_it(monkeypatch):
     model, tok = _model("llama")
     prompts = _prompts(len(tok), lengths=PROMPT_LENGTHS * 3, seed=2)
     eos = _frequent_tokens(model, tok, prompts, 10)
@@ -126,6 +126,15 @@ def test_continuous_batching_decodes_every_row_in_one_batch_and_refills_it():
     assert max(forwards) <= 8 and sum(forwards) == sum(n - 1 for n in steps)
     batchwise = sum(max(steps[i : i + 8]) - 1 for i in range(0, len(prompts), 8))
     assert len(forwards) < batchwise
+    # prefill forwards cut to 40 padded positions: the same answers, each piece padded to its own longest row
+    shapes: list[tuple[int, int]] = []
+    model.register_forward_pre_hook(lambda _, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    monkeypatch.setattr(continuous, "PREFILL_POSITIONS_CPU", 40)
+    stats = DecodeStats()
+    assert greedy_answers(model, prompts, eos, tok.pad_token_id, 10, stats=stats) == expected
+    prefill = [rows * width for rows, width in shapes if width > 1]
+    assert max(prefill) <= 40 and len(prefill) > 2 * len(decoding.length_chunks([len(p) for p in prompts], 0.1))
+    assert stats.computed == sum(prefill) + sum(n - 1 for n in steps)
 
 
 def test_the_shrinking_loop_computes_fewer_positions_and_counts_them():

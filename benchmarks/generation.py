@@ -10,23 +10,28 @@ Times are process CPU time / threads on a CPU (other jobs on a shared machine sl
 a GPU. Each path runs `--gen-rounds` times, alternating; the ratio is of their medians.
 
 Measured here (SmolLM2-135M fp32, the 48 bench prompts, batch 25, 40 new tokens at most, 1 torch thread on a
-shared 2-core AMD EPYC, load average 4-6, `bench.py --only generate --threads 1`, two invocations):
-  transformers' generate 28.5, 29.0 s | 32.0, 33.9 s (padding 0.39 of computed positions, MFU 0.32-0.36 of a
-  ~97 GFLOP/s GEMM); the loop 18.2, 19.5 s | 18.8, 20.7 s (padding 0.05, MFU 0.53-0.55): 1.55x | 1.67x, the 48
-  answers identical. (The shrinking loop of one batch at a time before it: 23.8 s against 30.7 s, 1.29x.)
+shared 2-core AMD EPYC, load average 4-6, `bench.py --only generate --threads 1`, three invocations, the last
+with prefill cut to 256 positions a forward):
+  transformers' generate 28.5, 29.0 s | 32.0, 33.9 s | 30.2, 29.7 s (padding 0.39 of computed positions, MFU
+  0.32-0.36 of a 93-97 GFLOP/s GEMM); the loop 18.2, 19.5 s | 18.8, 20.7 s | 20.2, 18.4 s (padding 0.05, 0.05,
+  0.01; MFU 0.53-0.56): 1.55x | 1.67x | 1.56x, the 48 answers identical each time. (The shrinking loop of one
+  batch at a time before it: 23.8 s against 30.7 s, 1.29x.)
   The loop's time (English prompts of the smoke set, same settings): prefill 6.7 s (2187 positions in 2
   chunks, ~0.72 of the GEMM rate), decode 10.8 s (41 steps of ~45 rows, ~263 ms a step, ~0.47 of it).
   Demo-like (120 English prompts of <= 64 tokens from the packaged english_sft set, batch 60 as in
   params/demo.yaml, 40 new tokens, two alternating rounds, a one-off script calling generate_answers with
   shrinking=False/True): generate 46.2, 47.0 s (padding 0.21), the loop 38.2, 39.4 s (padding 0.05): 1.19x,
   0 of 120 answers differing.
-What bounds the ratio here: the loop computes the real positions and little else (padding 0.05), so its time is
-(useful FLOPs) / (the rate a forward reaches). Useful work is ~1.0 TFLOP on the bench prompts (10.3 s at the GEMM
-rate: 1.8x needs 0.64 of it overall) and ~2.3 TFLOP on the demo-like set (24 s: generate at batch 60 already
-runs at 0.52 of the GEMM rate there, so 1.8x would need 0.94 of it; the ceiling is 1.9x). Prefill runs at ~0.72;
-a decode step of ~45 rows at ~0.47: on one thread the step streams all 537 MB of fp32 weights (the 113 MB LM head
-included, an N=49152 GEMM that reaches ~50 GFLOP/s at M=46 even with hot weights) and its GEMMs are short in M.
-More rows per step help only while prompts remain: the bench has 48.
+What bounds the ratio here: the loop computes the real positions and little else (padding 0.01), so its time is
+(useful FLOPs) / (the rate a forward reaches). Useful work is 1.01 TFLOP on the bench prompts (10.5 s at the GEMM
+rate: 1.8x needs 0.57-0.66 of it overall, depending on generate's own time) and ~2.3 TFLOP on the demo-like set
+(24 s: generate at batch 60 already runs at ~0.51 of the GEMM rate there, so 1.8x would need ~0.93 of it; the
+ceiling is 1.9x). Prefill runs at ~0.72-0.8; a decode step of ~45 rows at ~0.47: on one thread the step streams
+all 537 MB of fp32 weights (the 113 MB LM head included, an N=49152 GEMM that reaches ~50 GFLOP/s at M=46 even with
+hot weights) and its GEMMs are short in M. More rows per step help only while prompts remain (the bench has 48),
+and at 60 rows generate's steps are already not far from the rate 120 rows reach.
+Tried and kept: prefill forwards cut to 256 padded positions on a CPU (activations stay in cache): prefill 6.0,
+6.0, 6.2 s against 7.0, 7.3, 6.4 s uncut (512: 6.3, 1024: 6.5, 128: 7.1; English smoke prompts, one process each).
 Tried and not kept:
   - static KV cache + torch.compile of the decode step: a batch whose rows change changes shape at every stop,
     so a compiled step recompiles (or runs dynamic shapes) per batch size, and compiling costs minutes on 2

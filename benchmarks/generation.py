@@ -14,14 +14,15 @@ shared 2-core AMD EPYC, load average 4-6, `bench.py --only generate --threads 1`
 with prefill cut to 256 positions a forward):
   transformers' generate 28.5, 29.0 s | 32.0, 33.9 s | 30.2, 29.7 s (padding 0.39 of computed positions, MFU
   0.32-0.36 of a 93-97 GFLOP/s GEMM); the loop 18.2, 19.5 s | 18.8, 20.7 s | 20.2, 18.4 s (padding 0.05, 0.05,
-  0.01; MFU 0.53-0.56): 1.55x | 1.67x | 1.56x, the 48 answers identical each time. (The shrinking loop of one
+  0.01; MFU 0.53-0.56): 1.55x | 1.67x | 1.55x, the 48 answers identical each time. (The shrinking loop of one
   batch at a time before it: 23.8 s against 30.7 s, 1.29x.)
   The loop's time (English prompts of the smoke set, same settings): prefill 6.7 s (2187 positions in 2
   chunks, ~0.72 of the GEMM rate), decode 10.8 s (41 steps of ~45 rows, ~263 ms a step, ~0.47 of it).
   Demo-like (120 English prompts of <= 64 tokens from the packaged english_sft set, batch 60 as in
   params/demo.yaml, 40 new tokens, two alternating rounds, a one-off script calling generate_answers with
-  shrinking=False/True): generate 46.2, 47.0 s (padding 0.21), the loop 38.2, 39.4 s (padding 0.05): 1.19x,
-  0 of 120 answers differing.
+  shrinking=False/True): generate 46.2, 47.0 s (padding 0.21), the loop 38.2, 39.4 s (padding 0.05): 1.19x;
+  with the prefill cut: generate 50.5, 51.7 s, the loop 40.9, 39.1 s (padding 0.01): 1.26x; 0 of 120 answers
+  differing each time.
 What bounds the ratio here: the loop computes the real positions and little else (padding 0.01), so its time is
 (useful FLOPs) / (the rate a forward reaches). Useful work is 1.01 TFLOP on the bench prompts (10.5 s at the GEMM
 rate: 1.8x needs 0.57-0.66 of it overall, depending on generate's own time) and ~2.3 TFLOP on the demo-like set

@@ -1,31 +1,46 @@
-"""Generation throughput for evaluation (clo_utils.evaluation.evaluate.generate_answers): the shrinking greedy loop
-(clo_utils.evaluation.decoding) against transformers' generate (shrinking=False, the earlier path), the same
-prompts and batch size, in this one process; their answers compared token for token; the loop batched vs one
-prompt at a time; beside it the ceiling of batching on this device (B x a decode step at batch 1 / a step at
-batch B, equal lengths, no early stops).
+"""Generation throughput for evaluation (clo_utils.evaluation.evaluate.generate_answers): the greedy loop
+(clo_utils.evaluation.decoding: every uncached batch's prompts in one continuously refilled decode batch of up to
+128 rows over an in-place KV cache, clo_utils.evaluation.continuous) against transformers' generate
+(shrinking=False, the earlier path, batch by batch), the same prompts and batch_size (the loop's batches only key
+the generation cache; it decodes up to 128 rows together), in this one process; their answers compared token for
+token; the loop vs one prompt at a time (decode_rows=1); beside it the ceiling of batching on this device (B x a
+decode step at batch 1 / a step at batch B, equal lengths, no early stops; wall time).
 
 Times are process CPU time / threads on a CPU (other jobs on a shared machine slow neither side), wall time on
 a GPU. Each path runs `--gen-rounds` times, alternating; the ratio is of their medians.
 
 Measured here (SmolLM2-135M fp32, the 48 bench prompts, batch 25, 40 new tokens at most, 1 torch thread on a
-shared 2-core AMD EPYC, load average 3 -> 10 during the run, process CPU time):
-  transformers' generate 30.7 s (padding 0.39 of computed positions, MFU 0.36 of a 91 GFLOP/s GEMM);
-  the shrinking loop 23.8 s (padding 0.04, MFU 0.47): 1.29x, the 48 answers identical. Its time splits into
-  prefill 8.1 s (2669 prompt tokens, ~0.8 of the GEMM rate) and decode 13.9 s (1631 new tokens in ~80 steps,
-  ~0.35 of it); a profile gives aten::mm 77% of op time, the KV cache's aten::cat 6%, attention 5%.
-  The 48 English prompts in one batch of 60 (the demo's batch size): 29.7 s -> 20.3 s (1.46x, padding
-  0.46 -> 0.05), answers identical.
-What bounds the ratio here: generate's waste is its padding (6926 computed positions for 4252 real ones, at
-most 1.6x), and a decode step at these batch sizes costs about the same whatever its rows (the weights are read
-once per step), so rows leaving the batch save little decode time on this CPU; the saving comes from prefill
-chunks. The 1.8x goal would need the decode steps themselves faster.
+shared 2-core AMD EPYC, load average 4-6, `bench.py --only generate --threads 1`, three invocations, the last
+with prefill cut to 256 positions a forward):
+  transformers' generate 28.5, 29.0 s | 32.0, 33.9 s | 30.2, 29.7 s (padding 0.39 of computed positions, MFU
+  0.32-0.36 of a 93-97 GFLOP/s GEMM); the loop 18.2, 19.5 s | 18.8, 20.7 s | 20.2, 18.4 s (padding 0.05, 0.05,
+  0.01; MFU 0.53-0.56): 1.55x | 1.67x | 1.55x, the 48 answers identical each time. (The shrinking loop of one
+  batch at a time before it: 23.8 s against 30.7 s, 1.29x.)
+  The loop's time (English prompts of the smoke set, same settings): prefill 6.7 s (2187 positions in 2
+  chunks, ~0.72 of the GEMM rate), decode 10.8 s (41 steps of ~45 rows, ~263 ms a step, ~0.47 of it).
+  Demo-like (120 English prompts of <= 64 tokens from the packaged english_sft set, batch 60 as in
+  params/demo.yaml, 40 new tokens, two alternating rounds, a one-off script calling generate_answers with
+  shrinking=False/True): generate 46.2, 47.0 s (padding 0.21), the loop 38.2, 39.4 s (padding 0.05): 1.19x;
+  with the prefill cut: generate 50.5, 51.7 s, the loop 40.9, 39.1 s (padding 0.01): 1.26x; 0 of 120 answers
+  differing each time.
+What bounds the ratio here: the loop computes the real positions and little else (padding 0.01), so its time is
+(useful FLOPs) / (the rate a forward reaches). Useful work is 1.01 TFLOP on the bench prompts (10.5 s at the GEMM
+rate: 1.8x needs 0.57-0.66 of it overall, depending on generate's own time) and ~2.3 TFLOP on the demo-like set
+(24 s: generate at batch 60 already runs at ~0.51 of the GEMM rate there, so 1.8x would need ~0.93 of it; the
+ceiling is 1.9x). Prefill runs at ~0.72-0.8; a decode step of ~45 rows at ~0.47: on one thread the step streams
+all 537 MB of fp32 weights (the 113 MB LM head included, an N=49152 GEMM that reaches ~50 GFLOP/s at M=46 even with
+hot weights) and its GEMMs are short in M. More rows per step help only while prompts remain (the bench has 48),
+and at 60 rows generate's steps are already not far from the rate 120 rows reach.
+Tried and kept: prefill forwards cut to 256 padded positions on a CPU (activations stay in cache): prefill 6.0,
+6.0, 6.2 s against 7.0, 7.3, 6.4 s uncut (512: 6.3, 1024: 6.5, 128: 7.1; English smoke prompts, one process each).
 Tried and not kept:
-  - static KV cache + torch.compile of the decode step: a shrinking batch changes the batch dimension at every
-    early stop, so a compiled step recompiles (or runs dynamic shapes) for each batch size met, and compiling
-    costs minutes on 2 cores against a decode of tens of seconds; not measured further. On a GPU, where launch
-    overhead dominates a small model's step, the trade differs: unmeasured.
-Not tried yet: refilling the batch with waiting prompts as rows finish (continuous batching: ~65 instead of ~80
-decode steps here), a preallocated cache instead of the per-step aten::cat.
+  - static KV cache + torch.compile of the decode step: a batch whose rows change changes shape at every stop,
+    so a compiled step recompiles (or runs dynamic shapes) per batch size, and compiling costs minutes on 2
+    cores against a decode of tens of seconds; not measured. On a GPU the trade differs: unmeasured.
+  - the LM head as (W @ x.T).T instead of x @ W.T: no faster at M=46 (44 vs 52 GFLOP/s).
+  - contiguous keys/values or an additive float mask for sdpa: ~0.1 ms a layer-step at 46 rows, not worth a copy.
+Not tried: prefill packed into the decode steps (mixed batches, one weight stream for both), prepacked
+(oneDNN) weights, bf16 weights on CPU (each changes the arithmetic, so greedy answers could change).
 """
 
 from __future__ import annotations
@@ -42,13 +57,13 @@ TARGETS = {
         "generation: transformers' generate time / the shrinking loop's time, same prompts and batch",
     ),
     "generate_answers_differing": ("==", 0, "greedy answers that differ between the two paths (of all prompts)"),
-    "generate_batched_speedup": (">=", 4.0, "generation: one-at-a-time time / batched time"),
+    "generate_batched_speedup": (">=", 4.0, "generation: one-at-a-time time (decode_rows 1) / batched time"),
     # B x a decode step at batch 1 / a step at batch B (equal lengths): the most batching can give here
     "generate_decode_step_ceiling": (None, None, "generation: batching's ceiling on this device"),
 }
 
 
-def path_run(model, tok, prompts, args, batch_size: int, shrinking: bool) -> dict:
+def path_run(model, tok, prompts, args, batch_size: int, shrinking: bool, decode_rows: int | None = None) -> dict:
     """One generate_answers call: its answers, its time (mfu.clock) and its DecodeStats."""
     from benchmarks.mfu import clock
     from clo_utils.evaluation.decoding import DecodeStats
@@ -67,6 +82,7 @@ def path_run(model, tok, prompts, args, batch_size: int, shrinking: bool) -> dic
             progress=False,
             shrinking=shrinking,
             stats=stats,
+            decode_rows=decode_rows,
         )
 
     out["seconds"] = clock(*timed(call))
@@ -137,7 +153,7 @@ def run(ctx: Context) -> None:
     results.sections["generation"] = section
 
     t0 = time.perf_counter()
-    one = path_run(model, tok, prompts, args, 1, True)
+    one = path_run(model, tok, prompts, args, 1, True, decode_rows=1)
     synchronize()
     section["one_at_a_time"] = {"seconds": one["seconds"], "wall": time.perf_counter() - t0}
     results.add(

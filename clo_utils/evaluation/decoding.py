@@ -1,8 +1,13 @@
-"""Greedy decoding with a batch that shrinks: finished answers leave it, prompts are prefilled in chunks of similar length.
+"""Greedy decoding without generate's padding: `greedy_stream` / `greedy_answers`, and the shrinking loop.
+
+Models whose cache layers are all full attention decode through clo_utils.evaluation.continuous (one
+decode batch refilled as answers finish, a KV cache written in place); the others (Gemma-3's
+sliding-window layers, attention that takes no 4D mask) through the shrinking loop below, `max_rows`
+prompts at a time.
 
 transformers' `generate` keeps every row of a batch until the last one stops: a row that reached its
 end of turn goes on computing padding, and every prompt is left-padded to the batch's longest. This
-loop computes the same greedy tokens with less:
+shrinking loop computes the same greedy tokens with less:
 
     1. prefill: the batch's prompts, sorted by length, are forwarded in chunks of at most
        `max_padding` left padding each (clo_utils.batching.length_chunks), each into its own KV cache;
@@ -25,7 +30,7 @@ computes, for the padding and utilisation benchmarks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -184,7 +189,7 @@ def _decode(
 
 
 @torch.inference_mode()
-def greedy_answers(
+def _shrinking_answers(
     model,
     prompts: Sequence[Sequence[int]],
     eos_ids: Sequence[int],
@@ -193,13 +198,7 @@ def greedy_answers(
     max_padding: float = PREFILL_MAX_PADDING,
     stats: DecodeStats | None = None,
 ) -> list[list[int]]:
-    """Greedy answer tokens for each prompt (token ids, chat template applied), in the order of
-    `prompts`, each cut before its first end-of-turn token: the tokens `generate` gives for the
-    same batch. `stats` (optional) receives the positions computed."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
+    """The shrinking loop on one batch: greedy_answers' result, for any cache layer type."""
     lengths = [len(p) for p in prompts]
     chunks = length_chunks(lengths, max_padding)
     prefilled = [_prefill(model, [prompts[i] for i in chunk], pad_id, stats) for chunk in chunks]
@@ -220,4 +219,58 @@ def greedy_answers(
             answers[i] = answer
         if stats is not None:
             stats.add_rows([(lengths[i], n) for i, n in zip(indices, steps)])
+    return answers
+
+
+def greedy_stream(
+    model,
+    prompts: Sequence[Sequence[int]],
+    eos_ids: Sequence[int],
+    pad_id: int,
+    max_new_tokens: int,
+    max_rows: int | None = None,
+    max_padding: float = PREFILL_MAX_PADDING,
+    stats: DecodeStats | None = None,
+) -> Iterator[tuple[int, list[int]]]:
+    """(index into `prompts`, greedy answer tokens) for every prompt (token ids, chat template applied), each
+    cut before its first end-of-turn token: the tokens `generate` gives. Answers come as they finish.
+
+    Models whose cache is full attention only (clo_utils.evaluation.continuous.supported) decode every prompt
+    in one continuously refilled batch of up to `max_rows` rows (default continuous.DECODE_ROWS); the others
+    (sliding-window layers, attention without 4D masks) run the shrinking loop on `max_rows` prompts at a time,
+    in the order given. `stats` (optional) receives the positions computed."""
+    from . import continuous
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    max_rows = continuous.DECODE_ROWS if max_rows is None else max_rows
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    if continuous.supported(model):
+        yield from continuous.greedy_stream(
+            model, prompts, eos_ids, pad_id, max_new_tokens, max_rows=max_rows, max_padding=max_padding, stats=stats
+        )
+        return
+    for start in range(0, len(prompts), max_rows):
+        group = prompts[start : start + max_rows]
+        answers = _shrinking_answers(model, group, eos_ids, pad_id, max_new_tokens, max_padding, stats)
+        yield from enumerate(answers, start=start)
+
+
+def greedy_answers(
+    model,
+    prompts: Sequence[Sequence[int]],
+    eos_ids: Sequence[int],
+    pad_id: int,
+    max_new_tokens: int,
+    max_padding: float = PREFILL_MAX_PADDING,
+    stats: DecodeStats | None = None,
+    max_rows: int | None = None,
+) -> list[list[int]]:
+    """greedy_stream's answers in the order of `prompts`."""
+    answers: list[list[int]] = [[] for _ in prompts]
+    for i, tokens in greedy_stream(model, prompts, eos_ids, pad_id, max_new_tokens, max_rows, max_padding, stats):
+        answers[i] = tokens
     return answers

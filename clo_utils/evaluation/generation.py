@@ -2,9 +2,10 @@
 
 Prompts are grouped into length-sorted batches; generation stops at any end-of-turn token (the chat
 template's, the tokenizer's and the model's EOS) or at a ChatML turn end written as text. Greedy
-batches run through clo_utils.evaluation.decoding (prompts prefilled in chunks of similar length,
-finished answers leaving the batch), which gives transformers' `generate`'s tokens at less compute;
-sampling and a text turn end run through `generate` itself. Generated answers are cached on disk (generations.sqlite in the kit's cache folder), one entry
+answers run through clo_utils.evaluation.decoding (the prompts of all uncached batches in one decode
+batch refilled as answers finish, prompts prefilled in chunks of similar length), which gives
+transformers' `generate`'s tokens at less compute; sampling and a text turn end run through `generate`
+itself, batch by batch. Generated answers are cached on disk (generations.sqlite in the kit's cache folder), one entry
 per batch keyed by the weights' fingerprint, the batch's prompt tokens and every decoding setting,
 written in one transaction each: evaluation killed mid-generation resumes with the batches it
 lacks, and a complete rerun generates nothing.
@@ -26,7 +27,7 @@ import torch
 from ..common.cache import DiskCache, cache_key, default_cache_dir, open_cache
 from ..common.text import chat_messages
 from ..models import CHATML_TURN_END, end_of_turn_token_ids
-from .decoding import DecodeStats, greedy_answers
+from .decoding import DecodeStats, greedy_stream
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ def generate_answers(
     cache: GenerationCache | None = None,
     shrinking: bool = True,
     stats: DecodeStats | None = None,
+    decode_rows: int | None = None,
 ) -> list[str]:
     """Answers to `prompts` through the chat template, in the order of `prompts`.
 
@@ -176,11 +178,13 @@ def generate_answers(
     EOS (the tokenizer's and the model's) or after max_new_tokens. With `cache`, a batch found there
     is not generated, and each generated batch is stored as soon as it is done.
 
-    Greedy batches run through clo_utils.evaluation.decoding.greedy_answers when `shrinking` (the
-    default): prompts prefilled in chunks of similar length, finished answers leaving the batch; the
-    tokens are those of transformers' `generate`, which runs them with `shrinking=False` and always
-    for sampling and for a turn end written as text. Both give the same answers, so they share cache
-    entries. `stats` (optional) receives the positions computed by the batches generated here.
+    Greedy batches run through clo_utils.evaluation.decoding.greedy_stream when `shrinking` (the
+    default): the prompts of every batch not in the cache share one decode batch of up to `decode_rows`
+    rows (None: continuous.DECODE_ROWS), refilled as answers finish, prompts prefilled in chunks of
+    similar length; each batch is stored once its last answer is done. The tokens are those of
+    transformers' `generate`, which runs batch by batch with `shrinking=False` and always for sampling
+    and for a turn end written as text. Both give the same answers, so they share cache entries (one per
+    `batch_size` batch either way). `stats` (optional) receives the positions computed here.
     """
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
@@ -224,6 +228,7 @@ def generate_answers(
         ]
         stored = cache.store.get_many(keys)
     answers: list[str | None] = [None] * len(prompts)
+    continuous = shrinking and not do_sample and not turn_end_is_text
     was_training, saved_side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
@@ -232,25 +237,45 @@ def generate_answers(
             torch.inference_mode(),
             tqdm(total=len(prompts), desc="generating", unit="answer", disable=not progress) as bar,
         ):
-            for index, (batch, key) in enumerate(zip(batches, keys)):
-                if key in stored:
-                    new_tokens = stored[key]
-                    cache.hits += 1
-                else:
-                    if do_sample:
-                        torch.manual_seed(seed * 1_000_003 + index)
-                    rows = [encoded[i] for i in batch]
-                    if shrinking and not do_sample and not turn_end_is_text:
-                        new_tokens = greedy_answers(model, rows, eos_ids, pad_id, max_new_tokens, stats=stats)
-                    else:
-                        new_tokens = _generate_batch(model, tokenizer, rows, config, eos_ids, stats)
-                    if cache is not None:
-                        cache.store.put_many({key: new_tokens})  # one transaction: the whole batch or nothing
-                        stored[key] = new_tokens
-                        cache.misses += 1
+
+            def finish(index: int, new_tokens: list[list[int]], generated: bool) -> None:
+                """A batch's answers: stored (one transaction: the whole batch or nothing) and decoded."""
+                batch, key = batches[index], keys[index]
+                if cache is not None and generated:
+                    cache.store.put_many({key: new_tokens})
+                    stored[key] = new_tokens
+                    cache.misses += 1
                 for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                     answers[i] = (text.split(CHATML_TURN_END, 1)[0] if turn_end_is_text else text).strip()
                 bar.update(len(batch))
+
+            missing = []
+            for index, key in enumerate(keys):
+                if key in stored:
+                    cache.hits += 1
+                    finish(index, stored[key], generated=False)
+                elif continuous:
+                    missing.append(index)
+                else:
+                    if do_sample:
+                        torch.manual_seed(seed * 1_000_003 + index)
+                    rows = [encoded[i] for i in batches[index]]
+                    finish(index, _generate_batch(model, tokenizer, rows, config, eos_ids, stats), generated=True)
+            if missing:
+                # Every missing batch's prompts share one continuously refilled decode batch; a batch is stored
+                # as soon as its last answer is done.
+                slots = [(index, k) for index in missing for k in range(len(batches[index]))]
+                pending = {index: [None] * len(batches[index]) for index in missing}
+                left = {index: len(batches[index]) for index in missing}
+                rows = [encoded[batches[index][k]] for index, k in slots]
+                for row, new_tokens in greedy_stream(
+                    model, rows, eos_ids, pad_id, max_new_tokens, max_rows=decode_rows, stats=stats
+                ):
+                    index, k = slots[row]
+                    pending[index][k] = new_tokens
+                    left[index] -= 1
+                    if not left[index]:
+                        finish(index, pending.pop(index), generated=True)
     finally:
         tokenizer.padding_side = saved_side
         model.train(was_training)

@@ -1,6 +1,6 @@
-"""clo_utils.evaluation.decoding: the shrinking greedy loop gives transformers' generate's tokens, token for
-token, on tiny models of the real architectures (Llama, Qwen2, Gemma-3 with sliding-window layers), and
-counts the positions it computes."""
+"""clo_utils.evaluation.decoding and .continuous: greedy decoding in one continuously refilled batch (full-attention
+models) or the shrinking loop (Gemma-3's sliding-window layers) gives transformers' generate's tokens, token for
+token, on tiny models of the real architectures, and counts the positions it computes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from clo_utils.evaluation import decoding
+from clo_utils.evaluation import continuous, decoding
 from clo_utils.evaluation.decoding import DecodeStats, greedy_answers
 from clo_utils.evaluation.generation import _generate_batch, generate_answers
 from tests.tiny_models import make_model, make_tokenizer
@@ -55,19 +55,24 @@ def _frequent_tokens(model, tok, prompts, max_new_tokens, n=2) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    "arch, overrides",
+    "arch, overrides, continuous_batch",
     [
-        ("llama", {}),
-        ("qwen2", {}),
-        ("gemma3", {"sliding_window": 64, "initializer_range": 0.02}),  # the window holds every prompt: chunks join
-        (
-            "gemma3",
-            {"sliding_window": 16, "initializer_range": 0.02},
-        ),  # prompts and answers pass the window: chunks decode apart
+        ("llama", {}, True),
+        ("llama", {"attn_implementation": "sdpa"}, True),
+        ("qwen2", {}, True),
+        # the window holds every prompt: the shrinking loop joins its chunks
+        ("gemma3", {"sliding_window": 64, "initializer_range": 0.02}, False),
+        # prompts and answers pass the window: the shrinking loop decodes its chunks apart
+        ("gemma3", {"sliding_window": 16, "initializer_range": 0.02}, False),
     ],
 )
-def test_greedy_answers_equal_generate_token_for_token(arch, overrides, monkeypatch):
+def test_greedy_answers_equal_generate_token_for_token(arch, overrides, continuous_batch, monkeypatch):
+    overrides = dict(overrides)
+    attention = overrides.pop("attn_implementation", None)
     model, tok = _model(arch, **overrides)
+    if attention:
+        model.set_attn_implementation(attention)
+    assert continuous.supported(model) is continuous_batch  # sliding-window layers take the shrinking loop
     prompts = _prompts(len(tok))
     eos = _frequent_tokens(model, tok, prompts, 12)
     expected = _reference(model, tok, prompts, eos, 12)
@@ -80,9 +85,56 @@ def test_greedy_answers_equal_generate_token_for_token(arch, overrides, monkeypa
     got = greedy_answers(model, prompts, eos, tok.pad_token_id, 12, stats=stats)
     assert got == expected
     window = overrides.get("sliding_window")
-    assert joins == ([] if window and window <= max(PROMPT_LENGTHS) else [1])
+    assert joins == ([] if continuous_batch or window <= max(PROMPT_LENGTHS) else [1])
     # each prompt alone (no neighbours, no padding) gives the same tokens too
     assert [greedy_answers(model, [p], eos, tok.pad_token_id, 12)[0] for p in prompts[:3]] == expected[:3]
+    # a decode batch of 3 rows, refilled as rows finish (with 1 row: one prompt after the other, the cache
+    # widened for the longer prompts that come later), gives them as well
+    for rows in (3, 1):
+        assert greedy_answers(model, prompts, eos, tok.pad_token_id, 12, max_rows=rows) == expected
+
+
+def _decode_forwards(model) -> list[int]:
+    """Rows of each decode forward (one new token per row) the model runs from now on."""
+    rows: list[int] = []
+    model.register_forward_pre_hook(
+        lambda _, args, kwargs: rows.append(len(kwargs["input_ids"])) if kwargs["input_ids"].shape[1] == 1 else None,
+        with_kwargs=True,
+    )
+    return rows
+
+
+def test_continuous_batching_decodes_every_row_in_one_batch_and_refills_it(monkeypatch):
+    model, tok = _model("llama")
+    prompts = _prompts(len(tok), lengths=PROMPT_LENGTHS * 3, seed=2)
+    eos = _frequent_tokens(model, tok, prompts, 10)
+    expected = _reference(model, tok, prompts, eos, 10)
+    steps = [min(len(a) + 1, 10) for a in expected]  # tokens generated per row, EOS included
+    forwards = _decode_forwards(model)
+    stats = DecodeStats()
+    assert greedy_answers(model, prompts, eos, tok.pad_token_id, 10, stats=stats) == expected
+    # one batch: as many decode steps as the longest answer needs, each over the rows still running
+    assert forwards == [sum(n > step for n in steps) for step in range(1, max(steps))]
+    assert stats.computed - sum(forwards) == sum(
+        len(c) * max(len(prompts[i]) for i in c)
+        for c in decoding.length_chunks([len(p) for p in prompts], decoding.PREFILL_MAX_PADDING)
+    )
+    # 8 rows refilled as answers finish: every row still decoded once per fed token, in fewer steps than
+    # decoding the same prompts 8 at a time
+    forwards.clear()
+    assert greedy_answers(model, prompts, eos, tok.pad_token_id, 10, max_rows=8) == expected
+    assert max(forwards) <= 8 and sum(forwards) == sum(n - 1 for n in steps)
+    batchwise = sum(max(steps[i : i + 8]) - 1 for i in range(0, len(prompts), 8))
+    assert len(forwards) < batchwise
+    # prefill forwards cut to 40 padded positions: the same answers, each piece padded to its own longest row
+    shapes: list[tuple[int, int]] = []
+    model.register_forward_pre_hook(lambda _, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    monkeypatch.setattr(continuous, "PREFILL_POSITIONS_CPU", 40)
+    stats = DecodeStats()
+    assert greedy_answers(model, prompts, eos, tok.pad_token_id, 10, stats=stats) == expected
+    prefill = [rows * width for rows, width in shapes if width > 1]
+    assert max(prefill) <= 40 and len(prefill) > 2 * len(decoding.length_chunks([len(p) for p in prompts], 0.1))
+    assert stats.computed == sum(prefill) + sum(n - 1 for n in steps)
 
 
 def test_the_shrinking_loop_computes_fewer_positions_and_counts_them():
@@ -97,8 +149,8 @@ def test_the_shrinking_loop_computes_fewer_positions_and_counts_them():
     answers = greedy_answers(model, prompts, eos, tok.pad_token_id, 10, stats=new)
     assert sorted(new.rows) == sorted(old.rows) and new.real == old.real  # the same tokens, the same real positions
     steps = [n for _, n in new.rows]
-    by_length = sorted(range(len(prompts)), key=lambda i: (-PROMPT_LENGTHS[i], i))  # the rows' order in stats
-    assert steps == [min(len(answers[i]) + 1, 10) for i in by_length]  # EOS counted, max_new_tokens caps
+    # EOS counted, max_new_tokens caps
+    assert sorted(new.rows) == sorted((len(p), min(len(a) + 1, 10)) for p, a in zip(prompts, answers))
     # prefill: chunks of <= 10% padding, each row x width; decode: one position per row per fed token
     chunks = decoding.length_chunks(PROMPT_LENGTHS, decoding.PREFILL_MAX_PADDING)
     prefill = sum(len(c) * max(PROMPT_LENGTHS[i] for i in c) for c in chunks)

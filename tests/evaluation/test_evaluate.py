@@ -330,11 +330,11 @@ def test_sampling_is_seeded(tiny):
 
 
 def _counting_generate(model, monkeypatch) -> list[int]:
-    """Wrap model.generate (sampling) and the greedy loop (greedy answers) to record the batch size of
-    every batch generated."""
+    """Wrap model.generate (sampling: one call per batch) and the greedy loop (greedy answers: one call for
+    every uncached batch's prompts together) to record the prompts each call generates."""
     from clo_utils.evaluation import generation
 
-    calls, generate, greedy = [], model.generate, generation.greedy_answers
+    calls, generate, greedy = [], model.generate, generation.greedy_stream
 
     def counted(*args, **kwargs):
         calls.append(len(kwargs["input_ids"]))
@@ -346,7 +346,7 @@ def _counting_generate(model, monkeypatch) -> list[int]:
         return greedy(run_model, prompts, *args, **kwargs)
 
     monkeypatch.setattr(model, "generate", counted)
-    monkeypatch.setattr(generation, "greedy_answers", counted_greedy)
+    monkeypatch.setattr(generation, "greedy_stream", counted_greedy)
     return calls
 
 
@@ -357,10 +357,10 @@ def test_a_second_generate_call_reads_every_batch_from_the_cache(tiny, tmp_path,
     calls = _counting_generate(model, monkeypatch)
     with ev.open_generation_cache(tmp_path, model) as cache:
         first = ev.generate_answers(model, tokenizer, PROMPTS, cache=cache, **kwargs)
-        assert (cache.hits, cache.misses) == (0, 3) and calls == [2, 2, 1]
+        assert (cache.hits, cache.misses) == (0, 3) and calls == [5]  # 3 batches stored, decoded together
     with ev.open_generation_cache(tmp_path, model) as cache:  # reopened from disk
         second = ev.generate_answers(model, tokenizer, PROMPTS, cache=cache, **kwargs)
-        assert (cache.hits, cache.misses) == (3, 0) and calls == [2, 2, 1]  # no model.generate call
+        assert (cache.hits, cache.misses) == (3, 0) and calls == [5]  # no further generation
     assert first == second == uncached and all(first)
     with sqlite3.connect(tmp_path / "generations.sqlite") as db:
         stored = [json.loads(value) for (value,) in db.execute("SELECT value FROM kv")]
@@ -376,7 +376,7 @@ def test_only_the_batches_missing_from_the_cache_are_generated(tiny, tmp_path, m
     calls = _counting_generate(model, monkeypatch)
     with ev.open_generation_cache(tmp_path, model) as cache:
         resumed = ev.generate_answers(model, tokenizer, PROMPTS, cache=cache, **kwargs)
-        assert (cache.hits, cache.misses) == (3, 2) and calls == [1, 1] and len(cache.store) == 5
+        assert (cache.hits, cache.misses) == (3, 2) and calls == [2] and len(cache.store) == 5
     monkeypatch.undo()
     assert resumed == ev.generate_answers(model, tokenizer, PROMPTS, **kwargs)
 
@@ -395,7 +395,7 @@ def test_changed_decoding_settings_or_weights_miss_the_generation_cache(tiny, tm
         calls.clear()
         with ev.open_generation_cache(tmp_path, model) as cache:
             ev.generate_answers(model, tokenizer, PROMPTS, cache=cache, **{**kwargs, **changed})
-            assert cache.hits == 0 and calls == [2, 2, 1], changed
+            assert cache.hits == 0 and calls == ([2, 2, 1] if "do_sample" in changed else [5]), changed
     sampled = dict(kwargs, do_sample=True, temperature=1.0, top_p=1.0)
     calls.clear()
     with ev.open_generation_cache(tmp_path, model) as cache:
@@ -408,7 +408,7 @@ def test_changed_decoding_settings_or_weights_miss_the_generation_cache(tiny, tm
     other_calls = _counting_generate(other, monkeypatch)
     with ev.open_generation_cache(tmp_path, other) as cache:
         ev.generate_answers(other, tokenizer, PROMPTS, cache=cache, **kwargs)
-        assert cache.hits == 0 and other_calls == [2, 2, 1]
+        assert cache.hits == 0 and other_calls == [5]
 
 
 def test_weights_fingerprint_follows_every_weight_and_dtype(tiny):
@@ -566,7 +566,7 @@ def test_a_rerun_of_evaluate_run_generates_nothing_and_writes_the_same_answers(t
     from clo_utils.evaluation import generation
 
     monkeypatch.setattr(LlamaForCausalLM, "generate", no_generation)
-    monkeypatch.setattr(generation, "greedy_answers", no_generation)
+    monkeypatch.setattr(generation, "greedy_stream", no_generation)
     again = ev.evaluate_run(runs["clo-3"], runs["data"], "ca", **kwargs)
     assert again["eval_settings"]["generation_batches"] == {"total": 4, "from_cache": 4}
     assert (runs["clo-3"] / "answers.jsonl").read_text() == answers

@@ -12,6 +12,7 @@ The method, at this level (imports only clo_utils.common):
   sequences        tokenisation as the trainers see it (every method alike), the seed filter, the collator
   batching         length-grouped batches of seeds (little compute spent on padding)
   train_setup      Trainer arguments per hardware profile, fp32 master weights, dropout off, resume
+  precision        the precision per device: bf16 autocast where native, fp16 with loss scaling, fp32
   train_callbacks  callbacks recording wall time, peak memory and the share of trainable weights that moved
   baselines        the TRL baselines: SFT and the DPO stage of SFT+DPO
   models           loading (hub, local, embedded SmolLM2), trainable-parameter selection, run labels

@@ -5,8 +5,10 @@ May import clo_utils.common, the core and clo_utils.translation; never analysis 
   generation  answer generation: length-sorted batches, end-of-turn handling, the on-disk generation cache
   decoding    greedy decoding without padding: the entry point, and the shrinking loop for sliding-window models
   continuous  greedy decoding in one batch refilled as answers finish, over a KV cache written in place
-  metrics     pure evaluation metrics: fidelity and its shares, chrF++, line pass rate, bootstrap
+  outcomes    one outcome per prompt (target language / other language / no answer), the echoed prefix
+  metrics     pure evaluation metrics: outcome shares, echo, repetition, line pass rate, chrF++, bootstrap
   evaluate    the evaluation driver: held-out NLL, answers.jsonl and metrics.json
+  rescore     a run's outcome shares scored again from its saved answers.jsonl
   judge       pairwise LLM-judge win rates
   knowledge   knowledge benchmarks through lm-evaluation-harness (optional)
 """

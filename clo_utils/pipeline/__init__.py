@@ -6,7 +6,9 @@ May import everything else in clo_utils; nothing imports it but the notebooks, t
   stage_notebooks  the stage notebooks: names, typed `parameters` cells, accepted values
   recipe           recipe YAML loading (line numbers, duplicate keys) and its schema
   preflight        what a recipe needs from the machine: translators, models, the hub, data rows
+  gpu_memory       the pre-flight's GPU memory estimate per training process, from a table of model shapes
   stages           a recipe's stages in execution order (data, train, evaluate, analysis)
+  code_fingerprint the code a stage runs: its notebook's code cells and the clo_utils files they import
   stage_records    stage fingerprints, completion records, stale outputs, adopted hand-run stages
   runner           the papermill batch runner over recipes
   launch           run a training notebook on every process of `accelerate launch`

@@ -413,7 +413,7 @@ def test_notebook_executes_under_papermill(tmp_path: Path, monkeypatch: pytest.M
     papermill.execute_notebook(
         str(NOTEBOOK),
         str(executed),
-        parameters={"runs_root": str(root), "formats": ["png"]},
+        parameters={"recipe_dir": str(root), "formats": ["png"]},
         kernel_name="python3",
         cwd=str(REPO),
         progress_bar=False,

@@ -8,7 +8,9 @@ stopping early, because those answers stay in the denominator as "no answer":
   other      answered in another language; `language` says which (the detector's code), and the
              report groups them as English, the target's close neighbours (`NEIGHBOURS`), or other
   no_answer  empty; fewer than `min_words` words once the echoed prefix is removed; or a degenerate
-             loop (fewer than `min_words` distinct words, e.g. "No, no, no, no, ...")
+             loop: fewer than `min_words` distinct words ("No, no, no, no, ..."), or at least half of
+             the words are one phrase of up to LOOP_MAX_UNIT words said LOOP_MIN_REPEATS times or
+             more in a row to the end ("the first technology is the first technology is the ...")
 
 The echoed prefix is a copy of the prompt's opening words (three or more, possibly after a lead-in
 of up to three words such as "Question:") at the start of the answer. The language is judged on the
@@ -29,10 +31,12 @@ from typing import NamedTuple
 from ..common.text import _TOKEN, UNDETERMINED, count_words, identify_languages
 
 OUTCOMES = ("target", "other", "no_answer")
-SCORING_VERSION = 1  # recorded in eval_settings.scoring: saved answers scored by older rules are rescored
+SCORING_VERSION = 2  # recorded in eval_settings.scoring: saved answers scored by older rules are rescored
 NO_ANSWER_REASONS = ("empty", "short", "loop")
 ECHO_MIN_WORDS = 3  # an echoed prefix copies at least this many of the prompt's opening words
 ECHO_MAX_LEAD_IN = 3  # the copy may start after a short lead-in ("Question:", "Sure!")
+LOOP_MAX_UNIT = 10  # a repeated tail's phrase has at most this many words
+LOOP_MIN_REPEATS = 3  # and is said at least this many times in a row (the last copy may be cut short)
 # The languages a target is known to be confused with (the report's "neighbour" group); English
 # prompts of a run use the run's target language and its neighbours.
 NEIGHBOURS: dict[str, tuple[str, ...]] = {
@@ -92,6 +96,22 @@ def distinct_words(text: str) -> int:
     return len({token for token, _ in _spans(text) if any(ch.isalpha() for ch in token)})
 
 
+def repeated_tail_words(text: str) -> int:
+    """Words in the longest tail of `text` that repeats one phrase of at most LOOP_MAX_UNIT words
+    LOOP_MIN_REPEATS times or more in a row (the last copy may be cut short by the token limit);
+    0 when there is none. Words as count_words counts them, compared case-folded."""
+    words = [token for token, _ in _spans(text) if any(ch.isalpha() for ch in token)]
+    longest = 0
+    for unit in range(1, LOOP_MAX_UNIT + 1):
+        start = len(words) - 1  # walk back while each word equals the one a unit earlier
+        while start - unit >= 0 and words[start] == words[start - unit]:
+            start -= 1
+        tail = len(words) - 1 - start + unit  # the periodic stretch, its first copy included
+        if tail >= LOOP_MIN_REPEATS * unit and tail <= len(words):
+            longest = max(longest, tail)
+    return longest
+
+
 def no_answer_reason(prompt: str, answer: str, min_words: int = 5) -> str | None:
     """Why the answer counts as no answer ("empty", "short", "loop"), or None when it is an answer."""
     if not answer.strip():
@@ -99,7 +119,7 @@ def no_answer_reason(prompt: str, answer: str, min_words: int = 5) -> str | None
     rest = answer_text(prompt, answer)
     if count_words(rest) < min_words:
         return "short"
-    if distinct_words(rest) < min_words:
+    if distinct_words(rest) < min_words or 2 * repeated_tail_words(rest) >= count_words(rest):
         return "loop"
     return None
 

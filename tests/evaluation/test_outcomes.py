@@ -64,6 +64,21 @@ def test_loops_empty_and_short_answers_are_no_answer():
     assert kinds([CA]) == [("target", "ca", None)]
 
 
+def test_a_long_phrase_repeated_to_the_end_is_a_loop():
+    # Five distinct words, so only the repeated tail catches it; the last copy is cut short.
+    tech = "The first human technology is " * 7 + "the first"
+    # An answer, then one phrase repeated for more than half of it: a loop.
+    fish = "Sharks are not mammals. Sharks are fish. " + "They are fish. " * 7
+    assert outcomes.repeated_tail_words(tech) == 37
+    assert [outcomes.no_answer_reason("p", text) for text in (tech, fish)] == ["loop", "loop"]
+    # Repetition short of half the answer, or fewer than three copies, is an answer.
+    listing = "Red, blue, green and yellow are primary colours in painting, then " + "red, blue, " * 3
+    twice = "El temps a Barcelona és bo. El temps a Barcelona és bo. Fa sol i calor tot l'estiu."
+    assert [outcomes.no_answer_reason("p", text) for text in (listing, twice)] == [None, None]
+    assert outcomes.repeated_tail_words("") == 0
+    assert outcomes.repeated_tail_words("a b c d") == 0
+
+
 @pytest.mark.parametrize("language_id", LANGUAGE_IDS)
 def test_the_three_shares_sum_to_one_over_all_prompts(language_id):
     answers = [CA, ES, EN, PROMPT, "", "No, no, no, no, no, no, no.", PROMPT + " " + CA, "Hola."]

@@ -535,7 +535,10 @@ def test_evaluate_run_writes_answers_and_merges_metrics(tmp_path):
         }
         assert scores["n_prompts"] == 2 and scores["ppl"] == pytest.approx(math.exp(scores["nll"]))
         assert scores["target"] + scores["other_language"] + scores["no_answer"] == pytest.approx(1.0)
-    assert metrics["eval_settings"]["language_id"] == "lingua" and metrics["eval_settings"]["scoring"] == outcomes.SCORING_VERSION
+    assert (
+        metrics["eval_settings"]["language_id"] == "lingua"
+        and metrics["eval_settings"]["scoring"] == outcomes.SCORING_VERSION
+    )
     rows = ev.read_answers(runs["sft-3"])
     assert [(r["direction"], r["id"]) for r in rows] == [("tgt", "e0"), ("tgt", "e1"), ("en", "e0"), ("en", "e1")]
     assert rows[0]["reference"] == EVAL_SEEDS[0]["response_tgt"]

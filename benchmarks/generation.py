@@ -60,6 +60,12 @@ TARGETS = {
     "generate_batched_speedup": (">=", 4.0, "generation: one-at-a-time time (decode_rows 1) / batched time"),
     # B x a decode step at batch 1 / a step at batch B (equal lengths): the most batching can give here
     "generate_decode_step_ceiling": (None, None, "generation: batching's ceiling on this device"),
+    "evaluate_speedup_vs_earlier": (
+        None,
+        None,
+        "answers + reference NLL of one direction: generate then a padded NLL pass / the loop with the NLL in its prefill",
+    ),
+    "evaluate_nll_differing": ("==", 0, "reference NLL sums differing by more than 1e-5 (relative) between the paths"),
 }
 
 
@@ -171,6 +177,22 @@ def run(ctx: Context) -> None:
         f"one decode step: {ceiling['ms_per_step_batch_1']:.0f} ms at batch 1, "
         f"{ceiling['ms_per_step_batched']:.0f} ms at batch {args.gen_batch}",
     )
+    references = [s["response_tgt"] for s in ctx.seeds(args.gen_prompts)]
+    section["with_reference_nll"] = direction = evaluation_comparison(model, tok, prompts, references, args)
+    results.add(
+        TARGETS,
+        "evaluate_speedup_vs_earlier",
+        median(direction["earlier"]["seconds"]) / median(direction["kit"]["seconds"]),
+        f"{len(prompts)} prompts and references, batch {args.gen_batch}: "
+        f"{median(direction['earlier']['seconds']):.1f} s vs {median(direction['kit']['seconds']):.1f} s; "
+        f"answers differing: {direction['answers_differing']}",
+    )
+    results.add(
+        TARGETS,
+        "evaluate_nll_differing",
+        direction["nll_differing"],
+        f"of {len(prompts)} references; corpus NLL {direction['earlier']['nll']:.6f} vs {direction['kit']['nll']:.6f}",
+    )
     if args.profile or results.status("generate_speedup_vs_generate") == "MISS":
         from benchmarks.harness import profile_call
 
@@ -210,3 +232,74 @@ def decode_step_ceiling(model, tok, batch: int, prompt_tokens: int = 48, steps: 
         "batch_size": batch,
         "ceiling": batch * one / many,
     }
+
+
+def earlier_reference_scores(model, pairs, pad_id: int, batch_size: int) -> list[tuple[float, int]]:
+    """The earlier reference pass: length-sorted batches of `batch_size` rows, each padded to its longest
+    row and forwarded at once (no padding bound), the LM head on the reference positions."""
+    import torch
+
+    from clo_utils.evaluation.generation import _length_sorted_batches
+
+    scores = [(0.0, 0)] * len(pairs)
+    with torch.inference_mode():
+        for batch in _length_sorted_batches([len(p) + len(r) for p, r in pairs], batch_size):
+            width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            keep = torch.zeros(ids.shape, dtype=torch.bool)
+            for row, i in enumerate(batch):
+                prompt, reference = pairs[i]
+                n = len(prompt) + len(reference)
+                ids[row, :n] = torch.tensor(prompt + reference)
+                mask[row, :n] = 1
+                keep[row, len(prompt) - 1 : n - 1] = True
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+            nll = torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][keep[:, :-1]], reduction="none")
+            counts = keep.sum(-1).tolist()
+            for i, part, n in zip(batch, nll.double().split(counts), counts):
+                scores[i] = (float(part.sum()), n)
+    return scores
+
+
+def evaluation_comparison(model, tok, prompts, references, args) -> dict:
+    """One evaluation direction both ways, alternating `gen_rounds` times: the earlier path (generate batch by
+    batch, then earlier_reference_scores) and the kit's (the continuous loop scoring each reference in its
+    prompt's prefill; evaluate.evaluate_direction's calls), answers and per-reference NLL compared."""
+    from benchmarks.mfu import clock
+    from clo_utils.evaluation.evaluate import generate_answers
+    from clo_utils.evaluation.reference_nll import corpus_nll, pair_scores, prompt_completion_ids
+
+    pairs = [prompt_completion_ids(tok, p, r) for p, r in zip(prompts, references)]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    common = dict(max_new_tokens=args.gen_tokens, batch_size=args.gen_batch, progress=False)
+
+    def earlier():
+        answers = generate_answers(model, tok, prompts, shrinking=False, **common)
+        return answers, earlier_reference_scores(model, pairs, pad_id, args.gen_batch)
+
+    def kit():
+        known: dict = {}
+        answers = generate_answers(
+            model, tok, prompts, reference_ids=[r for _, r in pairs], reference_scores=known, **common
+        )
+        return answers, pair_scores(model, pairs, pad_id, args.gen_batch, known=known)
+
+    out: dict = {"earlier": {"seconds": []}, "kit": {"seconds": []}}
+    found: dict = {}
+    for _ in range(args.gen_rounds):
+        for label, call in (("earlier", earlier), ("kit", kit)):
+            out[label]["seconds"].append(
+                clock(*timed(lambda label=label, call=call: found.__setitem__(label, call())))
+            )
+    (old_answers, old_scores), (new_answers, new_scores) = found["earlier"], found["kit"]
+    out["earlier"]["nll"], out["kit"]["nll"] = corpus_nll(old_scores)[0], corpus_nll(new_scores)[0]
+    out["answers_differing"] = sum(a != b for a, b in zip(old_answers, new_answers))
+    out["nll_differing"] = sum(abs(a - b) > 1e-5 * abs(a) or n != m for (a, n), (b, m) in zip(old_scores, new_scores))
+    out["reference_tokens"] = sum(n for _, n in new_scores)
+    print(
+        f"  answers + reference NLL: earlier {', '.join(f'{x:.1f}' for x in out['earlier']['seconds'])} s, "
+        f"the kit {', '.join(f'{x:.1f}' for x in out['kit']['seconds'])} s; {out['answers_differing']} answers and "
+        f"{out['nll_differing']} reference scores differing"
+    )
+    return out

@@ -431,6 +431,11 @@ def test_sections_run_on_a_tiny_model(tmp_path):
     generation = results["sections"]["generation"]
     assert generation["shrinking"]["real_positions"] == generation["generate"]["real_positions"]
     assert generation["shrinking"]["computed_positions"] <= generation["generate"]["computed_positions"]
+    # answers + reference NLL: the earlier two passes and the kit's one give the same answers and scores
+    direction = generation["with_reference_nll"]
+    assert direction["answers_differing"] == 0 and ratios["evaluate_nll_differing"]["value"] == 0
+    assert direction["reference_tokens"] > 0 and direction["kit"]["nll"] == pytest.approx(direction["earlier"]["nll"])
+    assert ratios["evaluate_speedup_vs_earlier"]["value"] > 0
     assert "useful FLOPs" in proc.stdout and "load average" in proc.stdout
 
 

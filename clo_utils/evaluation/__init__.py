@@ -7,7 +7,8 @@ May import clo_utils.common, the core and clo_utils.translation; never analysis 
   continuous  greedy decoding in one batch refilled as answers finish, over a KV cache written in place
   outcomes    one outcome per prompt (target language / other language / no answer), the echoed prefix
   metrics     pure evaluation metrics: outcome shares, echo, repetition, line pass rate, chrF++, bootstrap
-  evaluate    the evaluation driver: held-out NLL, answers.jsonl and metrics.json
+  reference_nll  the NLL of held-out reference answers, scored with the prompts' prefill when generating
+  evaluate    the evaluation driver: answers.jsonl and metrics.json
   rescore     a run's outcome shares scored again from its saved answers.jsonl
   judge       pairwise LLM-judge win rates
   knowledge   knowledge benchmarks through lm-evaluation-harness (optional)

@@ -17,6 +17,12 @@ its rows (the weights are read once per step). Here every prompt of a call share
     3. leave: a row that emits an end-of-turn token or reaches `max_new_tokens` is yielded at once and
        its slot freed (the last active row moves into it, so active rows stay slots 0..n-1).
 
+With reference answers (evaluation's NLL), step 1 forwards each prompt followed by its reference,
+right-padded, in chunks of similar total length (decoding._prefill_scored): the logits at the prompt's last
+position give the first answer token and, with the reference's positions, the reference's NLL, and the row's
+first columns are the prompt's keys and values, since causal attention never lets a position see later
+tokens. The prompts are then forwarded once for both.
+
 Inputs match `generate`'s for each row: positions count the row's own tokens from 0, the mask covers
 the row's prompt and fed-back tokens and nothing else, logits come from the last position only, so a
 row's tokens do not depend on its neighbours. The slot cache serves full-attention layers only, with
@@ -32,7 +38,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ..batching import length_chunks
-from .decoding import PREFILL_MAX_PADDING, DecodeStats, _next_tokens, _prefill
+from .decoding import PREFILL_MAX_PADDING, DecodeStats, _next_tokens, _prefill, _prefill_scored, scored_positions
 
 # Rows decoded together; memory: max_rows x (longest prompt + max_new_tokens) keys and values per layer.
 DECODE_ROWS = 128
@@ -76,11 +82,12 @@ class SlotCache:
         self.keys = [torch.nn.functional.pad(k, pad) for k in self.keys]
         self.values = [torch.nn.functional.pad(v, pad) for v in self.values]
 
-    def put(self, slot: int, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], length: int) -> None:
-        """A prefilled row's last `length` columns (its real tokens, left padding dropped) into `slot`."""
+    def put(self, slot: int, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+        """A prefilled row's keys and values (kv heads x its real tokens x head dim, one per layer) into `slot`."""
+        length = keys[0].shape[1]
         for layer, (k, v) in enumerate(zip(keys, values)):
-            self.keys[layer][slot, :, :length] = k[:, -length:]
-            self.values[layer][slot, :, :length] = v[:, -length:]
+            self.keys[layer][slot, :, :length] = k
+            self.values[layer][slot, :, :length] = v
         self.lengths[slot] = length
 
     def move(self, sources: list[int], targets: list[int]) -> None:
@@ -137,12 +144,20 @@ def greedy_stream(
     max_rows: int = DECODE_ROWS,
     max_padding: float = PREFILL_MAX_PADDING,
     stats: DecodeStats | None = None,
+    references: Sequence[Sequence[int]] | None = None,
+    scores: dict[int, tuple[float, int]] | None = None,
 ) -> Iterator[tuple[int, list[int]]]:
     """(index into `prompts`, greedy answer tokens cut before the first end-of-turn token) for every prompt,
     each as soon as it finishes; prompts are admitted in the order given (longest first decodes best).
-    `stats` (optional) receives the positions computed and each row's lengths."""
+    `stats` (optional) receives the positions computed and each row's lengths.
+
+    `references` (optional, one token list per prompt): each prompt is prefilled together with its reference
+    answer (decoding._prefill_scored), so one forward gives the prompt's keys and values, its first answer
+    token and the reference's NLL; `scores[i]` receives (summed NLL in nats, reference tokens) of prompt i."""
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    if references is not None and len(references) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(references)} references")
     eos = set(eos_ids)
     eager = getattr(model.config, "_attn_implementation", None) == "eager"
     waiting = list(range(len(prompts)))[::-1]  # popped from the end: the given order
@@ -152,7 +167,10 @@ def greedy_stream(
     steps: dict[int, int] = {}
     tokens: list[int] = []  # slot -> the last token generated, fed at the next step
     refill = max(1, max_rows // 8)
-    positions = PREFILL_POSITIONS_CPU if model.device.type == "cpu" else None
+    if references is None:
+        positions = PREFILL_POSITIONS_CPU if model.device.type == "cpu" else None
+    else:
+        positions = scored_positions(model)
 
     def emitted(slot_tokens: list[int], first_slot: int) -> list[int]:
         """Record one generated token per slot from `first_slot`; the slots whose answers are done."""
@@ -190,21 +208,30 @@ def greedy_stream(
         free = max_rows - len(owner)
         if waiting and (not owner or free >= min(refill, len(waiting))):
             admitted = [waiting.pop() for _ in range(min(free, len(waiting)))]
-            lengths = [len(prompts[i]) for i in admitted]
+            lengths = [len(prompts[i]) + (len(references[i]) if references is not None else 0) for i in admitted]
             for chunk in _split(length_chunks(lengths, max_padding), lengths, positions):
                 rows = [admitted[j] for j in chunk]
-                prefill, mask, first = _prefill(model, [prompts[i] for i in rows], pad_id, stats)
+                if references is None:  # left-padded: a row's prompt is its last columns
+                    prefill, _, first = _prefill(model, [prompts[i] for i in rows], pad_id, stats)
+                    columns = [slice(prefill.layers[0].keys.shape[2] - len(prompts[i]), None) for i in rows]
+                else:  # right-padded prompt + reference: a row's prompt is its first columns
+                    prefill, first, sums, counts = _prefill_scored(
+                        model, [prompts[i] for i in rows], [references[i] for i in rows], pad_id, stats
+                    )
+                    columns = [slice(0, len(prompts[i])) for i in rows]
+                    if scores is not None:
+                        scores.update(zip(rows, zip(sums, counts)))
                 keys = [layer.keys for layer in prefill.layers]
                 values = [layer.values for layer in prefill.layers]
                 need = max(len(prompts[i]) for i in rows) + max_new_tokens
                 if cache is None:
-                    width = max(lengths) + max_new_tokens
+                    width = max(len(prompts[i]) for i in admitted) + max_new_tokens
                     cache = SlotCache(min(max_rows, len(prompts)), width, keys, values)
                 elif need > cache.width:
                     cache.widen(need)
                 start = len(owner)
                 for r, i in enumerate(rows):
-                    cache.put(start + r, [k[r] for k in keys], [v[r] for v in values], len(prompts[i]))
+                    cache.put(start + r, [k[r, :, columns[r]] for k in keys], [v[r, :, columns[r]] for v in values])
                     owner.append(i)
                     answers[i], steps[i] = [], 0
                     tokens.append(0)

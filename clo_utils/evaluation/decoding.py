@@ -142,6 +142,78 @@ def _prefill(model, rows: Sequence[Sequence[int]], pad_id: int, stats: DecodeSta
     return out.past_key_values, mask, _next_tokens(out.logits)
 
 
+# fp32 logits a scored forward may hold at once (positions x vocabulary x 4 bytes), besides the model's own copy.
+SCORED_LOGITS_BYTES = 2**30
+
+
+def scored_positions(model) -> int | None:
+    """Padded positions per scored forward (prompt and reference answer in one row): at most
+    PREFILL_POSITIONS_CPU on a CPU (where that size runs fastest), and on any device few enough that the
+    kept logits stay under SCORED_LOGITS_BYTES; None: no cap (a model without a vocabulary size)."""
+    from .continuous import PREFILL_POSITIONS_CPU
+
+    vocab = getattr(model.config, "vocab_size", None) or getattr(model.config.get_text_config(), "vocab_size", None)
+    cap = max(1, SCORED_LOGITS_BYTES // (4 * vocab)) if vocab else None
+    if model.device.type == "cpu":
+        return min(PREFILL_POSITIONS_CPU, cap) if cap else PREFILL_POSITIONS_CPU
+    return cap
+
+
+def _prefill_scored(
+    model,
+    prompts: Sequence[Sequence[int]],
+    references: Sequence[Sequence[int]],
+    pad_id: int,
+    stats: DecodeStats | None = None,
+    use_cache: bool = True,
+):
+    """Each row's prompt followed by its reference answer, right-padded, in one forward.
+
+    Returns (cache, first tokens, NLL sums, token counts): the summed NLL (nats, fp32 log-softmax) of each
+    row's reference tokens given its prompt, and their number; the greedy first answer token of each row,
+    taken from the logits at the prompt's last position (the same logits predict the reference's first
+    token); and, with `use_cache`, a DynamicCache whose columns 0..len(prompt)-1 of row r hold the keys and
+    values of row r's prompt alone (causal attention: a position never sees the tokens after it). The LM
+    head runs on the scored positions only (`logits_to_keep` mask)."""
+    from transformers import DynamicCache
+
+    if len(prompts) != len(references):
+        raise ValueError(f"{len(prompts)} prompts but {len(references)} references")
+    if any(len(p) == 0 for p in prompts) or any(len(r) == 0 for r in references):
+        raise ValueError("every prompt and every reference answer needs at least one token")
+    lengths = [len(p) + len(r) for p, r in zip(prompts, references)]
+    width = max(lengths)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    keep = torch.zeros((len(prompts), width), dtype=torch.bool)  # positions whose logits predict a reference token
+    for row, (prompt, reference) in enumerate(zip(prompts, references)):
+        ids[row, : lengths[row]] = torch.tensor([*prompt, *reference], dtype=torch.long)
+        mask[row, : lengths[row]] = 1
+        keep[row, len(prompt) - 1 : lengths[row] - 1] = True
+    device = model.device
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=torch.arange(width, device=device).expand(len(prompts), -1),
+        past_key_values=DynamicCache(config=model.config) if use_cache else None,
+        use_cache=use_cache,
+        logits_to_keep=keep.to(device),
+    )
+    logits = out.logits
+    if logits.ndim == 3:  # a model that ignores the mask returns every position's logits
+        logits = logits[keep.to(logits.device)]
+    targets = ids[:, 1:][keep[:, :-1]].to(logits.device)  # position t predicts token t+1
+    token_nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none").double()
+    counts = keep.sum(-1).tolist()
+    sums = [float(part.sum()) for part in token_nll.split(counts)]
+    firsts = torch.tensor([0, *counts[:-1]], device=logits.device).cumsum(0)  # each row's first kept position
+    first = logits[firsts].to(dtype=torch.float32).argmax(-1)
+    if stats is not None:
+        stats.computed += ids.numel()
+        stats.real += sum(len(r) for r in references)  # the prompts are counted with their answers
+    return (out.past_key_values if use_cache else None), first, sums, counts
+
+
 def _decode(
     model, cache, mask: torch.Tensor, first: torch.Tensor, eos_ids, max_new_tokens: int, stats: DecodeStats | None
 ) -> tuple[list[list[int]], list[int]]:
@@ -231,6 +303,8 @@ def greedy_stream(
     max_rows: int | None = None,
     max_padding: float = PREFILL_MAX_PADDING,
     stats: DecodeStats | None = None,
+    references: Sequence[Sequence[int]] | None = None,
+    scores: dict[int, tuple[float, int]] | None = None,
 ) -> Iterator[tuple[int, list[int]]]:
     """(index into `prompts`, greedy answer tokens) for every prompt (token ids, chat template applied), each
     cut before its first end-of-turn token: the tokens `generate` gives. Answers come as they finish.
@@ -238,7 +312,9 @@ def greedy_stream(
     Models whose cache is full attention only (clo_utils.evaluation.continuous.supported) decode every prompt
     in one continuously refilled batch of up to `max_rows` rows (default continuous.DECODE_ROWS); the others
     (sliding-window layers, attention without 4D masks) run the shrinking loop on `max_rows` prompts at a time,
-    in the order given. `stats` (optional) receives the positions computed."""
+    in the order given. `stats` (optional) receives the positions computed. `references` and `scores`: each
+    prompt's reference answer scored in its prefill (continuous.greedy_stream); the shrinking loop ignores
+    them and fills no score (a sliding-window cache keeps too few columns to give the prompt's back)."""
     from . import continuous
 
     if max_new_tokens < 1:
@@ -250,7 +326,16 @@ def greedy_stream(
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
     if continuous.supported(model):
         yield from continuous.greedy_stream(
-            model, prompts, eos_ids, pad_id, max_new_tokens, max_rows=max_rows, max_padding=max_padding, stats=stats
+            model,
+            prompts,
+            eos_ids,
+            pad_id,
+            max_new_tokens,
+            max_rows=max_rows,
+            max_padding=max_padding,
+            stats=stats,
+            references=references,
+            scores=scores,
         )
         return
     for start in range(0, len(prompts), max_rows):

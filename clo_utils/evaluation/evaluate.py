@@ -1,17 +1,17 @@
-"""The evaluation driver: held-out reference NLL, and run folders.
+"""The evaluation driver: one model on the held-out seeds, and run folders.
 
 Evaluates one run folder on the held-out seeds (docs/run-layout.md): loads the run's model,
 answers every held-out prompt in both directions (target-language prompts and English prompts)
 through clo_utils.evaluation.generation (batched, cached on disk per batch), scores the answers with the pure
 metrics of clo_utils.evaluation.metrics (one outcome per prompt and the shares over all prompts, chrF++), adds the
 token-mean NLL (nats/token) of the reference answers under the model (the least noisy continuous
-metric on small models), and writes answers.jsonl and metrics.json through clo_utils.common.runfiles.
+metric on small models; clo_utils.evaluation.reference_nll, the generated prompts scored in the same prefill
+as their answers), and writes answers.jsonl and metrics.json through clo_utils.common.runfiles.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -61,84 +61,10 @@ from .metrics import (  # noqa: F401  (re-exported: clo_utils.evaluation.evaluat
     outcome_report,
 )
 from .outcomes import SCORING_VERSION
+from .reference_nll import corpus_nll, pair_scores, prompt_completion_ids, reference_nll  # noqa: F401  (re-exported)
 from .rescore import rescore_run  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- reference scores
-
-
-def prompt_completion_ids(
-    tokenizer, prompt: str, reference: str, system_prompt: str | None = None
-) -> tuple[list[int], list[int]]:
-    """(prompt ids, reference-answer ids) as the chat template lays out the whole conversation.
-
-    The answer part is the rendered assistant turn up to and including its end-of-turn token (the
-    template's trailing newline is dropped): the model is scored on answering and then stopping,
-    as it was trained. Prompt and answer are tokenised separately so the boundary is exact.
-    """
-    prompt_text = chat_prompt_text(tokenizer, prompt, system_prompt)
-    messages = chat_messages(prompt, system_prompt) + [{"role": "assistant", "content": reference}]
-    full_text = tokenizer.apply_chat_template(messages, tokenize=False)
-    if not full_text.startswith(prompt_text):
-        raise ValueError(
-            "the chat template renders the prompt differently with and without the answer; "
-            "cannot separate the reference tokens"
-        )
-    return _token_ids(tokenizer, prompt_text), _token_ids(tokenizer, full_text[len(prompt_text) :].rstrip("\n"))
-
-
-def reference_nll(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    references: Sequence[str],
-    system_prompt: str | None = None,
-    batch_size: int = 4,
-) -> tuple[float, float]:
-    """(token-mean NLL in nats, perplexity) of the reference answers given their prompts.
-
-    The mean runs over every reference token of the whole set (long answers weigh more, as in a
-    corpus perplexity); prompt tokens are masked; log-probabilities are computed in fp32.
-    """
-    if len(prompts) != len(references):
-        raise ValueError(f"{len(prompts)} prompts but {len(references)} references")
-    pairs = [prompt_completion_ids(tokenizer, p, r, system_prompt) for p, r in zip(prompts, references)]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    total_nll, total_tokens = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for batch in _length_sorted_batches([len(p) + len(c) for p, c in pairs], batch_size):
-                seqs = [pairs[i][0] + pairs[i][1] for i in batch]
-                width = max(map(len, seqs))
-                input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-                attention = torch.zeros((len(seqs), width), dtype=torch.long)
-                scored = torch.zeros((len(seqs), width), dtype=torch.bool)  # positions holding answer tokens
-                for row, i in enumerate(batch):
-                    n_prompt, n_all = len(pairs[i][0]), len(seqs[row])
-                    input_ids[row, :n_all] = torch.tensor(seqs[row])
-                    attention[row, :n_all] = 1
-                    scored[row, n_prompt:n_all] = True
-                # Position t predicts token t+1: score the logits just before each answer token. The LM head
-                # runs on those positions only (`logits_to_keep` mask, flattened (N, V) logits), not on the
-                # prompt and the padding; a model that ignores the mask returns every position's logits.
-                keep = torch.zeros_like(scored)
-                keep[:, :-1] = scored[:, 1:]
-                inputs = {"input_ids": input_ids.to(model.device), "attention_mask": attention.to(model.device)}
-                logits = model(**inputs, logits_to_keep=keep.to(model.device)).logits
-                selected = (logits if logits.ndim == 2 else logits[keep.to(logits.device)]).float()
-                targets = input_ids[:, 1:][scored[:, 1:]].to(selected.device)
-                total_nll += torch.nn.functional.cross_entropy(selected, targets, reduction="sum").item()
-                total_tokens += int(targets.numel())
-    finally:
-        model.train(was_training)
-    if total_tokens == 0:
-        raise ValueError("no reference tokens to score")
-    nll = total_nll / total_tokens
-    return nll, math.exp(nll)
 
 
 # --------------------------------------------------------------------------- one model, held-out seeds
@@ -170,6 +96,8 @@ def evaluate_direction(
 ) -> tuple[dict, list[str]]:
     """Metrics of one direction (the metrics.json "eval" entry) and the answers, in prompt order."""
     start = time.perf_counter()
+    pairs = [prompt_completion_ids(tokenizer, p, r, system_prompt) for p, r in zip(prompts, references)]
+    scored_in_prefill: dict[int, tuple[float, int]] = {}  # reference NLL of the prompts generated now
     answers = generate_answers(
         model,
         tokenizer,
@@ -179,15 +107,17 @@ def evaluate_direction(
         system_prompt=system_prompt,
         progress=progress,
         cache=cache,
+        reference_ids=[reference for _, reference in pairs],
+        reference_scores=scored_in_prefill,
     )
     run_lang = other_lang if expected_lang == "en" else expected_lang
     metrics = outcome_report(
         prompts, answers, expected_lang, run_lang=run_lang, language_id=language_id, min_words=min_words
     )
     metrics["chrf"] = chrf(answers, references)
-    metrics["nll"], metrics["ppl"] = reference_nll(
-        model, tokenizer, prompts, references, system_prompt=system_prompt, batch_size=batch_size
-    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    scores = pair_scores(model, pairs, pad_id, batch_size, cache=cache, known=scored_in_prefill)
+    metrics["nll"], metrics["ppl"] = corpus_nll(scores)
     metrics["seconds"] = round(time.perf_counter() - start, 3)
     return metrics, answers
 

@@ -168,6 +168,8 @@ def generate_answers(
     shrinking: bool = True,
     stats: DecodeStats | None = None,
     decode_rows: int | None = None,
+    reference_ids: Sequence[Sequence[int]] | None = None,
+    reference_scores: dict[int, tuple[float, int]] | None = None,
 ) -> list[str]:
     """Answers to `prompts` through the chat template, in the order of `prompts`.
 
@@ -185,12 +187,20 @@ def generate_answers(
     transformers' `generate`, which runs batch by batch with `shrinking=False` and always for sampling
     and for a turn end written as text. Both give the same answers, so they share cache entries (one per
     `batch_size` batch either way). `stats` (optional) receives the positions computed here.
+
+    `reference_ids` (optional, one token list per prompt: a reference answer as the template writes it) and
+    `reference_scores` (a dict): the continuous loop prefills each generated prompt together with its
+    reference answer, and `reference_scores[i]` receives (summed NLL in nats, reference tokens) of prompt i,
+    so the NLL of the references costs no second pass over the prompts. Only prompts generated here by that
+    loop get a score (not those from the cache, sampled or decoded by the shrinking loop).
     """
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if reference_ids is not None and len(reference_ids) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(reference_ids)} reference answers")
     if not prompts:
         return []
     eos_ids = _eos_token_ids(model, tokenizer)
@@ -268,14 +278,28 @@ def generate_answers(
                 pending = {index: [None] * len(batches[index]) for index in missing}
                 left = {index: len(batches[index]) for index in missing}
                 rows = [encoded[batches[index][k]] for index, k in slots]
+                scored = None if reference_ids is None else [reference_ids[batches[index][k]] for index, k in slots]
+                row_scores: dict[int, tuple[float, int]] = {}
                 for row, new_tokens in greedy_stream(
-                    model, rows, eos_ids, pad_id, max_new_tokens, max_rows=decode_rows, stats=stats
+                    model,
+                    rows,
+                    eos_ids,
+                    pad_id,
+                    max_new_tokens,
+                    max_rows=decode_rows,
+                    stats=stats,
+                    references=scored,
+                    scores=row_scores,
                 ):
                     index, k = slots[row]
                     pending[index][k] = new_tokens
                     left[index] -= 1
                     if not left[index]:
                         finish(index, pending.pop(index), generated=True)
+                if reference_scores is not None:
+                    reference_scores.update(
+                        (batches[slots[row][0]][slots[row][1]], s) for row, s in row_scores.items()
+                    )
     finally:
         tokenizer.padding_side = saved_side
         model.train(was_training)

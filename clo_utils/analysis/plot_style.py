@@ -31,7 +31,7 @@ _FALLBACK_COLOURS = tuple(_PALETTE[i] for i in FALLBACK_COLOUR_INDICES)
 
 # (axis label, unit) per metric; units are what the axes print.
 METRIC_AXES = {
-    "target": ("in target language", "share of prompts"),
+    "target": ("in the prompt's language", "share of prompts"),
     "other_language": ("other language", "share of prompts"),
     "no_answer": ("no answer", "share of prompts"),
     "chrf": ("chrF++", "chrF++"),

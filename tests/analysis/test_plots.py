@@ -694,7 +694,7 @@ def test_runs_without_answers_show_their_metrics_value_without_an_interval(repor
 def test_data_efficiency_figure_draws_intervals(tmp_path: Path) -> None:
     recipe = write_study(tmp_path)
     figure = plots.plot_data_efficiency(plots.load_tables(recipe).evals)
-    assert "in target language" in figure.axes[0].get_ylabel()  # rows: target, other language, no answer
+    assert "in the prompt's language" in figure.axes[0].get_ylabel()  # rows: target, other language, no answer
     wrong_target = figure.axes[2]  # third row: other-language share on target prompts
     assert "other language" in wrong_target.get_ylabel()
     containers = [c for c in wrong_target.containers if c.has_yerr]

@@ -33,6 +33,7 @@ from clo_utils.analysis.plot_style import (  # noqa: F401  (METHOD_COLOURS, Miss
     DIRECTION_SHORT,
     HISTORY_AXES,
     METHOD_COLOURS,
+    METRIC_AXES,
     SCORE_PANELS,
     MissingFigureData,
     add_caption,
@@ -142,7 +143,8 @@ def plot_data_efficiency(evals: pd.DataFrame) -> Figure:
                 ax.axhline(float(reference.iloc[0]), color=METHOD_COLOURS["base"], linestyle="--")
             _budget_axis(ax, budgets)
         same_share_limits(axes[row])  # zoomed to the data: the differences are a few hundredths
-    row_labels = [f"{DIRECTION_SHORT[d]}\n{axis_label(m)}" for m, d in EFFICIENCY_PANELS]
+    # direction, share, unit: three short lines fit the panel's height
+    row_labels = [f"{DIRECTION_SHORT[d]}\n{METRIC_AXES[m][0]}\n({METRIC_AXES[m][1]})" for m, d in EFFICIENCY_PANELS]
     label_grid(axes, row_labels, [language_label(lang) for lang in languages], "seed budget (seeds)")
     handles = [Line2D([], [], color=METHOD_COLOURS[f], marker="o", label=method_label(f)) for f in families]
     handles.append(Line2D([], [], color=METHOD_COLOURS["base"], linestyle="--", label="untouched model"))

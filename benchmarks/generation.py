@@ -23,6 +23,11 @@ with prefill cut to 256 positions a forward):
   shrinking=False/True): generate 46.2, 47.0 s (padding 0.21), the loop 38.2, 39.4 s (padding 0.05): 1.19x;
   with the prefill cut: generate 50.5, 51.7 s, the loop 40.9, 39.1 s (padding 0.01): 1.26x; 0 of 120 answers
   differing each time.
+  A fourth invocation (load average 1-3.4, a study's evaluation running beside it; GEMM 88 GFLOP/s): generate
+  31.3, 28.3 s, the loop 18.5, 17.7 s (padding 0.01, MFU 0.63): 1.65x, 48 answers identical. The same
+  direction with its reference NLL (`evaluation_comparison`): generate then the earlier padded NLL pass 70.6,
+  67.2 s, the loop with each reference scored in its prompt's prefill 43.3, 42.8 s: 1.60x; 0 answers and 0 of
+  48 reference scores differing (corpus NLL 5.045098 both).
 What bounds the ratio here: the loop computes the real positions and little else (padding 0.01), so its time is
 (useful FLOPs) / (the rate a forward reaches). Useful work is 1.01 TFLOP on the bench prompts (10.5 s at the GEMM
 rate: 1.8x needs 0.57-0.66 of it overall, depending on generate's own time) and ~2.3 TFLOP on the demo-like set
@@ -39,8 +44,14 @@ Tried and not kept:
     cores against a decode of tens of seconds; not measured. On a GPU the trade differs: unmeasured.
   - the LM head as (W @ x.T).T instead of x @ W.T: no faster at M=46 (44 vs 52 GFLOP/s).
   - contiguous keys/values or an additive float mask for sdpa: ~0.1 ms a layer-step at 46 rows, not worth a copy.
-Not tried: prefill packed into the decode steps (mixed batches, one weight stream for both), prepacked
-(oneDNN) weights, bf16 weights on CPU (each changes the arithmetic, so greedy answers could change).
+  - MKL-prepacked weights (torch.ops.mkl._mkl_reorder_linear_weight and _mkl_linear, what inductor's CPU
+    freezing uses) at the decode step's shapes, M = 46, 1 thread, process CPU time: 51.7 vs 56.3 GFLOP/s
+    (576 -> 1536), 56.9 vs 55.1 (1536 -> 576), 79.5 vs 73.7 (576 -> 576), 49.9 vs 46.5 (the LM head);
+    bitwise the same results, the gain within noise.
+Not tried: prefill packed into the decode steps (mixed batches: a step's GEMMs would carry prompt tokens
+beside the ~45 decode rows, towards the prefill's rate; it needs attention over a flattened cache, each
+prompt causal over itself, each decode row over its own columns), bf16 weights on CPU (it changes the
+arithmetic, so greedy answers could change).
 """
 
 from __future__ import annotations

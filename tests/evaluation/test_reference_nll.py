@@ -116,12 +116,13 @@ def test_a_sliding_window_model_scores_apart_and_answers_unchanged():
     assert scores == {}  # the shrinking loop scores nothing: pair_scores forwards these apart
 
 
+# A long prompt, a one-word one, neighbouring languages and an empty prompt (the template's turn markers only).
 PROMPTS = [
-    "What is the capital of France?",
-    "Hi",
-    "Quina és la capital de França? Respon en una frase, si us plau.",
-    "Write a short poem about the sea.",
+    "Quina és la capital de França? Respon en una frase, si us plau, i digues també on és.",
+    "Hola",
     "¿Cuál es la capital de Francia?",
+    "Write a short poem about the sea.",
+    "Quala es la capitala de França?",
     "",
 ]
 REFERENCES = ["Paris.", "Hello! How can I help?", "París.", "The sea is wide and blue, and so are you.", "", "Yes."]

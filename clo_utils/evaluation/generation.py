@@ -103,7 +103,9 @@ def weights_fingerprint(model) -> str:
 class GenerationCache:
     """Generated answers on disk, one entry per batch. A key holds `model_key` (the weights'
     fingerprint), the batch's exact prompt token ids and every decoding setting; the value is the
-    batch's answer token ids. `hits` and `misses` count the batches read and generated."""
+    batch's answer token ids. `hits` and `misses` count the batches read and generated. The same file
+    holds each reference answer's score ([summed NLL, tokens]; clo_utils.evaluation.reference_nll),
+    under keys of their own version string."""
 
     store: DiskCache
     model_key: str

@@ -173,16 +173,26 @@ def _cache_rows(cache: Path, file: str = "translations.sqlite") -> tuple[int, in
     return rows, keys, empty
 
 
-def _generations(cache: Path) -> dict[str, list[list[int]]]:
-    """The generation cache, key -> the batch's answer token ids; every value must parse as one."""
+def _evaluation_cache(cache: Path) -> tuple[dict[str, list[list[int]]], dict[str, list]]:
+    """The generation cache split by kind: (key -> a batch's answer token ids, key -> a reference's
+    [summed NLL, tokens]); every value must parse as one of the two."""
     db = sqlite3.connect(f"file:{cache / 'generations.sqlite'}?mode=ro", uri=True, timeout=30)
     try:
         entries = {key: json.loads(value) for key, value in db.execute("SELECT key, value FROM kv")}
     finally:
         db.close()
-    for key, answers in entries.items():  # batch_size 1: one answer's token ids per entry
-        assert len(answers) == 1 and all(isinstance(t, int) for t in answers[0]), (key, answers)
-    return entries
+    answers, scores = {}, {}
+    for key, value in entries.items():
+        if len(value) == 2 and isinstance(value[0], float) and isinstance(value[1], int):
+            scores[key] = value
+        else:  # batch_size 1: one answer's token ids per entry
+            assert len(value) == 1 and all(isinstance(t, int) for t in value[0]), (key, value)
+            answers[key] = value
+    return answers, scores
+
+
+def _generations(cache: Path) -> dict[str, list[list[int]]]:
+    return _evaluation_cache(cache)[0]
 
 
 def _generation_batches(run_dir: Path) -> dict:
@@ -241,7 +251,7 @@ def test_killed_in_every_stage_kind_resumes_the_interrupted_stage_and_matches_an
         # mid-generation: base-0's batches and a few of clo-4's are in the generation cache
         (
             "clo-4 eval",
-            lambda: evaluating() and _cache_rows(cache, "generations.sqlite")[0] >= n_batches + 3,
+            lambda: evaluating() and len(_generations(cache)) >= n_batches + 3,
             ["data", "base-0 eval", "clo-4 train"],
         ),
         (
@@ -290,9 +300,9 @@ def test_killed_in_every_stage_kind_resumes_the_interrupted_stage_and_matches_an
     # The generation cache: the uninterrupted run's entries exactly (no torn or duplicated one), the
     # entries written before the kill unchanged, and the evaluation rerun generated only the rest.
     rows, keys, _ = _cache_rows(cache, "generations.sqlite")
-    assert rows == keys == 2 * n_batches
-    generated = _generations(cache)
-    assert generated == _generations(tmp_path / "cache-ref")
+    assert rows == keys == 2 * n_batches + 2 * n_batches  # each prompt's answer batch and its reference score
+    generated, scored = _evaluation_cache(cache)
+    assert (generated, scored) == _evaluation_cache(tmp_path / "cache-ref")
     assert all(generated[key] == answers for key, answers in generated_before_kill.items())
     cached_for_clo = len(generated_before_kill) - n_batches
     assert _generation_batches(ca / "clo-4") == {"total": n_batches, "from_cache": cached_for_clo}

@@ -250,26 +250,17 @@ def earlier_reference_scores(model, pairs, pad_id: int, batch_size: int) -> list
     row and forwarded at once (no padding bound), the LM head on the reference positions."""
     import torch
 
+    from clo_utils.evaluation.decoding import _prefill_scored
     from clo_utils.evaluation.generation import _length_sorted_batches
 
     scores = [(0.0, 0)] * len(pairs)
     with torch.inference_mode():
         for batch in _length_sorted_batches([len(p) + len(r) for p, r in pairs], batch_size):
-            width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            keep = torch.zeros(ids.shape, dtype=torch.bool)
-            for row, i in enumerate(batch):
-                prompt, reference = pairs[i]
-                n = len(prompt) + len(reference)
-                ids[row, :n] = torch.tensor(prompt + reference)
-                mask[row, :n] = 1
-                keep[row, len(prompt) - 1 : n - 1] = True
-            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-            nll = torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][keep[:, :-1]], reduction="none")
-            counts = keep.sum(-1).tolist()
-            for i, part, n in zip(batch, nll.double().split(counts), counts):
-                scores[i] = (float(part.sum()), n)
+            _, _, sums, counts = _prefill_scored(
+                model, [pairs[i][0] for i in batch], [pairs[i][1] for i in batch], pad_id, use_cache=False
+            )
+            for i, s, n in zip(batch, sums, counts):
+                scores[i] = (s, n)
     return scores
 
 

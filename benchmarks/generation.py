@@ -28,6 +28,13 @@ with prefill cut to 256 positions a forward):
   direction with its reference NLL (`evaluation_comparison`): generate then the earlier padded NLL pass 70.6,
   67.2 s, the loop with each reference scored in its prompt's prefill 43.3, 42.8 s: 1.60x; 0 answers and 0 of
   48 reference scores differing (corpus NLL 5.045098 both).
+Where the loop's time goes (torch.profiler over one call on the 48 bench prompts, 1 thread, 18.2 s of op time):
+GEMMs 13.4 s (prefill 5.8 s, at ~0.85 of the GEMM rate; decode layers 5.5 s, e.g. 67 GFLOP/s for
+48 x 576 -> 1536; the decode LM head 1.65 s at ~53 GFLOP/s; the prefill's LM head at each prompt's last
+position 0.47 s, a bmm at M = 1 per row, as in generate), decode attention 1.9 s (each step reads every
+active row's keys and values up to the longest row, ~12 MB a layer at 48 rows: ~2-3 ms a call against
+~1 ms on the same tensors kept in cache), prefill attention 0.3 s, elementwise and copies 1.6 s. With every
+non-GEMM op free the loop would take ~13.4 s: 2.2x generate's ~29.8 s; 1.8x needs ~16.5 s.
 What bounds the ratio here: the loop computes the real positions and little else (padding 0.01), so its time is
 (useful FLOPs) / (the rate a forward reaches). Useful work is 1.01 TFLOP on the bench prompts (10.5 s at the GEMM
 rate: 1.8x needs 0.57-0.66 of it overall, depending on generate's own time) and ~2.3 TFLOP on the demo-like set
@@ -39,9 +46,13 @@ and at 60 rows generate's steps are already not far from the rate 120 rows reach
 Tried and kept: prefill forwards cut to 256 padded positions on a CPU (activations stay in cache): prefill 6.0,
 6.0, 6.2 s against 7.0, 7.3, 6.4 s uncut (512: 6.3, 1024: 6.5, 128: 7.1; English smoke prompts, one process each).
 Tried and not kept:
-  - static KV cache + torch.compile of the decode step: a batch whose rows change changes shape at every stop,
-    so a compiled step recompiles (or runs dynamic shapes) per batch size, and compiling costs minutes on 2
-    cores against a decode of tens of seconds; not measured. On a GPU the trade differs: unmeasured.
+  - torch.compile (inductor, dynamic=True: the decode batch changes shape at every stop and every step's
+    cache is one column wider), the loop's answers to the 48 bench prompts, 1 thread, process CPU time: the
+    whole forward compiled: 326 s for the first call (compiling), then 22.2 and 23.0 s against 20.4 s
+    uncompiled; only the MLPs and RMSNorms compiled (the elementwise work inductor fuses): 22.5 s first call,
+    then 19.9 and 19.6 s against 18.2 s. Answers identical both times; slower both times, before counting the
+    compile that every evaluation process would pay. A static cache would need a compiled step per shape on
+    top. On a GPU the trade differs: unmeasured.
   - the LM head as (W @ x.T).T instead of x @ W.T: no faster at M=46 (44 vs 52 GFLOP/s).
   - contiguous keys/values or an additive float mask for sdpa: ~0.1 ms a layer-step at 46 rows, not worth a copy.
   - MKL-prepacked weights (torch.ops.mkl._mkl_reorder_linear_weight and _mkl_linear, what inductor's CPU

@@ -80,6 +80,8 @@ TARGETS = {
     ),
     "generate_answers_differing": ("==", 0, "greedy answers that differ between the two paths (of all prompts)"),
     "generate_batched_speedup": (">=", 4.0, "generation: one-at-a-time time (decode_rows 1) / batched time"),
+    # how much of the speedup is the linear layers' GEMM path (clo_utils.evaluation.packed_linear)
+    "generate_speedup_packed_linear": (None, None, "generation: the loop unpacked / packed"),
     # B x a decode step at batch 1 / a step at batch B (equal lengths): the most batching can give here
     "generate_decode_step_ceiling": (None, None, "generation: batching's ceiling on this device"),
     "evaluate_speedup_vs_earlier": (
@@ -91,27 +93,35 @@ TARGETS = {
 }
 
 
-def path_run(model, tok, prompts, args, batch_size: int, shrinking: bool, decode_rows: int | None = None) -> dict:
-    """One generate_answers call: its answers, its time (mfu.clock) and its DecodeStats."""
+def path_run(
+    model, tok, prompts, args, batch_size: int, shrinking: bool, decode_rows: int | None = None, packed: bool = True
+) -> dict:
+    """One generate_answers call: its answers, its time (mfu.clock) and its DecodeStats. `packed=False`:
+    the loop with its linear layers left to torch's default (clo_utils.evaluation.packed_linear off)."""
+    import contextlib
+    from unittest import mock
+
     from benchmarks.mfu import clock
     from clo_utils.evaluation.decoding import DecodeStats
     from clo_utils.evaluation.evaluate import generate_answers
 
     stats = DecodeStats()
     out = {}
+    unpacked = mock.patch("clo_utils.evaluation.packed_linear._ops_available", return_value=False)
 
     def call():
-        out["answers"] = generate_answers(
-            model,
-            tok,
-            prompts,
-            max_new_tokens=args.gen_tokens,
-            batch_size=batch_size,
-            progress=False,
-            shrinking=shrinking,
-            stats=stats,
-            decode_rows=decode_rows,
-        )
+        with contextlib.nullcontext() if packed else unpacked:
+            out["answers"] = generate_answers(
+                model,
+                tok,
+                prompts,
+                max_new_tokens=args.gen_tokens,
+                batch_size=batch_size,
+                progress=False,
+                shrinking=shrinking,
+                stats=stats,
+                decode_rows=decode_rows,
+            )
 
     out["seconds"] = clock(*timed(call))
     out["stats"] = stats
@@ -125,7 +135,7 @@ def useful_flops(costs, stats) -> float:
 
 
 def run(ctx: Context) -> None:
-    from benchmarks.mfu import flop_costs, peak_gemm
+    from benchmarks.mfu import flop_costs, inference_peak_gemm
 
     args, results = ctx.args, ctx.results
     model, tok, _ = fresh_model(args.model, "attention")
@@ -134,12 +144,13 @@ def run(ctx: Context) -> None:
     costs = flop_costs(model)
     for shrinking in (False, True):  # warm-up of both paths
         path_run(model, tok, prompts[:2], args, 2, shrinking)
-    runs = {"generate": [], "shrinking": []}
+    paths = {"generate": (False, True), "shrinking": (True, True), "unpacked": (True, False)}
+    runs = {label: [] for label in paths}
     gemm = []
     for _ in range(args.gen_rounds):
-        gemm.append(peak_gemm(args, next(model.parameters()).dtype))
-        for label, shrinking in (("generate", False), ("shrinking", True)):
-            runs[label].append(path_run(model, tok, prompts, args, args.gen_batch, shrinking))
+        gemm.append(inference_peak_gemm(args, next(model.parameters()).dtype))
+        for label, (shrinking, packed) in paths.items():
+            runs[label].append(path_run(model, tok, prompts, args, args.gen_batch, shrinking, packed=packed))
     section = {"source": source, "prompts": len(prompts), "batch_size": args.gen_batch, "gemm": gemm}
     for label, rs in runs.items():
         s = rs[0]["stats"]
@@ -161,7 +172,7 @@ def run(ctx: Context) -> None:
         )
     old, new = section["generate"], section["shrinking"]
     reference = runs["generate"][0]["answers"]
-    every = [r["answers"] for r in runs["generate"] + runs["shrinking"]]
+    every = [r["answers"] for rs in runs.values() for r in rs]
     differing = [i for i in range(len(prompts)) if any(answers[i] != reference[i] for answers in every)]
     section["differing_prompts"] = differing
     results.add(
@@ -176,7 +187,15 @@ def run(ctx: Context) -> None:
         TARGETS,
         "generate_answers_differing",
         len(differing),
-        f"of {len(prompts)} greedy answers, compared as text after every round of both paths",
+        f"of {len(prompts)} greedy answers, compared as text after every round of the three paths",
+    )
+    unpacked = section["unpacked"]
+    results.add(
+        TARGETS,
+        "generate_speedup_packed_linear",
+        median(unpacked["seconds"]) / median(new["seconds"]),
+        f"the loop with torch's default linear layers / with oneDNN on packed weights: "
+        f"{median(unpacked['seconds']):.1f} s vs {median(new['seconds']):.1f} s",
     )
     results.sections["generation"] = section
 

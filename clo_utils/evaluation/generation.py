@@ -28,6 +28,8 @@ from ..common.cache import DiskCache, cache_key, default_cache_dir, open_cache
 from ..common.text import chat_messages
 from ..models import CHATML_TURN_END, end_of_turn_token_ids
 from .decoding import DecodeStats, greedy_stream
+from .packed_linear import DEFAULT as DEFAULT_LINEAR
+from .packed_linear import linear_backend, packed_linears
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +126,12 @@ def open_generation_cache(cache: DiskCache | str | os.PathLike | None, model) ->
         yield GenerationCache(store, model_key)
 
 
-def _decoding_settings(model, config, do_sample: bool, seed: int) -> dict:
+def _decoding_settings(model, config, do_sample: bool, seed: int, linear: str) -> dict:
     """Everything besides weights and prompts that decides the generated tokens."""
     import transformers
 
     return {
+        "linear": linear,
         "version": GENERATION_KEY_VERSION,
         "generation_config": config.to_diff_dict(),
         "seed": seed if do_sample else None,
@@ -187,8 +190,11 @@ def generate_answers(
     rows (None: continuous.DECODE_ROWS), refilled as answers finish, prompts prefilled in chunks of
     similar length; each batch is stored once its last answer is done. The tokens are those of
     transformers' `generate`, which runs batch by batch with `shrinking=False` and always for sampling
-    and for a turn end written as text. Both give the same answers, so they share cache entries (one per
-    `batch_size` batch either way). `stats` (optional) receives the positions computed here.
+    and for a turn end written as text. On a CPU the loop runs its linear layers through oneDNN on
+    packed weights (clo_utils.evaluation.packed_linear), the same fp32 arithmetic summed in another order,
+    so the two paths' cache entries are keyed apart (one per `batch_size` batch either way); their
+    answers are compared token for token in tests/evaluation and benchmarks/generation.py. `stats`
+    (optional) receives the positions computed here.
 
     `reference_ids` (optional, one token list per prompt: a reference answer as the template writes it) and
     `reference_scores` (a dict): the continuous loop prefills each generated prompt together with its
@@ -230,17 +236,18 @@ def generate_answers(
     )
     encoded = [_token_ids(tokenizer, chat_prompt_text(tokenizer, p, system_prompt)) for p in prompts]
     batches = _length_sorted_batches([len(e) for e in encoded], batch_size)
+    continuous = shrinking and not do_sample and not turn_end_is_text
     keys: list[str | None] = [None] * len(batches)
     stored: dict[str, object] = {}
     if cache is not None:
-        settings = _decoding_settings(model, config, do_sample, seed)
+        linear = linear_backend(model) if continuous else DEFAULT_LINEAR
+        settings = _decoding_settings(model, config, do_sample, seed, linear)
         keys = [
             cache_key(cache.model_key, settings, index if do_sample else None, [encoded[i] for i in batch])
             for index, batch in enumerate(batches)
         ]
         stored = cache.store.get_many(keys)
     answers: list[str | None] = [None] * len(prompts)
-    continuous = shrinking and not do_sample and not turn_end_is_text
     was_training, saved_side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
@@ -282,22 +289,23 @@ def generate_answers(
                 rows = [encoded[batches[index][k]] for index, k in slots]
                 scored = None if reference_ids is None else [reference_ids[batches[index][k]] for index, k in slots]
                 row_scores: dict[int, tuple[float, int]] = {}
-                for row, new_tokens in greedy_stream(
-                    model,
-                    rows,
-                    eos_ids,
-                    pad_id,
-                    max_new_tokens,
-                    max_rows=decode_rows,
-                    stats=stats,
-                    references=scored,
-                    scores=row_scores,
-                ):
-                    index, k = slots[row]
-                    pending[index][k] = new_tokens
-                    left[index] -= 1
-                    if not left[index]:
-                        finish(index, pending.pop(index), generated=True)
+                with packed_linears(model):
+                    for row, new_tokens in greedy_stream(
+                        model,
+                        rows,
+                        eos_ids,
+                        pad_id,
+                        max_new_tokens,
+                        max_rows=decode_rows,
+                        stats=stats,
+                        references=scored,
+                        scores=row_scores,
+                    ):
+                        index, k = slots[row]
+                        pending[index][k] = new_tokens
+                        left[index] -= 1
+                        if not left[index]:
+                            finish(index, pending.pop(index), generated=True)
                 if reference_scores is not None:
                     reference_scores.update(
                         (batches[slots[row][0]][slots[row][1]], s) for row, s in row_scores.items()

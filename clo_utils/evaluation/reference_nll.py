@@ -25,6 +25,7 @@ from ..common.cache import cache_key
 from ..common.text import chat_messages
 from .decoding import PREFILL_MAX_PADDING, _prefill_scored, scored_positions
 from .generation import GenerationCache, _token_ids, chat_prompt_text
+from .packed_linear import linear_backend, packed_linears
 
 SCORE_KEY_VERSION = "clo-reference-nll-v1"  # part of every key: a changed scoring never reuses old scores
 
@@ -54,14 +55,15 @@ def forward_scores(
     model, pairs: Sequence[Pair], pad_id: int, batch_size: int | None = None
 ) -> list[tuple[float, int]]:
     """(summed NLL in nats, reference tokens) of every pair, in order: rows in length chunks of at most
-    PREFILL_MAX_PADDING padding, at most `batch_size` rows and `scored_positions(model)` positions a forward."""
+    PREFILL_MAX_PADDING padding, at most `batch_size` rows and `scored_positions(model)` positions a forward,
+    the linear layers packed as in the decoding loop (packed_linear)."""
     lengths = [len(p) + len(r) for p, r in pairs]
     positions = scored_positions(model)
     scores: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), packed_linears(model):
             for chunk in length_chunks(lengths, PREFILL_MAX_PADDING) if pairs else []:
                 rows = len(chunk) if positions is None else max(1, positions // lengths[chunk[0]])
                 rows = min(rows, batch_size or rows)
@@ -83,6 +85,7 @@ def _scoring_settings(model) -> dict:
 
     return {
         "version": SCORE_KEY_VERSION,
+        "linear": linear_backend(model),
         "dtype": str(model.dtype),
         "device": model.device.type,
         "attention": getattr(model.config, "_attn_implementation", None),

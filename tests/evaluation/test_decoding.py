@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from clo_utils.evaluation import continuous, decoding
+from clo_utils.evaluation import continuous, decoding, packed_linear
 from clo_utils.evaluation.decoding import DecodeStats, greedy_answers
 from clo_utils.evaluation.generation import _generate_batch, generate_answers
 from tests.tiny_models import make_model, make_tokenizer
@@ -164,7 +164,9 @@ def _config(tok, eos, max_new_tokens):
     )
 
 
-def test_generate_answers_gives_the_same_text_on_both_paths_and_shares_the_cache(tmp_path, monkeypatch):
+def test_generate_answers_gives_the_same_text_on_both_paths_and_the_same_linear_path_shares_the_cache(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("CLO_CACHE_DIR", str(tmp_path / "kit-cache"))
     model, tok = _model("llama")
     words = ["Hola", "What is the capital of France?", "Escriu un poema curt sobre el mar. El mar és blau i ample."]
@@ -181,7 +183,9 @@ def test_generate_answers_gives_the_same_text_on_both_paths_and_shares_the_cache
     with open_generation_cache(tmp_path, model) as cache:
         generate_answers(model, tok, prompts, shrinking=False, cache=cache, **kwargs)
         assert (cache.hits, cache.misses) == (0, 3)
-    with open_generation_cache(tmp_path, model) as cache:  # identical answers: the same entries serve both paths
+    # On a CPU the loop's linear layers run packed (clo_utils.evaluation.packed_linear): keyed apart from generate's
+    monkeypatch.setattr(packed_linear, "_ops_available", lambda: False)
+    with open_generation_cache(tmp_path, model) as cache:  # the same arithmetic path: generate's entries serve
         assert generate_answers(model, tok, prompts, cache=cache, **kwargs) == old
         assert (cache.hits, cache.misses) == (3, 0)
 

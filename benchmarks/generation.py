@@ -28,23 +28,28 @@ with prefill cut to 256 positions a forward):
   direction with its reference NLL (`evaluation_comparison`): generate then the earlier padded NLL pass 70.6,
   67.2 s, the loop with each reference scored in its prompt's prefill 43.3, 42.8 s: 1.60x; 0 answers and 0 of
   48 reference scores differing (corpus NLL 5.045098 both).
-Where the loop's time goes (torch.profiler over one call on the 48 bench prompts, 1 thread, 18.2 s of op time):
-GEMMs 13.4 s (prefill 5.8 s, at ~0.85 of the GEMM rate; decode layers 5.5 s, e.g. 67 GFLOP/s for
-48 x 576 -> 1536; the decode LM head 1.65 s at ~53 GFLOP/s; the prefill's LM head at each prompt's last
-position 0.47 s, a bmm at M = 1 per row, as in generate), decode attention 1.9 s (each step reads every
-active row's keys and values up to the longest row, ~12 MB a layer at 48 rows: ~2-3 ms a call against
-~1 ms on the same tensors kept in cache), prefill attention 0.3 s, elementwise and copies 1.6 s. With every
-non-GEMM op free the loop would take ~13.4 s: 2.2x generate's ~29.8 s; 1.8x needs ~16.5 s.
-What bounds the ratio here: the loop computes the real positions and little else (padding 0.01), so its time is
-(useful FLOPs) / (the rate a forward reaches). Useful work is 1.01 TFLOP on the bench prompts (10.5 s at the GEMM
-rate: 1.8x needs 0.57-0.66 of it overall, depending on generate's own time) and ~2.3 TFLOP on the demo-like set
-(24 s: generate at batch 60 already runs at ~0.51 of the GEMM rate there, so 1.8x would need ~0.93 of it; the
-ceiling is 1.9x). Prefill runs at ~0.72-0.8; a decode step of ~45 rows at ~0.47: on one thread the step streams
-all 537 MB of fp32 weights (the 113 MB LM head included, an N=49152 GEMM that reaches ~50 GFLOP/s at M=46 even with
-hot weights) and its GEMMs are short in M. More rows per step help only while prompts remain (the bench has 48),
-and at 60 rows generate's steps are already not far from the rate 120 rows reach.
-Tried and kept: prefill forwards cut to 256 padded positions on a CPU (activations stay in cache): prefill 6.0,
-6.0, 6.2 s against 7.0, 7.3, 6.4 s uncut (512: 6.3, 1024: 6.5, 128: 7.1; English smoke prompts, one process each).
+  A fifth invocation, the loop's linear layers through oneDNN on packed weights (load average 0.7-1.0; the
+  GEMM rate is now the higher of torch.mm, 88 GFLOP/s, and oneDNN packed, 108.7): generate 30.4, 29.0 s, the
+  loop 16.7, 15.0 s (MFU 0.59 of 108.7), the loop with torch's default linear layers 19.1, 20.7 s: 1.87x
+  generate, 1.26x from the packing; 48 answers identical on all three paths. With the reference NLL: 63.6,
+  60.2 s against 34.4, 32.7 s (1.85x); 0 answers and 0 reference scores differing.
+Where the loop's time went before the packing (torch.profiler over one call on the 48 bench prompts, 1 thread,
+18.2 s of op time): GEMMs 13.4 s (prefill 5.8 s, at ~0.85 of the torch.mm rate; decode layers 5.5 s, e.g.
+67 GFLOP/s for 48 x 576 -> 1536; the decode LM head 1.65 s at ~53 GFLOP/s; the prefill's LM head at each
+prompt's last position 0.47 s, a bmm at M = 1 per row, as in generate), decode attention 1.9 s (each step reads
+every active row's keys and values up to the longest row, ~12 MB a layer at 48 rows: ~2-3 ms a call against
+~1 ms on the same tensors kept in cache), prefill attention 0.3 s, elementwise and copies 1.6 s. The loop
+computes the real positions and little else (padding 0.01), so the GEMMs' own rate was what was left to move.
+Tried and kept:
+  - prefill forwards cut to 256 padded positions on a CPU (activations stay in cache): prefill 6.0, 6.0, 6.2 s
+    against 7.0, 7.3, 6.4 s uncut (512: 6.3, 1024: 6.5, 128: 7.1; English smoke prompts, one process each).
+  - the linear layers through oneDNN on weights packed once per call (clo_utils.evaluation.packed_linear;
+    torch.ops.mkldnn._reorder_linear_weight and _linear_pointwise, what inductor's CPU freezing uses). torch's
+    CPU linear is MKL's sgemm, which on this AMD processor runs at 74 GFLOP/s for 48 x 576 -> 1536 and 51 for
+    the LM head (48 x 576 -> 49152); oneDNN on the packed weight 102 and 92-98 (1 thread, process CPU time,
+    the batch-size hint of the packing makes no difference). The same fp32 products summed in another order:
+    outputs within ~1e-6, the greedy answers identical on the bench (above) and on the demo's 3,360. On an
+    Intel CPU, where MKL runs its AVX-512 kernels, the gain is unmeasured.
 Tried and not kept:
   - torch.compile (inductor, dynamic=True: the decode batch changes shape at every stop and every step's
     cache is one column wider), the loop's answers to the 48 bench prompts, 1 thread, process CPU time: the
@@ -55,14 +60,14 @@ Tried and not kept:
     top. On a GPU the trade differs: unmeasured.
   - the LM head as (W @ x.T).T instead of x @ W.T: no faster at M=46 (44 vs 52 GFLOP/s).
   - contiguous keys/values or an additive float mask for sdpa: ~0.1 ms a layer-step at 46 rows, not worth a copy.
-  - MKL-prepacked weights (torch.ops.mkl._mkl_reorder_linear_weight and _mkl_linear, what inductor's CPU
-    freezing uses) at the decode step's shapes, M = 46, 1 thread, process CPU time: 51.7 vs 56.3 GFLOP/s
-    (576 -> 1536), 56.9 vs 55.1 (1536 -> 576), 79.5 vs 73.7 (576 -> 576), 49.9 vs 46.5 (the LM head);
-    bitwise the same results, the gain within noise.
+  - MKL-prepacked weights (torch.ops.mkl._mkl_reorder_linear_weight and _mkl_linear) at the decode step's
+    shapes, M = 46, 1 thread, process CPU time: 51.7 vs 56.3 GFLOP/s (576 -> 1536), 56.9 vs 55.1
+    (1536 -> 576), 79.5 vs 73.7 (576 -> 576), 49.9 vs 46.5 (the LM head); bitwise the same results, the gain
+    within noise: MKL's kernels, not its repacking, set the rate.
 Not tried: prefill packed into the decode steps (mixed batches: a step's GEMMs would carry prompt tokens
-beside the ~45 decode rows, towards the prefill's rate; it needs attention over a flattened cache, each
-prompt causal over itself, each decode row over its own columns), bf16 weights on CPU (it changes the
-arithmetic, so greedy answers could change).
+beside the ~45 decode rows; it needs attention over a flattened cache, and on the bench every prompt is
+prefilled before the first decode step anyway), decode attention over each row's own columns only (a custom
+attention function), bf16 weights on CPU (it changes the arithmetic, so greedy answers could change).
 """
 
 from __future__ import annotations

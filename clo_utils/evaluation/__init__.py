@@ -5,6 +5,7 @@ May import clo_utils.common, the core and clo_utils.translation; never analysis 
   generation  answer generation: length-sorted batches, end-of-turn handling, the on-disk generation cache
   decoding    greedy decoding without padding: the entry point, and the shrinking loop for sliding-window models
   continuous  greedy decoding in one batch refilled as answers finish, over a KV cache written in place
+  packed_linear  on a CPU, linear layers through oneDNN on weights packed once (decoding and scoring)
   outcomes    one outcome per prompt (target language / other language / no answer), the echoed prefix
   metrics     pure evaluation metrics: outcome shares, echo, repetition, line pass rate, chrF++, bootstrap
   reference_nll  the NLL of held-out reference answers, scored with the prompts' prefill when generating

@@ -11,8 +11,8 @@ order: outputs agree to ~1e-6 and greedy answers are compared in the benchmark a
 
 `packed_linears(model)` packs for the length of a `with` block: one more copy of the linear weights in
 memory (537 MB for SmolLM2-135M in fp32), freed on exit. It applies to a model on a CPU whose linear
-weights are all fp32, under no-grad or inference mode; on any other model, or a PyTorch without the ops,
-the block runs the model unchanged. `linear_backend(model)` names which one applies: generation and
+weights are all fp32 and at most PACK_MAX_BYTES, under no-grad or inference mode; on any other model, or a
+PyTorch without the ops, the block runs the model unchanged. `linear_backend(model)` names which one applies: generation and
 scoring put it in their cache keys.
 """
 
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 PACKED = "onednn-packed"
 DEFAULT = "aten"
+# The packed copy doubles the linear weights' memory while it lives: larger models keep torch's path
+# (2 GiB of fp32 linear weights: about 0.5B parameters; SmolLM2-135M has 537 MB).
+PACK_MAX_BYTES = 2 * 1024**3
 
 
 def _linears(model) -> list[torch.nn.Linear]:
@@ -56,6 +59,7 @@ def linear_backend(model) -> str:
     eligible = (
         bool(linears)
         and all(m.weight.device.type == "cpu" and m.weight.dtype == torch.float32 for m in linears)
+        and sum(m.weight.numel() * m.weight.element_size() for m in linears) <= PACK_MAX_BYTES
         and _ops_available()
     )
     return PACKED if eligible else DEFAULT

@@ -20,9 +20,10 @@ pytestmark = [
 ]
 
 
-def _model(arch: str = "llama", dtype=torch.float32):
+def _model(arch: str = "llama", dtype=torch.float32, **overrides):
     tok = make_tokenizer()
-    model = make_model(arch, vocab_size=len(tok), dtype=dtype, initializer_range=0.3).eval()
+    overrides = {"initializer_range": 0.3, **overrides}
+    model = make_model(arch, vocab_size=len(tok), dtype=dtype, **overrides).eval()
     return model, tok
 
 
@@ -62,9 +63,17 @@ def test_inside_the_block_every_linear_runs_packed_and_matches_torch(arch):
         assert _pointwise_calls(lambda: model(ids)) == 0
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_greedy_answers_with_packed_linears_are_generates_tokens(arch):
-    model, tok = _model(arch)
+@pytest.mark.parametrize(
+    "arch, overrides",
+    [
+        ("llama", {}),
+        ("qwen2", {}),
+        # the shrinking loop: prompts and answers pass the sliding window
+        ("gemma3", {"sliding_window": 16, "initializer_range": 0.02}),
+    ],
+)
+def test_greedy_answers_with_packed_linears_are_generates_tokens(arch, overrides):
+    model, tok = _model(arch, **overrides)
     prompts = _prompts(len(tok))
     eos = _frequent_tokens(model, tok, prompts, 12)
     expected = _reference(model, tok, prompts, eos, 12)  # generate, torch's default linear layers
@@ -102,12 +111,20 @@ def test_nested_blocks_and_errors_restore_the_model():
     assert not any("forward" in vars(m) for m in _linears(model))
 
 
-def test_without_the_ops_the_block_changes_nothing(monkeypatch):
+@pytest.mark.parametrize("why", ["no ops", "too large"])
+def test_without_the_ops_or_above_the_size_cap_the_block_changes_nothing(why, monkeypatch):
     model, _ = _model()
-    monkeypatch.setattr(packed_linear, "_ops_available", lambda: False)
+    size = sum(m.weight.numel() * 4 for m in _linears(model))
+    if why == "no ops":
+        monkeypatch.setattr(packed_linear, "_ops_available", lambda: False)
+    else:
+        monkeypatch.setattr(packed_linear, "PACK_MAX_BYTES", size - 1)
     assert linear_backend(model) == DEFAULT
     with packed_linears(model) as backend:
         assert backend == DEFAULT and not any("forward" in vars(m) for m in _linears(model))
+    monkeypatch.setattr(packed_linear, "PACK_MAX_BYTES", size)
+    monkeypatch.setattr(packed_linear, "_ops_available", lambda: True)
+    assert linear_backend(model) == PACKED
 
 
 def test_generation_cache_entries_are_keyed_by_the_linear_path(tmp_path, monkeypatch):

@@ -431,6 +431,9 @@ def test_sections_run_on_a_tiny_model(tmp_path):
     generation = results["sections"]["generation"]
     assert generation["shrinking"]["real_positions"] == generation["generate"]["real_positions"]
     assert generation["shrinking"]["computed_positions"] <= generation["generate"]["computed_positions"]
+    # the loop with torch's own linear layers computes the same positions; its answers are in the comparison
+    assert generation["unpacked"]["computed_positions"] == generation["shrinking"]["computed_positions"]
+    assert ratios["generate_speedup_packed_linear"]["value"] > 0
     # answers + reference NLL: the earlier two passes and the kit's one give the same answers and scores
     direction = generation["with_reference_nll"]
     assert direction["answers_differing"] == 0 and ratios["evaluate_nll_differing"]["value"] == 0

@@ -1,19 +1,19 @@
 """Inference on a CPU with every linear layer through oneDNN, its weight packed once.
 
-PyTorch computes a CPU linear layer with MKL's sgemm, which repacks the weight at every call and, on AMD
-processors, runs its AVX2 kernels. oneDNN's matmul on a weight reordered once into its blocked layout (the
-two ops inductor's CPU weight freezing uses: mkldnn._reorder_linear_weight and mkldnn._linear_pointwise)
-picks its kernels by instruction set. On the 2-core AMD EPYC the kit is measured on (AVX-512), one thread,
-fp32, at the shapes of a decode step of SmolLM2-135M: 102 against 74 GFLOP/s (48 x 576 -> 1536) and 92-98
+PyTorch computes a CPU linear layer with MKL's sgemm. oneDNN's matmul on a weight reordered once into its
+blocked layout (the two ops inductor's CPU weight freezing uses: mkldnn._reorder_linear_weight and
+mkldnn._linear_pointwise) is faster on the 2-core AMD EPYC (AVX-512) the kit is measured on: one thread,
+fp32, at the shapes of a decode step of SmolLM2-135M, 102 against 74 GFLOP/s (48 x 576 -> 1536) and 92-98
 against 51 (the LM head, 48 x 576 -> 49152); the evaluation loop's time on the generation benchmark's
-prompts drops by ~20% (benchmarks/generation.py). The arithmetic is fp32 either way, summed in another
-order: outputs agree to ~1e-6 and greedy answers are compared in the benchmark and the tests.
+prompts drops by ~20% (benchmarks/generation.py). On other CPUs the gain is unmeasured. The arithmetic is
+fp32 either way, summed in another order: outputs agree to ~1e-6 and greedy answers are compared in the
+benchmark and the tests.
 
 `packed_linears(model)` packs for the length of a `with` block: one more copy of the linear weights in
 memory (537 MB for SmolLM2-135M in fp32), freed on exit. It applies to a model on a CPU whose linear
 weights are all fp32 and at most PACK_MAX_BYTES, under no-grad or inference mode; on any other model, or a
-PyTorch without the ops, the block runs the model unchanged. `linear_backend(model)` names which one applies: generation and
-scoring put it in their cache keys.
+PyTorch without the ops, the block runs the model unchanged. `linear_backend(model)` names which one
+applies: generation and scoring put it in their cache keys.
 """
 
 from __future__ import annotations

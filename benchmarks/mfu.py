@@ -195,16 +195,21 @@ def gemm_rate(m: int, k: int, n: int, dtype=None, seconds: float = 0.5) -> float
     dtype = dtype or training_dtype()
     a = torch.randn(m, k, dtype=dtype, device=device)
     b = torch.randn(k, n, dtype=dtype, device=device)
+    return 2 * m * k * n * _calls_per_second(lambda: torch.mm(a, b), seconds)
+
+
+def _calls_per_second(call, seconds: float) -> float:
+    """Calls of `call` per second (mfu.clock) over those that fit in `seconds` after a warm-up."""
     warm = time.perf_counter()
     while time.perf_counter() - warm < seconds / 5:  # thread pool and clock frequency up before the count
-        torch.mm(a, b)
+        call()
         synchronize()
     calls, w0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - w0 < seconds:
-        torch.mm(a, b)
+        call()
         synchronize()
         calls += 1
-    return 2 * m * k * n * calls / clock(time.perf_counter() - w0, time.process_time() - c0)
+    return calls / clock(time.perf_counter() - w0, time.process_time() - c0)
 
 
 def peak_gemm(args, dtype=None) -> float:
@@ -224,17 +229,13 @@ def packed_gemm_rate(m: int, k: int, n: int, seconds: float = 0.5) -> float | No
     a = torch.randn(m, k)
     packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach())
 
-    def call():
-        return torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
-
-    warm = time.perf_counter()
-    while time.perf_counter() - warm < seconds / 5:
-        call()
-    calls, w0, c0 = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - w0 < seconds:
-        call()
-        calls += 1
-    return 2 * m * k * n * calls / clock(time.perf_counter() - w0, time.process_time() - c0)
+    return (
+        2
+        * m
+        * k
+        * n
+        * _calls_per_second(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""), seconds)
+    )
 
 
 def inference_peak_gemm(args, dtype=None) -> float:
